@@ -1,0 +1,452 @@
+"""
+The INI file turned into typed, frozen, validated settings.
+
+Every key has a default (so an empty file is a working configuration) and
+every bad value is refused with one line that names the file, the line, the
+``[section] key``, the value and what was expected: an integrator editing
+``/etc/boatwist/embweb.ini`` on a device must not have to read a traceback.
+Unknown sections and keys are refused too, because a misspelt key that is
+silently ignored is a limit that silently does not apply.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    http: str = "tcp:8080:interface=127.0.0.1"
+    https: str = ""
+    chat: str = "tcp:8023:interface=127.0.0.1"
+    state_dir: Path = Path("var")
+    #: ``auto``: a self-signed certificate made in state_dir on first start.
+    certificate: str = "auto"
+    private_key: str = ""
+    #: When https is on, answer every plain-HTTP request with a redirect to it.
+    redirect_http: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    realm: str = "boatwist"
+    schemes: tuple[str, ...] = ("digest", "basic")
+    #: htpasswd file with bcrypt hashes (Basic).  Empty: state_dir/users.htpasswd.
+    users: Path | None = None
+    #: htdigest file (Digest).  Empty: state_dir/users.htdigest.
+    digest_users: Path | None = None
+    #: How long a verified Basic credential is remembered, seconds.
+    cache_ttl: float = 300.0
+    #: Lifetime of a Digest nonce, seconds; older ones get ``stale=true``.
+    nonce_lifetime: float = 300.0
+    #: Failed logins allowed per source address / user name in failure_window.
+    max_failures: int = 5
+    failure_window: float = 300.0
+    #: Delay added to the n-th failure: failure_delay * 2**(n-1), capped.
+    failure_delay: float = 0.5
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    max_users: int = 10
+    max_connections_per_user: int = 8
+    http_grace: float = 30.0
+    networks: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    max_connections: int = 512
+    max_connections_per_address: int = 64
+
+
+@dataclass(frozen=True)
+class KeepaliveSettings:
+    idle: int = 1
+    interval: int = 1
+    count: int = 2
+    #: Seconds unacknowledged data may stay in flight (TCP_USER_TIMEOUT); 0 = off.
+    user_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = 1.0
+    stream_interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    #: Seconds in which the request line and all headers must have arrived.
+    header_timeout: float = 10.0
+    #: Largest request body accepted, bytes; larger gets 413 unread.
+    max_body: int = 65536
+    #: Seconds an idle keep-alive HTTP connection is kept.
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    #: Messages of history shown on login.
+    history: int = 20
+    max_line: int = 4096
+    login_timeout: float = 30.0
+    max_login_attempts: int = 3
+    #: Connections on the chat port that have not logged in yet.
+    max_pending_logins: int = 16
+    #: At most rate_messages per rate_period seconds per user.
+    rate_messages: int = 10
+    rate_period: float = 10.0
+    #: Seconds a PING opted into with /heartbeat may stay unanswered.
+    ping_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    #: Chat messages kept at most (oldest dropped first).
+    retention_count: int = 10000
+    #: Days a chat message is kept.
+    retention_days: float = 90.0
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    #: Events kept for clients reconnecting with Last-Event-ID.
+    buffer: int = 1000
+    #: Bytes an event stream may have queued before it is dropped as a slow reader.
+    max_queued: int = 262144
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    keepalive: KeepaliveSettings = field(default_factory=KeepaliveSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    events: EventSettings = field(default_factory=EventSettings)
+    #: Where the settings came from, for messages.
+    source: str = "<defaults>"
+
+    @property
+    def users_file(self) -> Path:
+        return self.auth.users or self.server.state_dir / "users.htpasswd"
+
+    @property
+    def digest_users_file(self) -> Path:
+        return self.auth.digest_users or self.server.state_dir / "users.htdigest"
+
+
+# ----------------------------------------------------------------- parsers
+
+Parser = Callable[[str], object]
+
+
+def _integer(low: int, high: int) -> Parser:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise ConfigError(f"expected a whole number from {low} to {high}")
+        if not low <= value <= high:
+            raise ConfigError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Parser:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"expected seconds from {low:g} to {high:g}")
+        if not (low <= value <= high):  # also refuses nan
+            raise ConfigError(f"expected seconds from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "yes", "true", "on"):
+        return True
+    if lowered in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError("expected yes or no")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _path(text: str) -> Path:
+    if not text:
+        raise ConfigError("expected a path")
+    return Path(text)
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _realm(text: str) -> str:
+    if not text or any(c in text for c in '"\\:\r\n') or not text.isprintable():
+        raise ConfigError("expected a printable name without quotes, backslashes or colons")
+    return text
+
+
+def _schemes(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not names or any(name not in ("digest", "basic") for name in names):
+        raise ConfigError("expected a list of digest, basic")
+    return tuple(dict.fromkeys(names))
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as e:
+            raise ConfigError(f"expected networks in CIDR form like 192.168.1.0/24 ({e})")
+    if not networks:
+        raise ConfigError("expected at least one network in CIDR form")
+    return tuple(networks)
+
+
+def _endpoint(optional: bool) -> Parser:
+    def parse(text: str) -> str:
+        if not text:
+            if optional:
+                return ""
+            raise ConfigError("expected a Twisted endpoint string like tcp:8080:interface=127.0.0.1")
+        check_endpoint(text)
+        return text
+
+    return parse
+
+
+def check_endpoint(description: str) -> None:
+    """
+    Refuse a malformed server endpoint string without listening on it.
+
+    The string is parsed by Twisted itself against a memory reactor, so every
+    endpoint type Twisted knows (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``)
+    is accepted and checked the way ``twistd`` would check it.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    expected = "expected a Twisted endpoint string like tcp:8080:interface=127.0.0.1"
+    kind = description.split(":", 1)[0]
+    if kind == "systemd":
+        # Resolved against LISTEN_FDS only when listening; check the syntax here.
+        if "domain=" not in description or "index=" not in description:
+            raise ConfigError("expected systemd:domain=INET:index=N")
+        return
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:  # Twisted raises ValueError, TypeError, KeyError, OSError ...
+        reason = str(e) or type(e).__name__
+        raise ConfigError(f"{expected} ({reason})")
+
+
+#: section -> key -> (field name, parser); the whitelist of what may be written.
+_SCHEMA: dict[str, dict[str, Parser]] = {
+    "server": {
+        "http": _endpoint(optional=True),
+        "https": _endpoint(optional=True),
+        "chat": _endpoint(optional=True),
+        "state_dir": _path,
+        "certificate": _text,
+        "private_key": _text,
+        "redirect_http": _boolean,
+    },
+    "auth": {
+        "realm": _realm,
+        "schemes": _schemes,
+        "users": _optional_path,
+        "digest_users": _optional_path,
+        "cache_ttl": _seconds(0, 86400),
+        "nonce_lifetime": _seconds(10, 86400),
+        "max_failures": _integer(1, 1000),
+        "failure_window": _seconds(1, 86400),
+        "failure_delay": _seconds(0, 10),
+    },
+    "admission": {
+        "max_users": _integer(1, 10000),
+        "max_connections_per_user": _integer(1, 1000),
+        "http_grace": _seconds(0, 86400),
+        "networks": _networks,
+        "max_connections": _integer(1, 1000000),
+        "max_connections_per_address": _integer(1, 1000000),
+    },
+    "keepalive": {
+        "idle": _integer(1, 32767),
+        "interval": _integer(1, 32767),
+        "count": _integer(1, 127),
+        "user_timeout": _seconds(0, 3600),
+    },
+    "heartbeat": {
+        "interval": _seconds(0.05, 3600),
+        "stream_interval": _seconds(0.1, 3600),
+    },
+    "http": {
+        "header_timeout": _seconds(0.1, 3600),
+        "max_body": _integer(0, 1 << 30),
+        "idle_timeout": _seconds(1, 86400),
+    },
+    "chat": {
+        "history": _integer(0, 1000),
+        "max_line": _integer(64, 1 << 20),
+        "login_timeout": _seconds(1, 3600),
+        "max_login_attempts": _integer(1, 100),
+        "max_pending_logins": _integer(1, 100000),
+        "rate_messages": _integer(1, 100000),
+        "rate_period": _seconds(0.1, 86400),
+        "ping_timeout": _seconds(0.1, 3600),
+    },
+    "store": {
+        "retention_count": _integer(1, 100000000),
+        "retention_days": _seconds(0.001, 100000),
+    },
+    "events": {
+        "buffer": _integer(0, 1000000),
+        "max_queued": _integer(1024, 1 << 30),
+    },
+}
+
+_SECTION_TYPES = {
+    "server": ServerSettings,
+    "auth": AuthSettings,
+    "admission": AdmissionSettings,
+    "keepalive": KeepaliveSettings,
+    "heartbeat": HeartbeatSettings,
+    "http": HttpSettings,
+    "chat": ChatSettings,
+    "store": StoreSettings,
+    "events": EventSettings,
+}
+
+
+class _LineTrackingParser(configparser.ConfigParser):
+    """A ConfigParser that remembers on which line each key was written."""
+
+    def __init__(self) -> None:
+        super().__init__(interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
+        self.lines: dict[tuple[str, str], int] = {}
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr.strip().lower()
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """Map (section, key) to its 1-based line number, for error messages."""
+    lines: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            lines.setdefault((section, ""), number)
+        elif "=" in line or ":" in line:
+            sep = min(i for i in (line.find("="), line.find(":")) if i >= 0)
+            lines.setdefault((section, line[:sep].strip().lower()), number)
+    return lines
+
+
+def parse_config(text: str, source: str = "<string>") -> Settings:
+    """
+    Parse INI text into L{Settings}, or raise L{ConfigError} with one line
+    naming C{source}, the line, C{[section] key}, the value and what was expected.
+    """
+    parser = _LineTrackingParser()
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        message = " ".join(str(e).split())
+        raise ConfigError(f"{source}: {message}")
+    where = _key_lines(text)
+    sections: dict[str, dict[str, object]] = {}
+    for section in parser.sections():
+        line = where.get((section, ""), 0)
+        if section not in _SCHEMA:
+            known = ", ".join(f"[{name}]" for name in _SCHEMA)
+            raise ConfigError(f"{source}:{line}: unknown section [{section}] (known: {known})")
+        values: dict[str, object] = {}
+        for key, raw in parser.items(section, raw=True):
+            line = where.get((section, key), 0)
+            if key not in _SCHEMA[section]:
+                known = ", ".join(_SCHEMA[section])
+                raise ConfigError(f"{source}:{line}: [{section}] {key}: unknown key (known: {known})")
+            value = raw.strip()
+            try:
+                values[key] = _SCHEMA[section][key](value)
+            except ConfigError as e:
+                raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}")
+        sections[section] = values
+    built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
+    settings = Settings(source=source, **built)  # type: ignore[arg-type]
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Checks that involve more than one key."""
+    s = settings
+    if s.server.certificate != "auto" and s.server.https and not s.server.private_key:
+        raise ConfigError(
+            f"{s.source}: [server] private_key: expected the key file of certificate = {s.server.certificate!r}"
+        )
+    if s.server.redirect_http and not s.server.https:
+        raise ConfigError(f"{s.source}: [server] redirect_http = yes: expected [server] https to be set too")
+    if not (s.server.http or s.server.https):
+        raise ConfigError(f"{s.source}: [server] http and https are both empty: expected at least one listener")
+    if s.admission.max_connections_per_user > s.admission.max_connections:
+        raise ConfigError(
+            f"{s.source}: [admission] max_connections_per_user = {s.admission.max_connections_per_user}: "
+            f"expected at most max_connections = {s.admission.max_connections}"
+        )
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read and parse the INI file at C{path}; a missing file is a L{ConfigError}."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the configuration file ({e})")
+    return parse_config(text, source=str(path))
+
+
+def describe_defaults() -> Sequence[tuple[str, str, object]]:
+    """(section, key, default) for every key: the README's table is checked against it."""
+    rows = []
+    for section, keys in _SCHEMA.items():
+        defaults = _SECTION_TYPES[section]()
+        for key in keys:
+            rows.append((section, key, getattr(defaults, key)))
+    return rows

@@ -1,0 +1,89 @@
+"""
+Publish/subscribe of presence, chat and control events.
+
+One L{EventHub} per process.  Every event gets a increasing integer id, so
+an event stream that reconnects with ``Last-Event-ID`` can be given what it
+missed from a bounded buffer, and so the chat port and the browser agree on
+the order of things.  Subscribers are plain callables; one that raises is
+logged and the others are still called: a broken subscriber must not silence
+the room.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from twisted.logger import Logger
+
+#: The kinds of event that exist; the SSE ``event:`` field.
+KINDS = ("presence", "chat", "control", "refusal")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    kind: str
+    data: dict[str, Any]
+
+    def json(self) -> str:
+        """The data as one line of JSON (no raw CR or LF can survive json.dumps)."""
+        return json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventHub:
+    _log = Logger()
+
+    def __init__(self, buffer: int = 1000) -> None:
+        self._next_id = 1
+        self._buffer: deque[Event] = deque(maxlen=buffer)
+        self._subscribers: list[Subscriber] = []
+
+    def publish(self, kind: str, data: dict[str, Any]) -> Event:
+        """Give C{data} the next id, remember it, and hand it to every subscriber."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        event = Event(self._next_id, kind, dict(data))
+        self._next_id += 1
+        self._buffer.append(event)
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                self._log.failure("event subscriber {subscriber!r} failed", subscriber=subscriber)
+        return event
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call C{subscriber} with every later event; returns the unsubscribe function."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def since(self, last_id: int) -> Iterable[Event] | None:
+        """
+        The buffered events after C{last_id}, oldest first; C{None} when some
+        of them have already left the buffer (the client missed too much and
+        should reload its state).
+        """
+        if last_id >= self._next_id - 1:
+            return []
+        if not self._buffer or self._buffer[0].id > last_id + 1:
+            return None
+        return [event for event in self._buffer if event.id > last_id]
+
+    @property
+    def last_id(self) -> int:
+        return self._next_id - 1
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
