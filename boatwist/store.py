@@ -1,0 +1,713 @@
+"""
+SQLite storage of the operators' chat history and the audit log.
+
+Why a dedicated writer thread: every commit is fsync'd (``synchronous=FULL``)
+because a device may lose power at any moment and a message that was shown
+to anyone must survive it.  On cheap flash an fsync can take tens or hundreds
+of milliseconds; on the reactor thread that would stall the heartbeat that
+detects dead peers.  So all SQLite work runs on ONE thread of a private
+L{ThreadPool} (one thread: SQLite serialises writers anyway, and a single
+thread keeps operations in the order they were asked for).  The connection
+is created on that thread and never leaves it (sqlite3's check_same_thread).
+
+The durability contract: L{Store.add_message} fires only after COMMIT has
+returned, so the caller broadcasts or acknowledges a message only once it is
+on disk; ``kill -9`` or a power cut at any moment loses nothing anyone saw.
+
+Why errors are translated: a full disk is an expected condition on a device
+(logs, uploads) that the chat must survive, so it is a distinct L{StoreFull}
+("message not saved", logged once) and the store keeps working once space is
+freed; everything else is L{StoreError}.
+
+Schema: a ``version`` table and SQL files shipped as package data in
+``boatwist/schema`` (``vN.sql`` for a fresh database, ``upgrade-to-vN.sql``
+for each step), applied in one transaction; a database newer than this code
+is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar, cast
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Message",
+    "Runner",
+    "Store",
+    "StoreError",
+    "StoreFull",
+    "StoreVersionError",
+    "SynchronousRunner",
+    "ThreadRunner",
+    "prepare_schema",
+    "read_schema",
+]
+
+_T = TypeVar("_T")
+
+#: The schema version this code reads and writes (``boatwist/schema/v1.sql``).
+SCHEMA_VERSION = 1
+
+#: Where a chat message may come from (the ``via`` column's CHECK).
+VIAS = ("web", "chat")
+
+#: Most messages one history page may hold: bounds the work a single request
+#: can make the writer thread do.
+MAX_HISTORY_PAGE = 500
+
+#: Most audit entries one audit_log call returns, for the same reason.
+MAX_AUDIT_PAGE = 1000
+
+#: How many add_message commit durations L{Store.commit_timings} keeps.
+COMMIT_TIMINGS_KEPT = 1000
+
+#: Milliseconds SQLite waits for a lock held by another process (an operator's
+#: ``sqlite3`` shell, a backup) before failing; it waits on the writer thread.
+BUSY_TIMEOUT_MS = 5000
+
+#: SQLite's primary result code for "database or disk is full".
+_SQLITE_FULL = 13
+
+#: The tables that retention applies to (a fixed list, never user input).
+_TABLES = ("messages", "audit")
+
+_SECONDS_PER_DAY = 86400.0
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says what and where."""
+
+
+class StoreFull(StoreError):
+    """
+    The disk (or the database's size limit) is full: nothing was saved.
+
+    Distinct from L{StoreError} because it is an expected, recoverable
+    condition the caller reports as "message not saved"; the store keeps
+    running and the next write after space is freed succeeds.
+    """
+
+
+class StoreVersionError(StoreError):
+    """
+    The database was written by a newer boatwist: its schema is refused
+    rather than misread or "upgraded" backwards.
+    """
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message as stored; C{id} orders messages, C{at} is for display."""
+
+    id: int
+    user: str
+    text: str
+    via: str
+    action: bool
+    at: float
+
+    def as_event_data(self) -> dict[str, Any]:
+        """The ``chat`` event's data (docs/internals.md), so every front end agrees."""
+        return {
+            "id": self.id,
+            "user": self.user,
+            "text": self.text,
+            "via": self.via,
+            "action": self.action,
+            "at": self.at,
+        }
+
+
+# ------------------------------------------------------------------ runners
+
+
+class Runner(Protocol):
+    """
+    Where the store's SQLite work runs.  Production: L{ThreadRunner} (one
+    thread, off the reactor).  Unit tests: L{SynchronousRunner}, so a test is
+    deterministic and needs no reactor.
+    """
+
+    def start(self) -> None:
+        """Get ready to run work."""
+
+    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        """Run C{work} after all work given before; its result or failure."""
+
+    def stop(self) -> None:
+        """Release the resources; called once all work has finished."""
+
+
+class ThreadRunner:
+    """
+    Runs work on a single dedicated thread, results delivered on the reactor.
+
+    A private pool, not the reactor's shared one: DNS lookups or bcrypt in the
+    shared pool must not queue behind an fsync, and one thread guarantees the
+    order of operations and that the connection is used by one thread only.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, name: str = "boatwist-store") -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._pool, work)
+
+    def stop(self) -> None:
+        # Joins the thread.  Store.stopService calls this only after its last
+        # work item (closing the connection) has come back, so the thread is
+        # idle and the join does not block the reactor.
+        self._pool.stop()
+
+
+class SynchronousRunner:
+    """
+    Runs work at once on the calling thread and returns an already-fired
+    Deferred.  For unit tests with ``:memory:``: no threads, no reactor, and
+    C{successResultOf} works.
+    """
+
+    def start(self) -> None:
+        pass
+
+    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        try:
+            result = work()
+        except Exception:
+            return defer.fail()
+        return defer.succeed(result)
+
+    def stop(self) -> None:
+        pass
+
+
+def _default_reactor() -> IReactorFromThreads:
+    """The global reactor, imported only when nobody injected one."""
+    from twisted.internet import reactor
+
+    return cast(IReactorFromThreads, reactor)
+
+
+# ------------------------------------------------------------------- schema
+
+SchemaReader = Callable[[str], str]
+
+
+def read_schema(name: str) -> str:
+    """
+    The text of ``boatwist/schema/<name>``, read as package data so it works
+    from a wheel or a zip; FileNotFoundError when no such file is shipped.
+    """
+    return (resources.files("boatwist") / "schema" / name).read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """
+    Split a schema file into single statements.
+
+    Not C{executescript}: it COMMITs first and runs outside our transaction,
+    which would make creation and upgrades non-atomic.  C{complete_statement}
+    knows about string literals and trigger bodies, so ``;`` inside them is safe.
+    """
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending  # trailing comments run as a no-op; a broken statement fails loudly
+
+
+def _found_version(conn: sqlite3.Connection, where: str) -> int | None:
+    """The schema version of the database, or None for an empty (new) one."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "version" not in tables:
+        names = ", ".join(sorted(tables))
+        raise StoreError(f"{where}: not a boatwist store: it holds tables ({names}) but no version table")
+    rows = conn.execute("SELECT version FROM version").fetchall()
+    if len(rows) != 1 or not isinstance(rows[0][0], int):
+        raise StoreError(f"{where}: damaged version table: expected one whole number, found {rows!r}")
+    return int(rows[0][0])
+
+
+def prepare_schema(
+    conn: sqlite3.Connection,
+    *,
+    where: str = "<database>",
+    target_version: int = SCHEMA_VERSION,
+    read: SchemaReader = read_schema,
+) -> int | None:
+    """
+    Create or upgrade the schema on C{conn} (opened with C{isolation_level=None})
+    to C{target_version}, all in ONE transaction: a power cut or a failing
+    upgrade step leaves the database exactly as it was.
+
+    Returns the version found before (None: the database was new).  Raises
+    L{StoreVersionError} for a database newer than C{target_version} and
+    L{StoreError} for anything that is not a boatwist store or cannot be
+    upgraded.  C{read} is injectable so the upgrade machinery can be tested
+    with schema versions this code does not ship yet.
+    """
+    step = "reading the schema version"
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # IMMEDIATE: two processes must not both create
+        found = _found_version(conn, where)
+        if found is None:
+            step = f"creating schema v{target_version}"
+            for statement in _statements(read(f"v{target_version}.sql")):
+                conn.execute(statement)
+            conn.execute("INSERT INTO version (version) VALUES (?)", (target_version,))
+        elif found > target_version:
+            raise StoreVersionError(
+                f"{where}: the database has schema version {found}, newer than the {target_version} "
+                f"this boatwist understands; refusing to open it (run a newer boatwist, or move the file away)"
+            )
+        else:
+            for version in range(found + 1, target_version + 1):
+                step = f"upgrading the schema from v{version - 1} to v{version}"
+                try:
+                    script = read(f"upgrade-to-v{version}.sql")
+                except FileNotFoundError:
+                    raise StoreError(
+                        f"{where}: no upgrade from schema v{version - 1} to v{version} is shipped; left at v{found}"
+                    )
+                for statement in _statements(script):
+                    conn.execute(statement)
+            conn.execute("UPDATE version SET version = ?", (target_version,))
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        _rollback(conn)
+        raise _translate(e, f"{where}: {step}") from e
+    except BaseException:
+        _rollback(conn)
+        raise
+    return found
+
+
+# ---------------------------------------------------------------- the database
+
+
+def _translate(error: BaseException, where: str) -> StoreError:
+    """
+    Map a low-level error to L{StoreFull} (disk full: SQLITE_FULL or ENOSPC)
+    or L{StoreError}, so callers need to know nothing about sqlite3.
+    """
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return StoreFull(f"{where}: disk full ({error.strerror or error})")
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)  # Python >= 3.11
+        if (code is not None and code & 0xFF == _SQLITE_FULL) or "database or disk is full" in str(error):
+            return StoreFull(f"{where}: database or disk is full")
+    return StoreError(f"{where}: {error}")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back whatever is open; after SQLITE_FULL SQLite may already have."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # nothing more can be done; the next BEGIN will tell
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(id=row[0], user=row[1], text=row[2], via=row[3], action=bool(row[4]), at=row[5])
+
+
+class _Database:
+    """
+    Everything that touches SQLite.  Lives on the writer thread: nothing here
+    is read by the reactor thread; results travel back as return values.
+    """
+
+    def __init__(self, path: str, retention_count: int, retention_seconds: float) -> None:
+        self.path = path
+        self.retention_count = retention_count
+        self.retention_seconds = retention_seconds
+        self.connection: sqlite3.Connection | None = None
+        self.not_open_because = "not started"
+
+    def open(self, now: float) -> str:
+        """Connect (on this thread), set the pragmas, prepare the schema; returns the journal mode."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            self.not_open_because = str(e)
+            raise _translate(e, f"{self.path}: opening") from e
+        try:
+            # busy_timeout first, so the pragmas below wait for another process's lock too.
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # WAL: one fsync per commit (of the log) instead of two, readers never block.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # FULL: in WAL mode NORMAL may lose the last commits on power loss;
+            # a message acknowledged to the room must survive it.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            prepare_schema(conn, where=self.path)
+            self._in_transaction(conn, lambda: self._prune_all(conn, now), "pruning on open")
+        except BaseException as e:
+            conn.close()
+            self.not_open_because = str(e)
+            if isinstance(e, sqlite3.Error):
+                raise _translate(e, f"{self.path}: opening") from e
+            raise
+        self.connection = conn
+        return str(mode)
+
+    def close(self) -> None:
+        conn, self.connection = self.connection, None
+        self.not_open_because = "stopped"
+        if conn is not None:
+            conn.close()  # the last connection checkpoints the WAL into the database
+
+    def _require(self) -> sqlite3.Connection:
+        if self.connection is None:
+            raise StoreError(f"{self.path}: the store is not open ({self.not_open_because})")
+        return self.connection
+
+    def _in_transaction(self, conn: sqlite3.Connection, work: Callable[[], _T], what: str) -> tuple[_T, float]:
+        """
+        Run C{work} in a write transaction; returns its result and how long
+        the COMMIT (where the fsyncs happen) took, in seconds.
+        """
+        try:
+            # IMMEDIATE: take the write lock now, so a busy database fails (or
+            # waits) here and not halfway through.
+            conn.execute("BEGIN IMMEDIATE")
+            result = work()
+            started = time.perf_counter()
+            conn.execute("COMMIT")
+            return result, time.perf_counter() - started
+        except (sqlite3.Error, OSError) as e:
+            _rollback(conn)
+            raise _translate(e, f"{self.path}: {what}") from e
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _prune(self, conn: sqlite3.Connection, table: str, newest_id: int | None, now: float) -> None:
+        """
+        Apply retention to C{table}: cheap enough to run on every insert.
+        Ids are AUTOINCREMENT (never reused), so "id <= newest - count" is a
+        rowid range delete; age uses the index on ``at``.
+        """
+        if newest_id is not None and newest_id > self.retention_count:
+            conn.execute(f"DELETE FROM {table} WHERE id <= ?", (newest_id - self.retention_count,))
+        conn.execute(f"DELETE FROM {table} WHERE at < ?", (now - self.retention_seconds,))
+
+    def _prune_all(self, conn: sqlite3.Connection, now: float) -> None:
+        """At open: retention may have been lowered, or the device was off for months."""
+        for table in _TABLES:
+            newest = conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+            self._prune(conn, table, newest, now)
+
+    def add_message(self, user: str, text: str, via: str, action: bool, at: float) -> tuple[Message, float]:
+        conn = self._require()
+
+        def insert() -> Message:
+            cursor = conn.execute(
+                "INSERT INTO messages (user, text, via, action, at) VALUES (?, ?, ?, ?, ?)",
+                (user, text, via, int(action), at),
+            )
+            message_id = cursor.lastrowid
+            assert message_id is not None
+            self._prune(conn, "messages", message_id, at)
+            return Message(message_id, user, text, via, action, at)
+
+        return self._in_transaction(conn, insert, "saving a chat message")
+
+    def audit(self, kind: str, user: str | None, address: str | None, detail: str, at: float) -> None:
+        conn = self._require()
+
+        def insert() -> None:
+            cursor = conn.execute(
+                "INSERT INTO audit (at, kind, user, address, detail) VALUES (?, ?, ?, ?, ?)",
+                (at, kind, user, address, detail),
+            )
+            self._prune(conn, "audit", cursor.lastrowid, at)
+
+        self._in_transaction(conn, insert, f"saving an audit entry ({kind})")
+
+    def _read(self, what: str, sql: str, params: Sequence[Any]) -> list[Any]:
+        conn = self._require()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise _translate(e, f"{self.path}: {what}") from e
+
+    def history(self, before: int | None, after: int | None, limit: int) -> list[Message]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if after is not None:
+            conditions.append("id > ?")
+            params.append(after)
+        if before is not None:
+            conditions.append("id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        columns = "id, user, text, via, action, at"
+        if after is not None:
+            # The ones just after `after`: ascending already.
+            sql = f"SELECT {columns} FROM messages {where} ORDER BY id ASC LIMIT ?"
+            rows = self._read("reading the chat history", sql, (*params, limit))
+        else:
+            # The latest (before `before`): newest first by index, then reversed.
+            sql = f"SELECT {columns} FROM messages {where} ORDER BY id DESC LIMIT ?"
+            rows = self._read("reading the chat history", sql, (*params, limit))
+            rows.reverse()
+        return [_message(row) for row in rows]
+
+    def audit_log(self, limit: int) -> list[dict[str, Any]]:
+        sql = "SELECT id, at, kind, user, address, detail FROM audit ORDER BY id DESC LIMIT ?"
+        rows = self._read("reading the audit log", sql, (limit,))
+        rows.reverse()
+        keys = ("id", "at", "kind", "user", "address", "detail")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def integrity_check(self) -> str:
+        rows = self._read("checking integrity", "PRAGMA integrity_check", ())
+        return "\n".join(str(row[0]) for row in rows)
+
+
+# --------------------------------------------------------------------- store
+
+
+class Store(Service):
+    """
+    The chat history and audit log, as a service: C{startService} opens the
+    database on the writer thread, C{stopService} closes it and stops the
+    thread (returning a Deferred, so twistd waits for the last commit).
+
+    Every method returns a Deferred and never blocks the reactor.  Writes are
+    serialised on the writer thread in the order they were asked for.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        retention_count: int,
+        retention_days: float,
+        wall_clock: Callable[[], float] = time.time,
+        runner: Runner | None = None,
+        reactor: IReactorFromThreads | None = None,
+    ) -> None:
+        """
+        @param path: the database file, or ``:memory:`` (unit tests).
+        @param retention_count: messages (and audit entries) kept at most.
+        @param retention_days: days a message (or audit entry) is kept.
+        @param wall_clock: unix time for ``at`` and age retention; injected so
+            tests control it.
+        @param runner: where SQLite work runs; default a L{ThreadRunner} made
+            at each start (a stopped thread pool cannot be restarted).
+        @param reactor: for the default runner; default the global reactor,
+            imported only then.
+        """
+        if retention_count < 1:
+            raise ValueError(f"retention_count must be at least 1, not {retention_count}")
+        if not retention_days > 0:
+            raise ValueError(f"retention_days must be positive, not {retention_days}")
+        self.path = path
+        self._wall_clock = wall_clock
+        self._given_runner = runner
+        self._reactor = reactor
+        self._runner: Runner | None = None
+        self._database = _Database(path, retention_count, retention_days * _SECONDS_PER_DAY)
+        self._commit_timings: deque[float] = deque(maxlen=COMMIT_TIMINGS_KEPT)
+        # Reactor-thread state only (callbacks run there):
+        self._full = False
+        self._opened = False
+        self._open_failure: Failure | None = None
+        self._open_waiters: list[Deferred[None]] = []
+
+    # -- service
+
+    def startService(self) -> None:
+        """Start the writer thread and open the database on it."""
+        super().startService()
+        self._runner = self._given_runner or ThreadRunner(self._reactor or _default_reactor())
+        self._runner.start()
+        self._opened = False
+        self._open_failure = None
+        now = self._wall_clock()
+        d = self._runner.run(lambda: self._database.open(now))
+        d.addCallbacks(self._did_open, self._open_failed)
+
+    def _did_open(self, journal_mode: str) -> None:
+        self._opened = True
+        self._log.info("chat store {path} open (schema v{version}, journal {mode})",
+                       path=self.path, version=SCHEMA_VERSION, mode=journal_mode)
+        waiters, self._open_waiters = self._open_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _open_failed(self, failure: Failure) -> None:
+        self._open_failure = failure
+        if isinstance(failure.value, StoreError):
+            # An operator's problem (newer file, full disk, not a database): one clear line.
+            self._log.critical("cannot open the chat store: {error}", error=failure.getErrorMessage())
+        else:
+            self._log.failure("cannot open the chat store {path}", failure, path=self.path)
+        waiters, self._open_waiters = self._open_waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def when_open(self) -> Deferred[None]:
+        """
+        Fires once the database is open and its schema ready; fails with
+        L{StoreVersionError} / L{StoreError} if it could not be opened (the
+        assembling code may then refuse to run rather than run without history).
+        """
+        if self._open_failure is not None:
+            return defer.fail(self._open_failure)
+        if self._opened:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._open_waiters.append(waiter)
+        return waiter
+
+    def stopService(self) -> Deferred[None]:
+        """Close the connection on the writer thread (after queued work), then stop the thread."""
+        super().stopService()
+        runner, self._runner = self._runner, None
+        self._opened = False
+        if runner is None:
+            return defer.succeed(None)
+        d = runner.run(self._database.close)
+
+        def failed(failure: Failure) -> None:
+            self._log.error("closing the chat store {path} failed: {error}",
+                            path=self.path, error=failure.getErrorMessage())
+
+        def stop(_: object) -> None:
+            runner.stop()
+
+        d.addErrback(failed)
+        d.addCallback(stop)
+        return d
+
+    # -- plumbing
+
+    def _run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        if self._runner is None:
+            return defer.fail(StoreError(f"{self.path}: the store is not running"))
+        return self._runner.run(work)
+
+    def _write(self, work: Callable[[], _T]) -> Deferred[_T]:
+        """Run a write; track the disk-full state so it is logged once per episode."""
+        d = self._run(work)
+        d.addCallbacks(self._write_succeeded, self._write_failed)
+        return d
+
+    def _write_succeeded(self, result: _T) -> _T:
+        if self._full:
+            self._full = False
+            self._log.info("chat store {path}: writes succeed again", path=self.path)
+        return result
+
+    def _write_failed(self, failure: Failure) -> Failure:
+        if isinstance(failure.value, StoreFull):
+            if not self._full:
+                self._full = True
+                self._log.error(
+                    "chat store full, messages and audit entries are NOT being saved "
+                    "(logged once until a write succeeds again): {error}",
+                    error=failure.getErrorMessage(),
+                )
+        elif isinstance(failure.value, StoreError):
+            self._log.error("chat store write failed: {error}", error=failure.getErrorMessage())
+        return failure
+
+    # -- the API
+
+    def add_message(self, user: str, text: str, via: str, action: bool = False) -> Deferred[Message]:
+        """
+        Save a chat message.  Fires with the stored L{Message} (with its id)
+        only after COMMIT: broadcast and acknowledge only then.  Fails with
+        L{StoreFull} when the disk is full (nothing saved), L{StoreError}
+        otherwise.  An unknown C{via} is a caller bug: ValueError at once.
+        """
+        if via not in VIAS:
+            raise ValueError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
+        at = self._wall_clock()
+        action = bool(action)
+        d = self._write(lambda: self._database.add_message(user, text, via, action, at))
+        return d.addCallback(self._record_commit)
+
+    def _record_commit(self, result: tuple[Message, float]) -> Message:
+        message, commit_seconds = result
+        self._commit_timings.append(commit_seconds)
+        return message
+
+    @property
+    def commit_timings(self) -> tuple[float, ...]:
+        """
+        Seconds the COMMIT of each of the last L{COMMIT_TIMINGS_KEPT}
+        add_message calls took (the fsyncs), oldest first: what a benchmark
+        reports as the time a message spends in SQLite's commit.
+        """
+        return tuple(self._commit_timings)
+
+    def history(
+        self, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> Deferred[list[Message]]:
+        """
+        A page of history, oldest first, paged by id: with C{before}, the
+        C{limit} messages just before that id; with C{after}, the ones just
+        after it (with both, those just after C{after} and before C{before});
+        with neither, the latest C{limit}.  C{limit} is clamped to 1..500.
+        Ids are coerced with int() at once, so a bad one from a query string
+        is a ValueError here rather than a strange comparison in SQL.
+        """
+        limit = max(1, min(MAX_HISTORY_PAGE, int(limit)))
+        before = None if before is None else int(before)
+        after = None if after is None else int(after)
+        return self._run(lambda: self._database.history(before, after, limit))
+
+    def audit(self, kind: str, user: str | None, address: str | None, detail: str = "") -> Deferred[None]:
+        """
+        Record who did what from where (kinds: login, login-failed, logout,
+        refused, operation, ...).  Same failure modes as L{add_message}.
+        """
+        at = self._wall_clock()
+
+        def write() -> None:
+            self._database.audit(kind, user, address, detail, at)
+
+        return self._write(write)
+
+    def audit_log(self, limit: int = 100) -> Deferred[list[dict[str, Any]]]:
+        """
+        The latest C{limit} audit entries (clamped to 1..1000), oldest first,
+        as dicts with id, at, kind, user, address, detail.
+        """
+        limit = max(1, min(MAX_AUDIT_PAGE, int(limit)))
+        return self._run(lambda: self._database.audit_log(limit))
+
+    def integrity_check(self) -> Deferred[str]:
+        """SQLite's ``PRAGMA integrity_check``: ``'ok'``, or the problems found, one a line."""
+        return self._run(self._database.integrity_check)
