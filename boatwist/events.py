@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from twisted.logger import Logger
 
 #: The kinds of event that exist; the SSE ``event:`` field.
-KINDS = ("presence", "chat", "control", "refusal")
+KINDS = ("presence", "chat", "control")
 
 
 @dataclass(frozen=True)

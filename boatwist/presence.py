@@ -1,0 +1,264 @@
+"""
+Who is online, in what state, and whether one more may come in.
+
+A user is online while they have at least one persistent connection (an
+event stream or a chat connection) or made an authenticated plain HTTP
+request within ``http_grace`` seconds.  Persistent connections *are* the
+presence: when the last one ends the user is offline at once, whatever
+plain requests they made before -- a browser whose cable was pulled must not
+be kept online by the chat message it posted a moment earlier.
+
+Admission is decided here and nowhere else: front ends (the HTTP realm, the
+chat port) ask L{Presence.check}, L{Presence.attach} or
+L{Presence.touch_http} and show the L{Refusal} they get back.  Every change
+becomes an event on the L{EventHub}; nothing here writes to a socket.
+
+Deadlines use the injected monotonic clock, so a wall-clock step (an
+RTC-less device setting its time by NTP at boot) cannot expire anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from twisted.logger import Logger
+
+from .config import AdmissionSettings
+from .events import EventHub
+
+ONLINE = "online"
+UNSTABLE = "unstable"
+OFFLINE = "offline"
+
+#: How long a repeated refusal of the same user is not announced again, seconds.
+REFUSAL_QUIET = 5.0
+
+
+class Connection(Protocol):
+    """What presence needs of a tracked connection (connections.TrackedConnection)."""
+
+    id: int
+    kind: str
+    peer_host: str
+    peer_port: int
+    rtt_ms: float | None
+    unstable: bool
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why someone was not let in; front ends show L{message}."""
+
+    reason: str  # "full" or "too-many-connections"
+    used: int
+    limit: int
+    retry_after: int
+
+    def message(self) -> str:
+        if self.reason == "full":
+            return f"server full: {self.used} of {self.limit} operators online"
+        return f"too many connections: {self.used} of {self.limit} allowed per operator"
+
+
+@dataclass
+class UserState:
+    name: str
+    state: str
+    since: float  # wall clock, for display
+    via: str
+    connections: list[Any] = field(default_factory=list)
+    #: Monotonic deadline of plain-HTTP presence; None when not HTTP-only.
+    http_until: float | None = None
+    http_peer: str = ""
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.connections)
+
+
+class Presence:
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: EventHub,
+        settings: AdmissionSettings,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+    ) -> None:
+        self._hub = hub
+        self._settings = settings
+        self._monotonic = monotonic
+        self._wall = wall
+        self._users: dict[str, UserState] = {}
+        self._refused_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def limit(self) -> int:
+        return self._settings.max_users
+
+    @property
+    def seats_used(self) -> int:
+        return len(self._users)
+
+    def is_online(self, user: str) -> bool:
+        return user in self._users
+
+    def users(self) -> list[UserState]:
+        return sorted(self._users.values(), key=lambda u: u.name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The C{/api/presence} document."""
+        return {
+            "seats": {"used": self.seats_used, "limit": self.limit},
+            "users": [
+                {
+                    "user": u.name,
+                    "state": u.state,
+                    "since": u.since,
+                    "connections": [
+                        {
+                            "kind": c.kind,
+                            "peer": c.peer_host,
+                            "port": c.peer_port,
+                            "rtt_ms": c.rtt_ms,
+                            "unstable": c.unstable,
+                        }
+                        for c in u.connections
+                    ]
+                    + ([{"kind": "http", "peer": u.http_peer}] if u.http_until is not None else []),
+                }
+                for u in self.users()
+            ],
+        }
+
+    # ---------------------------------------------------------- admission
+
+    def check(self, user: str, via: str = "http") -> Refusal | None:
+        """May C{user} make a request?  An online user always may; a new one needs a seat."""
+        if user in self._users:
+            return None
+        if self.seats_used >= self.limit:
+            return self._refuse(user, "full", self.seats_used, self.limit, via)
+        return None
+
+    def attach(self, user: str, conn: Connection) -> Refusal | None:
+        """Make C{conn} (an event stream or chat connection) part of C{user}'s presence."""
+        state = self._users.get(user)
+        if state is None:
+            refusal = self.check(user, conn.kind)
+            if refusal is not None:
+                return refusal
+            state = self._come_online(user, conn.kind)
+        elif conn in state.connections:
+            return None
+        elif len(state.connections) >= self._settings.max_connections_per_user:
+            limit = self._settings.max_connections_per_user
+            return self._refuse(user, "too-many-connections", len(state.connections), limit, conn.kind)
+        state.connections.append(conn)
+        # Persistent presence replaces the plain-HTTP grace period.
+        state.http_until = None
+        return None
+
+    def touch_http(self, user: str, peer: str) -> Refusal | None:
+        """An authenticated plain request by C{user} from C{peer}: online for http_grace."""
+        state = self._users.get(user)
+        if state is None:
+            refusal = self.check(user, "http")
+            if refusal is not None:
+                return refusal
+            state = self._come_online(user, "http")
+        if not state.persistent:
+            state.http_until = self._monotonic() + self._settings.http_grace
+            state.http_peer = peer
+        return None
+
+    # ------------------------------------------------------------ changes
+
+    def detach(self, conn: Connection, reason: str, detected_after: float | None = None) -> None:
+        """C{conn} ended for C{reason}; the user goes offline if it was their last."""
+        for state in list(self._users.values()):
+            if conn in state.connections:
+                state.connections.remove(conn)
+                if not state.connections:
+                    self._go_offline(state, reason, detected_after, conn.kind)
+                elif conn.unstable:
+                    self._update_stability(state, "recovered")
+                return
+
+    def set_unstable(self, conn: Connection, unstable: bool, reason: str) -> None:
+        """The heartbeat saw C{conn}'s link troubled (or well again)."""
+        if conn.unstable == unstable:
+            return
+        conn.unstable = unstable
+        for state in self._users.values():
+            if conn in state.connections:
+                self._update_stability(state, reason)
+                return
+
+    def expire(self) -> None:
+        """Users present only through plain requests go offline after http_grace."""
+        now = self._monotonic()
+        for state in list(self._users.values()):
+            if not state.persistent and state.http_until is not None and state.http_until <= now:
+                self._go_offline(state, "idle", None, "http")
+
+    def kick(self, user: str) -> bool:
+        """Remove C{user}: their connections are closed with reason C{kicked}."""
+        state = self._users.get(user)
+        if state is None:
+            return False
+        conns = list(state.connections)
+        if not conns:
+            self._go_offline(state, "kicked", None, state.via)
+        for conn in conns:
+            conn.close("kicked")  # type: ignore[attr-defined]
+        return True
+
+    # ------------------------------------------------------------ private
+
+    def _come_online(self, user: str, via: str) -> UserState:
+        state = UserState(name=user, state=ONLINE, since=self._wall(), via=via)
+        self._users[user] = state
+        self._refused_at.pop(user, None)
+        self._publish(user, ONLINE, "login", via)
+        self._log.info("{user} is online via {via} ({used} of {limit} seats)",
+                       user=user, via=via, used=self.seats_used, limit=self.limit)
+        return state
+
+    def _go_offline(self, state: UserState, reason: str, detected_after: float | None, via: str) -> None:
+        del self._users[state.name]
+        extra = {"detected_after": None if detected_after is None else round(detected_after, 3)}
+        self._publish(state.name, OFFLINE, reason, via, **extra)
+        self._log.info("{user} is offline: {reason} (detected after {after})",
+                       user=state.name, reason=reason, after=detected_after)
+
+    def _update_stability(self, state: UserState, reason: str) -> None:
+        new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE
+        if new != state.state:
+            state.state = new
+            self._publish(state.name, new, reason, state.via)
+
+    def _refuse(self, user: str, reason: str, used: int, limit: int, via: str) -> Refusal:
+        refusal = Refusal(reason, used, limit, retry_after=max(1, int(self._settings.http_grace) or 1))
+        now = self._monotonic()
+        last = self._refused_at.get(user)
+        if last is None or now - last >= REFUSAL_QUIET:
+            self._refused_at[user] = now
+            # A refusal is a presence event too: the user stays offline, and everyone sees why.
+            current = self._users[user].state if user in self._users else OFFLINE
+            self._publish(user, current, "refused", via, refusal=reason, used=used, limit=limit)
+            self._log.warn("refused {user} via {via}: {message}", user=user, via=via,
+                           message=refusal.message())
+        if len(self._refused_at) > 1000:
+            self._refused_at = {u: t for u, t in self._refused_at.items() if now - t < REFUSAL_QUIET}
+        return refusal
+
+    def _publish(self, user: str, state: str, reason: str, via: str, **extra: Any) -> None:
+        data = {"user": user, "state": state, "reason": reason, "at": self._wall(), "via": via}
+        data.update(extra)
+        self._hub.publish("presence", data)
+
