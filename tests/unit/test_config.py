@@ -1,0 +1,128 @@
+"""The INI file: typed values, defaults, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from boatwist.config import ConfigError, Settings, describe_defaults, load_config, parse_config
+from boatwist.tap import Options
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_empty_file_gives_the_documented_defaults() -> None:
+    """Every key has a default: an empty file is a working configuration."""
+    s = parse_config("")
+    assert s.server.http == "tcp:8080:interface=127.0.0.1"
+    assert s.server.chat == "tcp:8023:interface=127.0.0.1"
+    assert s.admission.max_users == 10
+    assert s.admission.networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert (s.keepalive.idle, s.keepalive.interval, s.keepalive.count, s.keepalive.user_timeout) == (1, 1, 2, 3.0)
+    assert (s.heartbeat.interval, s.heartbeat.stream_interval) == (1.0, 15.0)
+    assert s.auth.schemes == ("digest", "basic")
+
+
+def test_shipped_config_parses() -> None:
+    """The etc/embweb.ini the README runs is valid and has the DESIGN.md contract keys."""
+    s = load_config(ROOT / "etc" / "embweb.ini")
+    assert s.server.http.startswith("tcp:8080")
+    assert s.server.chat.startswith("tcp:8023")
+    assert s.admission.max_users == 10
+    assert s.server.state_dir == Path("var")
+
+
+def test_values_are_typed() -> None:
+    """Numbers, lists and networks come out as Python values."""
+    s = parse_config(
+        "[admission]\nmax_users = 3\nnetworks = 10.0.0.0/8, ::ffff:0:0/96\nhttp_grace=2.5\n"
+        "[auth]\nschemes = Basic\n[keepalive]\nuser_timeout = 0\n"
+    )
+    assert s.admission.max_users == 3
+    assert s.admission.http_grace == 2.5
+    assert len(s.admission.networks) == 2
+    assert s.auth.schemes == ("basic",)
+    assert s.keepalive.user_timeout == 0
+
+
+def test_settings_are_frozen() -> None:
+    """Nothing can change a limit behind the validator's back."""
+    s = parse_config("")
+    with pytest.raises(Exception):
+        s.admission.max_users = 99  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[admission]\nmax_users = ten\n", ["cfg.ini:2:", "[admission] max_users = 'ten'", "whole number"]),
+        ("[admission]\nmax_users = 0\n", ["[admission] max_users", "from 1 to"]),
+        ("[admission]\nnetworks = 10.0.0.300/8\n", ["[admission] networks", "CIDR"]),
+        ("[admission]\nnetworks = 10.0.0.1/8\n", ["[admission] networks", "host bits"]),
+        ("[server]\nhttp = tcp:notaport\n", ["[server] http = 'tcp:notaport'", "endpoint"]),
+        ("[server]\nhttp = bogus:1234\n", ["[server] http", "endpoint"]),
+        ("[server]\nredirect_http = maybe\n", ["[server] redirect_http", "yes or no"]),
+        ("[sever]\nhttp = tcp:1\n", ["cfg.ini:1:", "unknown section [sever]"]),
+        ("[server]\nhtpp = tcp:1\n", ["cfg.ini:2:", "[server] htpp", "unknown key"]),
+        ("[keepalive]\nidle = 1.5\n", ["[keepalive] idle", "whole number"]),
+        ("[heartbeat]\ninterval = nan\n", ["[heartbeat] interval", "seconds"]),
+        ("[auth]\nschemes = ntlm\n", ["[auth] schemes", "digest, basic"]),
+        ("[auth]\nrealm = a\"b\n", ["[auth] realm"]),
+        ("[server]\nhttp =\nhttps =\n", ["at least one listener"]),
+        ("[server]\nredirect_http = yes\n", ["redirect_http", "https"]),
+        ("[server]\nhttp\n", ["cfg.ini"]),
+    ],
+)
+def test_bad_values_name_file_line_key_value_and_expectation(text: str, expected: list[str]) -> None:
+    """Each mistake is one line naming where it is and what was expected."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="cfg.ini")
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A wrong --config path says so instead of running with defaults."""
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "nope.ini")
+
+
+def test_options_turn_config_errors_into_usage_errors(tmp_path: Path) -> None:
+    """postOptions raises UsageError, which twistd turns into an exit without traceback."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[admission]\nmax_users = -1\n")
+    options = Options()
+    options["config"] = str(bad)
+    with pytest.raises(usage.UsageError, match=r"\[admission\] max_users"):
+        options.postOptions()
+
+
+def test_options_print_one_line_and_exit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On the command line a config error is one line on stderr and exit status 2."""
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[keepalive]\ncount = 1000\n")
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[keepalive] count" in err and str(bad) in err
+
+
+def test_every_key_is_documented_in_the_readme() -> None:
+    """The README's configuration table names every key the parser accepts."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [f"[{section}] {key}" for section, key, _ in describe_defaults() if f"`{key}`" not in readme]
+    assert not missing, missing
+
+
+def test_settings_default_user_files_live_in_state_dir() -> None:
+    """Empty users/digest_users mean files in state_dir."""
+    s = parse_config("[server]\nstate_dir = /tmp/x\n")
+    assert s.users_file == Path("/tmp/x/users.htpasswd")
+    assert s.digest_users_file == Path("/tmp/x/users.htdigest")
+    assert isinstance(s, Settings)
