@@ -1,0 +1,321 @@
+"""
+The operators' chat room: the policy, shared by every front end.
+
+Two front ends talk here, the line-based chat port (L{boatwist.chat}) and
+the browser (C{POST /api/chat}); each is a thin "mind" that parses and
+formats (STYLE practice 9).  What may be said, by whom, how often, and in
+which order things happen is decided once, here:
+
+  - a message is cleaned (L{boatwist.textsafe.clean_message}), must not be
+    empty after that and must fit in C{[chat] max_line} bytes of UTF-8;
+  - each user has a token bucket of C{rate_messages} per C{rate_period}
+    seconds, shared by all their connections and front ends, so opening a
+    second connection does not double the allowance;
+  - a message is stored first and published on the hub only once the store
+    has COMMITted it: nobody sees a line that a power cut would then erase,
+    and the event's id is the message id, so history and the live stream
+    can be stitched together without duplicates.
+
+The words users read for presence reasons (L{REASON_WORDS}) live here too,
+so the chat port and the web UI describe the same event the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import ChatSettings
+from .events import Event
+from .store import StoreFull
+from .textsafe import clean_message
+
+if TYPE_CHECKING:
+    from .store import Message
+
+__all__ = [
+    "REASON_WORDS",
+    "ChatRoom",
+    "EmptyMessage",
+    "MessageRefused",
+    "MessageTooLong",
+    "NotSaved",
+    "RateLimited",
+    "presence_sentence",
+    "reason_words",
+    "refusal_sentence",
+]
+
+#: Presence, close and refusal reasons in the words users read.  One table
+#: for the chat port and the web UI (served to it as JSON if it wants).
+REASON_WORDS: Mapping[str, str] = MappingProxyType(
+    {
+        "login": "logged in",
+        "recovered": "connection recovered",
+        "closed": "left",
+        "reset": "connection reset",
+        "keepalive-timeout": "no answer to keepalive probes",
+        "user-timeout": "data unacknowledged too long",
+        "heartbeat-timeout": "missed heartbeat",
+        "tcp-state": "connection half-closed",
+        "slow-reader": "too slow to read events",
+        "kicked": "removed by an operator",
+        "idle": "idle",
+        "retransmits": "packets being retransmitted",
+        "probes": "keepalive probes unanswered",
+        "refused": "refused",
+        "full": "server full",
+        "too-many-connections": "too many connections",
+        "shutdown": "server shutting down",
+    }
+)
+
+
+def reason_words(reason: object) -> str:
+    """C{reason} as users read it; an unknown one is shown as it is, cleaned."""
+    if isinstance(reason, str):
+        return REASON_WORDS.get(reason) or clean_message(reason)
+    return "unknown reason"
+
+
+def presence_sentence(data: Mapping[str, Any]) -> str:
+    """
+    A presence event as one sentence, e.g. C{bob is offline (no answer to
+    keepalive probes, detected after 3.1 s)}.  How long detection took is
+    part of the sentence because it is what tells operators whether the
+    "offline" they read is fresh.
+    """
+    if data.get("reason") == "refused":
+        return refusal_sentence(data)
+    user = clean_message(str(data.get("user", "?")))
+    state = clean_message(str(data.get("state", "?")))
+    words = reason_words(data.get("reason"))
+    if data.get("reason") == "login" and data.get("via"):
+        words += f" via {clean_message(str(data['via']))}"
+    after = data.get("detected_after")
+    # A goodbye is not detected, it is heard: "left, detected after 0.0 s" is noise.
+    if state == "offline" and isinstance(after, (int, float)) and data.get("reason") != "closed":
+        words += f", detected after {after:.1f} s"
+    return f"{user} is {state} ({words})"
+
+
+def refusal_sentence(data: Mapping[str, Any]) -> str:
+    """
+    A refusal (a presence event with reason C{refused} and C{refusal},
+    C{used}, C{limit}) as one sentence, e.g. C{carol was refused: server
+    full (10 of 10 operators online)}.
+    """
+    user = clean_message(str(data.get("user", "?")))
+    reason = data.get("refusal")
+    used, limit = data.get("used", "?"), data.get("limit", "?")
+    if reason == "full":
+        detail = f"{used} of {limit} operators online"
+    elif reason == "too-many-connections":
+        detail = f"{used} of {limit} allowed per operator"
+    elif reason:
+        return f"{user} was refused: {reason_words(reason)}"
+    else:
+        return f"{user} was refused"
+    return f"{user} was refused: {reason_words(reason)} ({detail})"
+
+
+# ------------------------------------------------------------- refusals
+
+
+class MessageRefused(Exception):
+    """
+    The room will not take this message.  C{str()} of it is the sentence to
+    show the sender, in any front end (the web answers 4xx with it).
+    """
+
+
+class EmptyMessage(MessageRefused):
+    def __str__(self) -> str:
+        return "nothing to send: the message is empty once control characters are removed"
+
+
+class MessageTooLong(MessageRefused):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"message too long: at most {self.limit} bytes"
+
+
+class RateLimited(MessageRefused):
+    """Over the per-user rate; C{retry_after} seconds until one more message is allowed."""
+
+    def __init__(self, retry_after: float, messages: int, period: float) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+        self.messages = messages
+        self.period = period
+
+    def __str__(self) -> str:
+        return (
+            f"slow down: at most {self.messages} messages per {self.period:g} s; "
+            f"try again in {self.retry_after:.1f} s"
+        )
+
+
+class NotSaved(Exception):
+    """
+    The store did not commit the message, so it was not sent to anyone
+    (the room never shows what it could not keep).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"message not saved: {self.reason}"
+
+
+# ------------------------------------------------------- what we need
+
+
+class _Hub(Protocol):
+    def publish(self, kind: str, data: dict[str, Any]) -> Any: ...
+
+    def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]: ...
+
+
+class _Store(Protocol):
+    def add_message(self, user: str, text: str, via: str, action: bool) -> Deferred[Message]: ...
+
+    def history(self, before: int | None = None, after: int | None = None,
+                limit: int = 50) -> Deferred[list[Message]]: ...
+
+
+class _Presence(Protocol):
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+# ----------------------------------------------------------------- room
+
+
+class ChatRoom:
+    """
+    One room per process.  Front-end neutral: no bytes, no HTTP, no
+    prompts; callers pass who is speaking (already authenticated) and
+    through which front end (C{via}: ``chat`` or ``web``).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: _Hub,
+        store: _Store,
+        presence: _Presence,
+        clock: IReactorTime,
+        settings: ChatSettings,
+    ) -> None:
+        self._hub = hub
+        self._store = store
+        self._presence = presence
+        self._clock = clock
+        self._settings = settings
+        self._buckets: dict[str, _Bucket] = {}
+
+    @property
+    def settings(self) -> ChatSettings:
+        return self._settings
+
+    def say(self, user: str, text: str, via: str, action: bool = False) -> Deferred[Message]:
+        """
+        Send C{text} from C{user} to the room.
+
+        Raises at once (nothing stored, nothing spent) L{EmptyMessage},
+        L{MessageTooLong} or L{RateLimited}.  Otherwise returns a Deferred
+        that fires with the stored C{Message} after it has been committed
+        AND published as a C{chat} event, or fails with L{NotSaved}.
+        """
+        cleaned = clean_message(text).strip()
+        if not cleaned:
+            raise EmptyMessage()
+        if len(cleaned.encode("utf-8")) > self._settings.max_line:
+            raise MessageTooLong(self._settings.max_line)
+        self._spend_token(user)
+        d = self._store.add_message(user, cleaned, via, action)
+        d.addCallbacks(self._committed, self._not_saved, errbackArgs=(user,))
+        return d
+
+    def history(self, limit: int | None = None) -> Deferred[list[Message]]:
+        """The last C{limit} (default C{[chat] history}) messages, oldest first."""
+        if limit is None:
+            limit = self._settings.history
+        if limit <= 0:
+            # The store clamps its page to at least one message; "none" is ours to say.
+            return succeed([])
+        d = self._store.history(limit=limit)
+        d.addCallback(lambda messages: sorted(messages, key=lambda m: m.id))
+        return d
+
+    def who(self) -> list[dict[str, Any]]:
+        """
+        Who is online, sorted by name: C{{"user", "state", "kinds": [web,
+        chat, http ...], "rtt_ms": best known RTT or None}}, taken from the
+        presence snapshot (so it agrees with C{/api/presence}).
+        """
+        entries = []
+        for user in self._presence.snapshot().get("users", []):
+            conns = user.get("connections", [])
+            rtts = [c["rtt_ms"] for c in conns if isinstance(c.get("rtt_ms"), (int, float))]
+            entries.append(
+                {
+                    "user": user.get("user", "?"),
+                    "state": user.get("state", "?"),
+                    "kinds": sorted({str(c.get("kind", "?")) for c in conns}),
+                    "rtt_ms": min(rtts) if rtts else None,
+                }
+            )
+        return sorted(entries, key=lambda e: e["user"])
+
+    def subscribe(self, subscriber: Callable[[Event], None]) -> Callable[[], None]:
+        """Hear every later hub event (chat, presence, refusal, control); returns unsubscribe."""
+        return self._hub.subscribe(subscriber)
+
+    # -------------------------------------------------------- private
+
+    def _spend_token(self, user: str) -> None:
+        """Take one message from C{user}'s bucket or raise L{RateLimited}."""
+        capacity = float(self._settings.rate_messages)
+        rate = capacity / self._settings.rate_period
+        now = self._clock.seconds()
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            bucket = self._buckets[user] = _Bucket(capacity, now)
+        # A wall clock stepped back (reactor time, twisted #2424) must not
+        # drain the bucket: elapsed time is never negative.
+        bucket.tokens = min(capacity, bucket.tokens + max(0.0, now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0 - 1e-9:
+            raise RateLimited((1.0 - bucket.tokens) / rate, self._settings.rate_messages,
+                              self._settings.rate_period)
+        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+
+    def _committed(self, message: Message) -> Message:
+        self._hub.publish("chat", message.as_event_data())
+        return message
+
+    def _not_saved(self, failure: Failure, user: str) -> Failure:
+        if failure.check(StoreFull):
+            self._log.warn("message from {user} not saved: store full", user=user)
+            return Failure(NotSaved("disk full"))
+        self._log.failure("message from {user} not saved", failure, user=user)
+        return Failure(NotSaved("storage error"))

@@ -1,0 +1,699 @@
+"""
+The chat port, byte for byte: StringTransport for the socket, Clock for time,
+a real EventHub and ChatRoom, fakes for the store, presence, tracker and
+authenticate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from boatwist.chat import ChatFactory, ChatProtocol, TelnetFilter
+from boatwist.chatroom import ChatRoom
+from boatwist.config import ChatSettings
+from boatwist.events import EventHub
+from boatwist.presence import Refusal
+from boatwist.store import Message, StoreFull
+
+IAC, DONT, DO, WONT, WILL, SB, SE, ECHO = 255, 254, 253, 252, 251, 250, 240, 1
+
+BANNER = b"boatwist chat: log in with your operator name and password\r\n"
+
+
+# ------------------------------------------------------------------ fakes
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.manual = False
+        self.pending: list[Deferred[Message]] = []
+        self.full = False
+        self.history_deferred: Deferred[list[Message]] | None = None
+
+    def add_message(self, user: str, text: str, via: str, action: bool) -> Deferred[Message]:
+        if self.full:
+            return fail(StoreFull("chat.db: disk full"))
+        message = Message(len(self.messages) + 1, user, text, via, action, 1_700_000_000.0)
+        self.messages.append(message)
+        if not self.manual:
+            return succeed(message)
+        d: Deferred[Message] = Deferred()
+        d.addCallback(lambda _: message)
+        self.pending.append(d)
+        return d
+
+    def history(self, before: int | None = None, after: int | None = None, limit: int = 50) -> Deferred[list[Message]]:
+        if self.history_deferred is not None:
+            return self.history_deferred
+        return succeed(self.messages[-limit:])
+
+
+class FakePresence:
+    """Admits everyone (or answers with .refusal), records attach/detach, makes a snapshot."""
+
+    def __init__(self) -> None:
+        self.refusal: Refusal | None = None
+        self.attached: list[tuple[str, Any]] = []
+        self.detached: list[tuple[Any, str, float | None]] = []
+
+    def attach(self, user: str, conn: Any) -> Refusal | None:
+        if self.refusal is not None:
+            return self.refusal
+        self.attached.append((user, conn))
+        return None
+
+    def detach(self, conn: Any, reason: str, detected_after: float | None = None) -> None:
+        self.detached.append((conn, reason, detected_after))
+        self.attached = [(u, c) for u, c in self.attached if c is not conn]
+
+    def snapshot(self) -> dict[str, Any]:
+        users: dict[str, list[Any]] = {}
+        for user, conn in self.attached:
+            users.setdefault(user, []).append(conn)
+        return {
+            "seats": {"used": len(users), "limit": 10},
+            "users": [
+                {"user": u, "state": "unstable" if any(c.unstable for c in cs) else "online",
+                 "connections": [{"kind": c.kind, "rtt_ms": c.rtt_ms, "unstable": c.unstable} for c in cs]}
+                for u, cs in sorted(users.items())
+            ],
+        }
+
+
+class FakeConnection:
+    """A TrackedConnection as the tracker would hand it out."""
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.kind = "chat"
+        self.user: str | None = None
+        self.rtt_ms: float | None = 0.4
+        self.unstable = False
+        self.closed: list[str] = []
+        self._transport = transport
+
+    def close(self, reason: str) -> None:
+        self.closed.append(reason)
+        self._transport.abortConnection()
+
+
+class FakeTracker:
+    def __init__(self, presence: FakePresence) -> None:
+        self.presence = presence
+        self.conns: dict[int, FakeConnection] = {}
+        self.bound: list[tuple[FakeConnection, str, str]] = []
+
+    def connection_for(self, protocol: Any) -> FakeConnection | None:
+        return self.conns.get(id(protocol))
+
+    def bind(self, conn: FakeConnection, user: str, kind: str) -> Refusal | None:
+        self.bound.append((conn, user, kind))
+        conn.user, conn.kind = user, kind
+        return self.presence.attach(user, conn)
+
+
+class FakeAuth:
+    """authenticate(user, password, peer_host): immediate, or manual when .manual is set."""
+
+    def __init__(self) -> None:
+        self.passwords = {"alice": "secret", "bob": "hunter2", "张三": "密码 with spaces "}
+        self.calls: list[tuple[str, str, str]] = []
+        self.manual = False
+        self.pending: list[Deferred[str]] = []
+
+    def __call__(self, user: str, password: str, peer_host: str) -> Deferred[str]:
+        self.calls.append((user, password, peer_host))
+        if self.manual:
+            d: Deferred[str] = Deferred()
+            self.pending.append(d)
+            return d
+        if self.passwords.get(user) == password:
+            return succeed(user)
+        return fail(UnauthorizedLogin())
+
+
+class Harness:
+    def __init__(self, tracked: bool = True, **chat: Any) -> None:
+        self.clock = Clock()
+        self.hub = EventHub()
+        self.store = FakeStore()
+        self.presence = FakePresence()
+        self.tracker = FakeTracker(self.presence)
+        self.tracked = tracked
+        self.auth = FakeAuth()
+        self.settings = ChatSettings(**chat)
+        self.room = ChatRoom(self.hub, self.store, self.presence, self.clock, self.settings)
+        self.factory = ChatFactory(self.room, self.presence, self.tracker, self.auth, self.clock, self.settings)
+        self._port = 40000
+
+    def connect(self) -> tuple[ChatProtocol, StringTransport]:
+        self._port += 1
+        peer = IPv4Address("TCP", "192.0.2.7", self._port)
+        proto = self.factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        if self.tracked:
+            self.tracker.conns[id(proto)] = FakeConnection(transport)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def login(self, user: str = "alice", password: str | None = None) -> tuple[ChatProtocol, StringTransport]:
+        proto, transport = self.connect()
+        password = self.auth.passwords[user] if password is None else password
+        proto.dataReceived(f"{user}\n{password}\n".encode())
+        assert proto.user == user, transport.value()
+        transport.clear()
+        return proto, transport
+
+
+def take(transport: StringTransport) -> bytes:
+    data = transport.value()
+    transport.clear()
+    return data
+
+
+def lines(transport: StringTransport) -> list[str]:
+    data = take(transport)
+    assert data == b"" or data.endswith(b"\r\n"), data
+    return data.decode("utf-8").split("\r\n")[:-1]
+
+
+# ------------------------------------------------------------------ login
+
+
+def test_banner_then_login_prompt_exact_bytes() -> None:
+    """On connect: one banner line in CR LF, then 'login: ' with no line end."""
+    h = Harness()
+    _, transport = h.connect()
+    assert transport.value() == BANNER + b"login: "
+
+
+def test_password_prompt_and_welcome_with_bare_lf() -> None:
+    """nc sends bare LF: 'password: ' (no IAC for nc), then the welcome line naming who is online."""
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"alice\n")
+    assert take(transport) == b"password: "
+    proto.dataReceived(b"secret\n")
+    assert take(transport) == b"welcome, alice. online: alice. /help lists the commands.\r\n"
+    assert h.auth.calls == [("alice", "secret", "192.0.2.7")]
+
+
+def test_crlf_lines_and_utf8_credentials_reach_authenticate_exactly() -> None:
+    """CR LF is stripped to the line; a Chinese name and a password with spaces arrive unaltered."""
+    h = Harness()
+    proto, transport = h.connect()
+    proto.dataReceived("张三\r\n密码 with spaces \r\n".encode())
+    assert h.auth.calls == [("张三", "密码 with spaces ", "192.0.2.7")]
+    assert proto.user == "张三"
+    assert "welcome, 张三." in transport.value().decode("utf-8")
+
+
+def test_wrong_password_reprompts_and_third_failure_closes() -> None:
+    """Each failure: 'login incorrect' and 'login: ' again; the max_login_attempts-th closes the connection."""
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"alice\nwrong\n")
+    assert take(transport) == b"password: login incorrect\r\nlogin: "
+    proto.dataReceived(b"alice\nwrong\n")
+    assert take(transport) == b"password: login incorrect\r\nlogin: "
+    assert not transport.disconnecting
+    proto.dataReceived(b"alice\nwrong\n")
+    assert take(transport) == b"password: login incorrect\r\ntoo many failed logins; goodbye\r\n"
+    assert transport.disconnecting
+    assert h.presence.attached == []
+
+
+def test_empty_login_name_just_asks_again() -> None:
+    """An empty line at 'login: ' asks again and is not an attempt."""
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"\n  \r\n")
+    assert take(transport) == b"login: login: "
+    assert h.auth.calls == []
+
+
+def test_login_deadline_closes_and_is_cancelled_by_login() -> None:
+    """No login within login_timeout: a line and close; after a login no timer is left behind."""
+    h = Harness(login_timeout=30.0)
+    proto, transport = h.connect()
+    h.clock.advance(29.9)
+    assert not transport.disconnecting
+    h.clock.advance(0.1)
+    assert transport.value().endswith(b"login timed out after 30 s\r\n")
+    assert transport.disconnecting
+
+    h2 = Harness(login_timeout=30.0)
+    h2.login()
+    assert h2.clock.getDelayedCalls() == []
+
+
+def test_pending_logins_are_capped_and_slots_come_back() -> None:
+    """Over max_pending_logins: a line and close; logging in or leaving frees the slot."""
+    h = Harness(max_pending_logins=2)
+    first, _ = h.connect()
+    second, _ = h.connect()
+    third, transport = h.connect()
+    assert transport.value() == b"server busy: too many logins in progress, try again later\r\n"
+    assert transport.disconnecting
+    third.connectionLost(Failure(ConnectionDone()))
+    assert h.factory.pending_logins == 2
+
+    first.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
+    _, transport = h.connect()
+    assert transport.value() == BANNER + b"login: "
+    second.connectionLost(Failure(ConnectionDone()))
+    _, transport = h.connect()
+    assert transport.value() == BANNER + b"login: "
+    assert h.factory.pending_logins == 2
+
+
+def test_full_house_is_a_clear_line_and_a_close() -> None:
+    """The Refusal from bind is shown with its message() and the connection closed, unsubscribed."""
+    h = Harness()
+    h.presence.refusal = Refusal("full", 10, 10, 30)
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"alice\nsecret\n")
+    assert take(transport) == b"password: server full: 10 of 10 operators online\r\n"
+    assert transport.disconnecting
+    assert h.hub.subscriber_count == 0
+    assert h.factory.pending_logins == 0
+
+
+def test_tracked_connection_is_bound_as_chat() -> None:
+    """With a tracker that knows the connection, the login is tracker.bind(conn, user, 'chat')."""
+    h = Harness(tracked=True)
+    proto, _ = h.login("bob")
+    conn = h.tracker.conns[id(proto)]
+    assert h.tracker.bound == [(conn, "bob", "chat")]
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert h.presence.detached == []  # the tracker detaches tracked connections itself
+
+
+@pytest.mark.parametrize("reason, word", [(ConnectionDone(), "closed"), (ConnectionLost(), "reset")])
+def test_untracked_connection_falls_back_to_presence(reason: Exception, word: str) -> None:
+    """No tracked connection: presence.attach gets a chat stand-in, detached with a reason when lost."""
+    h = Harness(tracked=False)
+    proto, _ = h.login("bob")
+    [(user, conn)] = h.presence.attached
+    assert (user, conn.kind, conn.peer_host, conn.user) == ("bob", "chat", "192.0.2.7", "bob")
+    proto.connectionLost(Failure(reason))
+    assert h.presence.detached == [(conn, word, None)]
+
+
+def test_answer_arriving_after_the_connection_died_admits_nobody() -> None:
+    """A slow authenticate firing after connectionLost must not attach a ghost to presence."""
+    h = Harness(tracked=False)
+    h.auth.manual = True
+    proto, _ = h.connect()
+    proto.dataReceived(b"alice\nsecret\n")
+    proto.connectionLost(Failure(ConnectionLost()))
+    h.auth.pending[0].callback("alice")
+    assert h.presence.attached == []
+    assert h.factory.pending_logins == 0
+    assert h.hub.subscriber_count == 0
+
+
+def test_lines_typed_during_authentication_wait_for_its_answer() -> None:
+    """Input is paused while authenticate runs; a message typed ahead is said after login, not lost."""
+    h = Harness()
+    h.auth.manual = True
+    proto, transport = h.connect()
+    proto.dataReceived(b"alice\nsecret\nhello\n")
+    assert transport.producerState == "paused"
+    assert h.store.messages == []
+    h.auth.pending[0].callback("alice")
+    assert transport.producerState == "producing"
+    assert [m.text for m in h.store.messages] == ["hello"]
+    assert transport.value().endswith(b"<alice> hello\r\n")
+
+
+# --------------------------------------------------------------- telnet
+
+
+def test_telnet_filter_handles_commands_split_at_every_byte() -> None:
+    """IAC WILL/DO, SB...SE (with IAC IAC inside) and IAC IAC survive any cut; only data comes out."""
+    stream = (b"al" + bytes((IAC, WILL, 31)) + b"i" + bytes((IAC, SB, 24, 0)) + b"xt" + bytes((IAC, IAC))
+              + b"erm" + bytes((IAC, SE)) + b"ce" + bytes((IAC, DO, 3, IAC, IAC, IAC, 241)) + b"\r\n")
+    for size in range(1, len(stream) + 1):
+        f = TelnetFilter()
+        data, negotiations = b"", []
+        for i in range(0, len(stream), size):
+            out, neg = f.feed(stream[i:i + size])
+            data += out
+            negotiations += neg
+        assert data == b"alice\xff\r\n", size
+        assert negotiations == [(WILL, 31), (DO, 3)], size
+        assert f.spoken
+
+
+def test_telnet_session_hides_the_password_and_never_shows_iac() -> None:
+    """A client that spoke telnet (even split across reads) gets WILL ECHO with the password prompt, WONT after."""
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    for chunk in (b"ali", bytes((IAC,)), bytes((WILL,)), bytes((31,)) + b"ce\r", b"\n"):
+        proto.dataReceived(chunk)
+    assert take(transport) == bytes((IAC, DONT, 31)) + b"password: " + bytes((IAC, WILL, ECHO))
+    proto.dataReceived(bytes((IAC, DO, ECHO)) + b"secret\r\n")  # DO ECHO agrees: no answer to it
+    out = take(transport)
+    assert out.startswith(bytes((IAC, WONT, ECHO)) + b"\r\n" + b"welcome, alice.")
+    assert h.auth.calls == [("alice", "secret", "192.0.2.7")]
+
+
+def test_netcat_session_contains_no_telnet_bytes() -> None:
+    """A client that never sent IAC never receives a 255 byte, whatever it does."""
+    h = Harness()
+    proto, transport = h.connect()
+    proto.dataReceived(b"alice\nwrong\nalice\nsecret\n/help\n/who\nhi\n")
+    assert b"\xff" not in transport.value()
+    assert b"welcome, alice." in transport.value()
+
+
+def test_unknown_options_are_refused_once() -> None:
+    """WILL x gets DONT x and DO x gets WONT x, once per option (no negotiation loops); WONT/DONT get nothing."""
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(bytes((IAC, WILL, 24, IAC, DO, 3, IAC, WILL, 24, IAC, WONT, 5, IAC, DONT, 6)))
+    assert take(transport) == bytes((IAC, DONT, 24, IAC, WONT, 3))
+
+
+def test_telnet_cr_nul_ends_a_line() -> None:
+    """A telnet client that ends a line with CR NUL (even across reads) is understood."""
+    h = Harness()
+    proto, transport = h.connect()
+    proto.dataReceived(bytes((IAC, WONT, 1)) + b"alice\r")
+    proto.dataReceived(b"\x00")
+    assert transport.value().endswith(b"password: " + bytes((IAC, WILL, ECHO)))
+    proto.dataReceived(b"secret\r\x00")
+    assert h.auth.calls == [("alice", "secret", "192.0.2.7")]
+    assert proto.user == "alice"
+
+
+def test_literal_iac_iac_is_data_not_a_command() -> None:
+    """IAC IAC is a 255 byte in the line (so it is not UTF-8), not a negotiation."""
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived(b"x" + bytes((IAC, IAC)) + b"y\n")
+    assert lines(transport) == [
+        "error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)"]
+
+
+# ----------------------------------------------------------------- lines
+
+
+def test_long_line_is_refused_and_the_next_line_works() -> None:
+    """Over max_line: an error line, the rest of that line skipped (even across reads), the connection kept."""
+    h = Harness(max_line=64)
+    proto, transport = h.login()
+    proto.dataReceived(b"x" * 50)
+    proto.dataReceived(b"x" * 50)
+    proto.dataReceived(b"x" * 100 + b"\nhello\n")
+    assert lines(transport) == ["error: line too long (more than 64 bytes): discarded", "<alice> hello"]
+    proto.dataReceived(b"y" * 65 + b"\nagain\n")
+    assert lines(transport) == ["error: line too long (more than 64 bytes): discarded", "<alice> again"]
+    assert not transport.disconnecting
+
+
+def test_line_of_exactly_max_line_bytes_is_taken_with_crlf_or_lf() -> None:
+    """The limit is max_line bytes of text: the CR of CR LF does not count against it."""
+    h = Harness(max_line=64)
+    proto, transport = h.login()
+    proto.dataReceived(b"a" * 64 + b"\r\n" + b"b" * 64 + b"\n")
+    assert lines(transport) == ["<alice> " + "a" * 64, "<alice> " + "b" * 64]
+
+
+def test_long_line_at_the_login_prompt_asks_again() -> None:
+    """A paste at 'login: ' is refused and the prompt repeated; the connection is kept."""
+    h = Harness(max_line=64)
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"z" * 200 + b"\n")
+    assert take(transport) == b"error: line too long (more than 64 bytes): discarded\r\nlogin: "
+
+
+def test_invalid_utf8_is_an_error_line_not_a_crash() -> None:
+    """A byte sequence that is not UTF-8 gets one error line; the next line works."""
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived(b"caf\xe9\n\xc3\x28\nok\n")
+    assert lines(transport) == [
+        "error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)",
+        "error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)",
+        "<alice> ok",
+    ]
+    assert h.store.messages[-1].text == "ok"
+
+
+def test_escape_sequences_never_reach_other_terminals() -> None:
+    """ESC/CSI/OSC and controls in a message are gone from what others receive."""
+    h = Harness()
+    alice, _ = h.login("alice")
+    bob, bob_t = h.login("bob")
+    alice.dataReceived(b"\x1b[2J\x1b[1;1Hhi\x1b]0;owned\x07 there\x08\n")
+    assert take(bob_t) == b"<alice> hi there\r\n"
+
+
+def test_chinese_round_trip_between_operators() -> None:
+    """UTF-8 text (Chinese, emoji) arrives byte for byte at every other operator."""
+    h = Harness()
+    alice, _ = h.login("alice")
+    _, bob_t = h.login("bob")
+    alice.dataReceived("阀门已打开，请注意 👍\n".encode())
+    assert take(bob_t) == "<alice> 阀门已打开，请注意 👍\r\n".encode()
+
+
+def test_rate_limit_stops_a_flood_with_a_clear_line() -> None:
+    """Past rate_messages per rate_period the sender reads why and when to retry; nothing more is stored."""
+    h = Harness(rate_messages=2, rate_period=10.0)
+    alice, transport = h.login()
+    alice.dataReceived(b"one\ntwo\nthree\n")
+    assert lines(transport) == ["<alice> one", "<alice> two",
+                                "error: slow down: at most 2 messages per 10 s; try again in 5.0 s"]
+    assert len(h.store.messages) == 2
+
+
+def test_store_full_tells_the_sender_message_not_saved() -> None:
+    """StoreFull reaches the sender as 'message not saved: disk full'; nobody else sees anything."""
+    h = Harness()
+    alice, transport = h.login("alice")
+    _, bob_t = h.login("bob")
+    take(transport)
+    h.store.full = True
+    alice.dataReceived(b"hello\n")
+    assert lines(transport) == ["error: message not saved: disk full"]
+    assert take(bob_t) == b""
+
+
+def test_broadcast_waits_for_the_store() -> None:
+    """Until add_message's Deferred fires, nobody (the sender neither) sees the message."""
+    h = Harness()
+    alice, alice_t = h.login("alice")
+    _, bob_t = h.login("bob")
+    take(alice_t)
+    h.store.manual = True
+    alice.dataReceived(b"committed?\n")
+    assert take(bob_t) == b"" and take(alice_t) == b""
+    h.store.pending[0].callback(None)
+    assert take(bob_t) == b"<alice> committed?\r\n"
+    assert take(alice_t) == b"<alice> committed?\r\n"
+
+
+# -------------------------------------------------------------- commands
+
+
+def test_who_lists_users_state_front_end_and_rtt() -> None:
+    """/who: a count line then one line per user with state, front ends and RTT."""
+    h = Harness()
+    alice, transport = h.login("alice")
+    bob, _ = h.login("bob")
+    h.tracker.conns[id(bob)].unstable = True
+    h.tracker.conns[id(bob)].rtt_ms = None
+    alice.dataReceived(b"/who\n")
+    assert lines(transport) == [
+        "2 online:",
+        "  alice  online    chat        rtt 0.4 ms",
+        "  bob    unstable  chat        rtt unknown",
+    ]
+
+
+def test_me_is_an_action_for_everyone() -> None:
+    """/me waves is stored as an action and shown as '* alice waves'; bare /me gets its usage."""
+    h = Harness()
+    alice, transport = h.login("alice")
+    _, bob_t = h.login("bob")
+    alice.dataReceived(b"/me waves\n/me\n")
+    assert take(bob_t) == b"* alice waves\r\n"
+    assert h.store.messages[-1].action is True
+    assert lines(transport)[-1] == "usage: /me <action>"
+
+
+def test_help_ping_unknown_and_empty_lines() -> None:
+    """/help lists commands, /ping answers PONG at once, unknown commands get a hint, empty lines nothing."""
+    h = Harness()
+    alice, transport = h.login()
+    alice.dataReceived(b"\n   \r\n")
+    assert take(transport) == b""
+    alice.dataReceived(b"/help\n")
+    help_lines = lines(transport)
+    assert help_lines[0] == "commands:"
+    assert all(any(c in line for line in help_lines) for c in ("/me", "/who", "/ping", "/heartbeat", "/quit"))
+    alice.dataReceived(b"/ping\n/PING abc\n/frobnicate now\n")
+    assert lines(transport) == ["PONG", "PONG abc", "unknown command /frobnicate: /help lists the commands"]
+    assert h.store.messages == []
+
+
+def test_double_slash_sends_a_line_starting_with_slash() -> None:
+    """//etc/passwd is the message '/etc/passwd', not a command."""
+    h = Harness()
+    alice, transport = h.login()
+    alice.dataReceived(b"//etc/hosts is fine\n")
+    assert lines(transport) == ["<alice> /etc/hosts is fine"]
+
+
+def test_quit_says_bye_and_closes() -> None:
+    """/quit: 'bye', then the server closes."""
+    h = Harness()
+    alice, transport = h.login()
+    alice.dataReceived(b"/quit\nignored after quit\n")
+    assert lines(transport) == ["bye"]
+    assert transport.disconnecting
+    assert h.store.messages == []
+
+
+def test_heartbeat_ping_pong_keeps_the_connection() -> None:
+    """/heartbeat 5: PING <token> every 5 s; a matching PONG keeps it open and is never relayed."""
+    h = Harness(ping_timeout=3.0)
+    alice, transport = h.login()
+    _, bob_t = h.login("bob")
+    alice.dataReceived(b"/heartbeat 5\n")
+    assert lines(transport) == ["heartbeat every 5 s: answer each PING <token> with PONG <token> within 3 s"]
+    h.clock.advance(5)
+    assert lines(transport) == ["PING 1"]
+    alice.dataReceived(b"PONG 1\r\n")
+    h.clock.advance(5)
+    assert lines(transport) == ["PING 2"]
+    alice.dataReceived(b"/pong 2\n")
+    h.clock.advance(4)
+    assert not transport.disconnecting
+    assert take(bob_t) == b"" and h.store.messages == []
+
+
+def test_heartbeat_timeout_closes_with_reason_through_the_tracker() -> None:
+    """An unanswered PING ends the connection via TrackedConnection.close('heartbeat-timeout')."""
+    h = Harness(ping_timeout=3.0)
+    alice, transport = h.login()
+    alice.dataReceived(b"/heartbeat 2\n")
+    take(transport)
+    h.clock.advance(2)
+    alice.dataReceived(b"PONG 999\n")  # the wrong token does not count
+    h.clock.advance(2.9)
+    assert not transport.disconnecting
+    h.clock.advance(0.1)
+    assert lines(transport) == ["PING 1", "error: no PONG 1 within 3 s; closing"]
+    assert h.tracker.conns[id(alice)].closed == ["heartbeat-timeout"]
+    assert transport.disconnecting
+
+
+def test_heartbeat_timeout_untracked_loses_the_connection_and_tells_presence() -> None:
+    """Without a tracked connection the transport is closed and presence hears 'heartbeat-timeout'."""
+    h = Harness(tracked=False, ping_timeout=1.0)
+    alice, transport = h.login()
+    alice.dataReceived(b"/heartbeat 1\n")
+    h.clock.pump([1, 1])
+    assert transport.disconnecting
+    alice.connectionLost(Failure(ConnectionLost()))
+    assert [(reason, after) for _, reason, after in h.presence.detached] == [("heartbeat-timeout", None)]
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_heartbeat_opt_out_and_bounds() -> None:
+    """/heartbeat 0 stops the PINGs; values outside 1..3600 or not numbers get the usage line."""
+    h = Harness()
+    alice, transport = h.login()
+    alice.dataReceived(b"/heartbeat 1\n/heartbeat 0\n/heartbeat\n")
+    assert lines(transport)[1:] == ["heartbeat off", "heartbeat off"]
+    h.clock.advance(100)
+    assert take(transport) == b""
+    usage = "usage: /heartbeat <seconds> (1 to 3600, 0 turns it off)"
+    alice.dataReceived(b"/heartbeat 0.5\n/heartbeat 3601\n/heartbeat soon\n/heartbeat nan\n")
+    assert lines(transport) == [usage] * 4
+    assert h.clock.getDelayedCalls() == []
+
+
+# ----------------------------------------------------------------- events
+
+
+def test_presence_events_with_reason_words_and_detection_time() -> None:
+    """Hub presence events read as sentences: offline with detected_after, and a refusal."""
+    h = Harness()
+    _, transport = h.login()
+    h.hub.publish("presence", {"user": "bob", "state": "offline", "reason": "keepalive-timeout",
+                               "at": 1.0, "detected_after": 3.104, "via": "web"})
+    h.hub.publish("presence", {"user": "carol", "state": "offline", "reason": "refused", "refusal": "full",
+                               "used": 10, "limit": 10, "at": 1.0, "via": "chat"})
+    h.hub.publish("presence", {"user": "dave", "state": "unstable", "reason": "probes", "at": 1.0, "via": "web"})
+    assert lines(transport) == [
+        "* bob is offline (no answer to keepalive probes, detected after 3.1 s)",
+        "* carol was refused: server full (10 of 10 operators online)",
+        "* dave is unstable (keepalive probes unanswered)",
+    ]
+
+
+def test_chat_from_the_browser_appears_in_the_terminal() -> None:
+    """Hub chat events with via 'web' show as '<bob> text' and actions as '* bob waves', cleaned."""
+    h = Harness()
+    _, transport = h.login()
+    h.hub.publish("chat", {"id": 7, "user": "bob", "text": "from the browser", "at": 1.0, "via": "web",
+                           "action": False})
+    h.hub.publish("chat", {"id": 8, "user": "bob", "text": "waves\x1b[5m", "at": 1.0, "via": "web",
+                           "action": True})
+    assert lines(transport) == ["<bob> from the browser", "* bob waves"]
+
+
+def test_history_is_shown_after_the_welcome_and_live_events_are_not_repeated() -> None:
+    """The last `history` messages follow the welcome; a message committed meanwhile appears once, after."""
+    h = Harness(history=2)
+    for i, text in enumerate(["old", "older? no: second", "third"], 1):
+        h.store.messages.append(Message(i, "bob", text, "web", False, 1.0))
+    h.store.history_deferred = Deferred()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(b"alice\nsecret\n")
+    new = Message(4, "bob", "live", "web", False, 2.0)
+    h.hub.publish("chat", new.as_event_data())  # committed while the history was being read
+    h.hub.publish("presence", {"user": "bob", "state": "unstable", "reason": "retransmits", "at": 2.0})
+    assert take(transport) == b"password: welcome, alice. online: alice. /help lists the commands.\r\n"
+    h.store.history_deferred.callback(h.store.messages[-2:] + [new])
+    assert lines(transport) == [
+        "-- last 3 messages --",
+        "<bob> older? no: second",
+        "<bob> third",
+        "<bob> live",
+        "-- end of history --",
+        "* bob is unstable (packets being retransmitted)",
+    ]
+
+
+def test_connection_lost_unsubscribes_and_stops_timers() -> None:
+    """After connectionLost the protocol hears no more events and leaves no delayed call."""
+    h = Harness()
+    alice, transport = h.login()
+    alice.dataReceived(b"/heartbeat 10\n")
+    assert h.hub.subscriber_count == 1
+    alice.connectionLost(Failure(ConnectionDone()))
+    assert h.hub.subscriber_count == 0
+    assert h.clock.getDelayedCalls() == []
