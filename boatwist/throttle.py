@@ -62,10 +62,14 @@ class LoginThrottle:
         """Is C{address} shut out for now?"""
         return self._recent(self._by_address, address) >= self._max_failures
 
+    def recently_succeeded(self, address: str, user: str) -> bool:
+        """Did C{address} log in as C{user} within the window?"""
+        last_good = self._good.get((address, user))
+        return last_good is not None and self._now() - last_good < self._window
+
     def delay(self, address: str, user: str) -> float:
         """Seconds to wait before checking this attempt (0 for most)."""
-        last_good = self._good.get((address, user))
-        if last_good is not None and self._now() - last_good < self._window:
+        if self.recently_succeeded(address, user):
             return 0.0
         failures = self._recent(self._by_user, user)
         if failures == 0:

@@ -1,0 +1,257 @@
+"""
+Who may log in: credential checkers, the realm and the portal.
+
+One L{twisted.cred.portal.Portal} and one set of credential factories exist
+for the process (a Digest factory signs its nonces with a private key; one
+per request would break Digest).  ``HTTPAuthSessionWrapper`` logs in on
+every request and calls ``logout`` after each, so nothing here counts
+sessions: presence does (L{boatwist.presence}).
+
+Basic credentials are checked against bcrypt hashes.  bcrypt costs a few
+hundred milliseconds by design, so checking it on every request would cap
+the server at a handful of requests a second.  A verified credential is
+therefore remembered for ``cache_ttl`` seconds, keyed by an HMAC (with a key
+that lives only in this process) of user and password -- neither the
+password nor a hash that could be attacked offline sits in memory -- and the
+cache is dropped whenever the users file changes.  bcrypt runs off the
+reactor thread, and concurrent checks of the same credential share one run.
+
+Every attempt goes through L{LoginThrottle}; every failure, and every
+success that was not served from the cache, is logged with the source
+address -- never with the password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from typing import Any, Callable
+
+import bcrypt
+from twisted.cred import credentials as ccred
+from twisted.cred import error as cerror
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.guard import BasicCredentialFactory
+from twisted.web.iweb import ICredentialFactory
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from .passwords import UserDatabase
+from .throttle import LoginThrottle
+
+#: Most verified credentials remembered at once.
+CACHE_SIZE = 1024
+
+#: Runs a blocking function off the reactor thread, returning a Deferred.
+Runner = Callable[..., "defer.Deferred[Any]"]
+
+
+def peer_of(request: Any) -> str:
+    """The source address of C{request}, for throttling and logs."""
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or "unknown"
+
+
+@implementer(ICredentialFactory)
+class PeerAwareFactory:
+    """
+    Wraps a credential factory so that the credentials it decodes carry the
+    peer's address: a cred checker never sees the request, yet brute-force
+    throttling and the login log need the address.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+
+    def getChallenge(self, request: Any) -> Any:
+        return self.inner.getChallenge(request)
+
+    def decode(self, response: bytes, request: Any) -> Any:
+        creds = self.inner.decode(response, request)
+        creds.peer_host = peer_of(request)
+        return creds
+
+
+class _CredentialCache:
+    """Verified (user, password) pairs, keyed by HMAC, with a TTL."""
+
+    def __init__(self, monotonic: Callable[[], float], ttl: float) -> None:
+        self._key = secrets.token_bytes(32)
+        self._now = monotonic
+        self._ttl = ttl
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def key(self, user: bytes, password: bytes) -> bytes:
+        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+
+    def __contains__(self, key: bytes) -> bool:
+        expires = self._entries.get(key)
+        if expires is None:
+            return False
+        if expires <= self._now():
+            del self._entries[key]
+            return False
+        return True
+
+    def add(self, key: bytes) -> None:
+        if self._ttl <= 0:
+            return
+        self._entries[key] = self._now() + self._ttl
+        self._entries.move_to_end(key)
+        while len(self._entries) > CACHE_SIZE:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@implementer(ICredentialsChecker)
+class BcryptChecker:
+    """Basic credentials against the htpasswd file's bcrypt hashes."""
+
+    credentialInterfaces = (ccred.IUsernamePassword,)
+    _log = Logger()
+
+    def __init__(self, database: UserDatabase, run: Runner, monotonic: Callable[[], float],
+                 cache_ttl: float) -> None:
+        self._db = database
+        self._run = run
+        self._cache = _CredentialCache(monotonic, cache_ttl)
+        self._db_version = database.version
+        self._in_flight: dict[bytes, list[defer.Deferred[bool]]] = {}
+        # The same cost for unknown users as for known ones.
+        self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=12))
+
+    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
+        user = credentials.username
+        password = credentials.password
+        if isinstance(user, str):
+            user = user.encode("utf-8")
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        self._db.reload_if_changed()
+        if self._db.version != self._db_version:
+            self._db_version = self._db.version
+            self._cache.clear()
+        key = self._cache.key(user, password)
+        if key in self._cache:
+            return defer.succeed(user)
+        try:
+            name = user.decode("utf-8")
+        except UnicodeDecodeError:
+            name = ""
+        stored = self._db.bcrypt_hash(name) if name else None
+        d = self._verify(key, password, stored)
+
+        def decided(ok: bool) -> bytes:
+            if not ok:
+                raise cerror.UnauthorizedLogin()
+            self._cache.add(key)
+            return user
+
+        return d.addCallback(decided)
+
+    def _verify(self, key: bytes, password: bytes, stored: bytes | None) -> "defer.Deferred[bool]":
+        waiters = self._in_flight.get(key)
+        result: defer.Deferred[bool] = defer.Deferred()
+        if waiters is not None:
+            waiters.append(result)
+            return result
+        self._in_flight[key] = [result]
+
+        def check() -> bool:
+            # bcrypt 4+ refuses passwords over 72 bytes rather than truncating them.
+            if stored is None or len(password) > 72:
+                bcrypt.checkpw(b"x", self._dummy)
+                return False
+            return bcrypt.checkpw(password, stored)
+
+        def finish(ok: bool) -> None:
+            for waiter in self._in_flight.pop(key, []):
+                waiter.callback(ok)
+
+        def failed(f: Any) -> None:
+            self._log.failure("bcrypt check failed", f)
+            finish(False)
+
+        self._run(check).addCallbacks(finish, failed)
+        return result
+
+
+@implementer(ICredentialsChecker)
+class ThrottledChecker:
+    """
+    Puts L{LoginThrottle} and the login log in front of another checker.
+    """
+
+    _log = Logger(namespace="boatwist.login")
+
+    def __init__(self, inner: Any, throttle: LoginThrottle, clock: IReactorTime,
+                 audit: Callable[[str, str, str, str], None] | None = None) -> None:
+        self._inner = inner
+        self._throttle = throttle
+        self._clock = clock
+        self._audit = audit
+        self.credentialInterfaces = inner.credentialInterfaces
+
+    def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[bytes]":
+        peer = getattr(credentials, "peer_host", "unknown")
+        user = getattr(credentials, "username", b"")
+        name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
+        if self._throttle.refused(peer):
+            self._log.warn("login refused for {user!r} from {peer}: too many failures from that address",
+                           user=name, peer=peer)
+            return defer.fail(cerror.UnauthorizedLogin("too many failed logins"))
+        wait = self._throttle.delay(peer, name)
+        if wait > 0:
+            d = deferLater(self._clock, wait, self._inner.requestAvatarId, credentials)
+        else:
+            d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+
+        def ok(avatar: bytes) -> bytes:
+            first = not self._throttle.recently_succeeded(peer, name)
+            self._throttle.succeeded(peer, name)
+            # HTTPAuthSessionWrapper logs in on every request: log a login once per window.
+            if first:
+                self._log.info("login {user!r} from {peer}", user=name, peer=peer)
+                if self._audit:
+                    self._audit("login", name, peer, "http")
+            return avatar
+
+        def bad(failure: Any) -> Any:
+            if failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+                self._throttle.failed(peer, name)
+                self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
+                if self._audit:
+                    self._audit("login-failed", name, peer, "http")
+            return failure
+
+        return d.addCallbacks(ok, bad)
+
+
+@implementer(IRealm)
+class OperatorRealm:
+    """Hands each authenticated user the resource tree made for them."""
+
+    def __init__(self, avatar_factory: Callable[[str], IResource]) -> None:
+        self._avatar_factory = avatar_factory
+
+    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+        if IResource not in interfaces:
+            raise NotImplementedError("only IResource avatars exist")
+        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        return IResource, self._avatar_factory(user), lambda: None
+
+
+def basic_factory(realm: str) -> PeerAwareFactory:
+    return PeerAwareFactory(BasicCredentialFactory(realm.encode("utf-8")))
+

@@ -1,0 +1,310 @@
+"""
+Every accepted connection, of every listener, passes through here.
+
+L{TrackingFactory} wraps a listener's factory (``policies.WrappingFactory``)
+and, for each accepted connection:
+
+  - drops it at once if the peer is outside ``[admission] networks`` or over
+    the per-address / total connection caps -- before a byte is read;
+  - applies the keepalive and user-timeout socket options;
+  - installs a recorder on the socket so that, when the connection ends, we
+    know *why*: Twisted reports a keepalive timeout, a reset and a clean close
+    all as a bare C{ConnectionLost}, and closes the socket before the
+    protocol hears of it, so the errno and the last C{TCP_INFO} must be
+    caught on the way (see L{boatwist.sockets.install_recorder});
+  - registers a L{TrackedConnection}, which presence and the heartbeat use.
+
+Close reasons users see: ``closed``, ``reset``, ``keepalive-timeout``,
+``heartbeat-timeout``, ``tcp-state``, ``slow-reader``, ``kicked``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from itertools import count
+from typing import Any, Callable, Iterable
+
+from twisted.internet import error as ierror
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import sockets
+from .config import AdmissionSettings, KeepaliveSettings
+from .presence import Presence, Refusal
+
+#: Reasons for which the peer is presumed gone: abort, don't wait for a flush.
+ABORT_REASONS = frozenset({"heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"})
+#: Reasons for which the peer vanished rather than said goodbye.
+VANISHED = frozenset({"keepalive-timeout", "heartbeat-timeout", "tcp-state"})
+#: How long after a peer's FIN on an event stream we look for the RST our probe provokes.
+EOF_PROBE_DELAY = 0.05
+
+
+def peer_allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Is C{host} inside one of C{networks}?  IPv4-mapped IPv6 addresses count as IPv4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in networks)
+
+
+class TrackedConnection:
+    """One accepted connection, as presence and the heartbeat see it."""
+
+    def __init__(self, tracker: "ConnectionTracker", ident: int, kind: str,
+                 peer_host: str, peer_port: int, wrapper: "TrackingProtocol", now: float) -> None:
+        self.tracker = tracker
+        self.id = ident
+        self.kind = kind
+        self.peer_host = peer_host
+        self.peer_port = peer_port
+        self.user: str | None = None
+        self.bound = False
+        self.rtt_ms: float | None = None
+        self.unstable = False
+        self.opened_at = now
+        self.last_alive = now
+        self.close_reason: str | None = None
+        self.peer_eof = False
+        #: Called when the peer half-closes; an event stream sets it to send a probe.
+        self.on_peer_eof: Callable[[], None] | None = None
+        self.sock: Any = None
+        self.record: sockets.SocketRecord | None = None
+        self._wrapper = wrapper
+
+    def __repr__(self) -> str:
+        return f"<TrackedConnection {self.id} {self.kind} {self.peer_host}:{self.peer_port} user={self.user}>"
+
+    def close(self, reason: str) -> None:
+        """End the connection; C{reason} is what everyone will be told."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        transport = self._wrapper.transport
+        if transport is None:
+            return
+        if reason in ABORT_REASONS and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        else:
+            self._wrapper.loseConnection()
+
+    def tcp_info(self) -> sockets.TcpInfo | None:
+        return sockets.read_tcp_info(self.sock) if self.sock is not None else None
+
+
+class _Refused(Protocol):
+    """Stands in for a connection we will not serve: dropped before reading a byte."""
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.abortConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class TrackingProtocol(ProtocolWrapper):
+    factory: "TrackingFactory"
+
+    def makeConnection(self, transport: Any) -> None:
+        self.conn = self.factory.tracker._register(self, transport, self.factory.kind)
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.conn.last_alive = self.factory.tracker.monotonic()
+        super().dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """The peer sent FIN: gone, or only done sending.  See L{ConnectionTracker._peer_eof}."""
+        self.factory.tracker._peer_eof(self.conn)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ierror.ConnectionDone())) -> None:
+        self.factory.tracker._unregister(self.conn, reason)
+        super().connectionLost(reason)
+
+
+class TrackingFactory(WrappingFactory):
+    protocol = TrackingProtocol
+
+    def __init__(self, wrapped: Any, tracker: "ConnectionTracker", kind: str) -> None:
+        super().__init__(wrapped)
+        self.tracker = tracker
+        self.kind = kind
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", None)
+        if host is not None and not self.tracker.admit_peer(host):
+            return _Refused()
+        return super().buildProtocol(addr)
+
+
+class ConnectionTracker:
+    """All live connections of the process; bridges them to presence."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        presence: Presence,
+        admission: AdmissionSettings,
+        keepalive: KeepaliveSettings,
+        clock: IReactorTime,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.presence = presence
+        self.admission = admission
+        self.keepalive = keepalive
+        self.clock = clock
+        self.monotonic = monotonic
+        self._connections: dict[int, TrackedConnection] = {}
+        self._per_address: dict[str, int] = {}
+        self._ids = count(1)
+        self._missing_options_logged: set[str] = set()
+        self._refusals_logged_at = -1e9
+        #: Called with (conn, reason, detected_after) for every ended connection (metrics).
+        self.ended_listeners: list[Callable[[TrackedConnection, str, float | None], None]] = []
+
+    # ------------------------------------------------------------ public
+
+    def wrap(self, factory: Any, kind: str) -> TrackingFactory:
+        """Wrap a listener's factory; C{kind} is ``http`` or ``chat``."""
+        return TrackingFactory(factory, self, kind)
+
+    def connections(self) -> list[TrackedConnection]:
+        return list(self._connections.values())
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def connection_for(self, protocol_or_transport: Any) -> TrackedConnection | None:
+        """The tracked connection under a protocol (walks down C{.transport} links)."""
+        node = protocol_or_transport
+        for _ in range(8):
+            if isinstance(node, TrackingProtocol):
+                return node.conn
+            node = getattr(node, "transport", None)
+            if node is None:
+                return None
+        return None
+
+    def bind(self, conn: TrackedConnection, user: str, kind: str) -> Refusal | None:
+        """Admit C{conn} as a persistent connection (event stream, chat) of C{user}."""
+        conn.kind = kind
+        conn.user = user
+        refusal = self.presence.attach(user, conn)
+        if refusal is None:
+            conn.bound = True
+        return refusal
+
+    def touch_http(self, conn: TrackedConnection | None, user: str, peer: str) -> Refusal | None:
+        """A plain authenticated request by C{user}."""
+        if conn is not None:
+            conn.user = user
+        return self.presence.touch_http(user, peer)
+
+    def admit_peer(self, host: str) -> bool:
+        """The accept-time checks: allowed network, per-address and total caps."""
+        if not peer_allowed(host, self.admission.networks):
+            self._log_refusal("{host} is outside [admission] networks; dropped", host=host)
+            return False
+        if len(self._connections) >= self.admission.max_connections:
+            self._log_refusal("{host} dropped: {n} connections open, the limit", host=host,
+                              n=len(self._connections))
+            return False
+        if self._per_address.get(host, 0) >= self.admission.max_connections_per_address:
+            self._log_refusal("{host} dropped: {n} connections from that address, the limit", host=host,
+                              n=self._per_address[host])
+            return False
+        return True
+
+    # ----------------------------------------------------------- private
+
+    def _log_refusal(self, fmt: str, **kw: Any) -> None:
+        # A flood must not flood the log too: at most one line per 10 s.
+        now = self.monotonic()
+        if now - self._refusals_logged_at >= 10:
+            self._refusals_logged_at = now
+            self._log.warn(fmt, **kw)
+
+    def _register(self, wrapper: TrackingProtocol, transport: Any, kind: str) -> TrackedConnection:
+        peer = transport.getPeer()
+        host = getattr(peer, "host", "") or ""
+        port = getattr(peer, "port", 0) or 0
+        conn = TrackedConnection(self, next(self._ids), kind, host, port, wrapper, self.monotonic())
+        tcp = sockets.find_tcp_transport(transport)
+        if tcp is not None:
+            conn.record = sockets.install_recorder(tcp)
+            conn.sock = tcp.socket
+            missing = sockets.apply_keepalive(conn.sock, self.keepalive)
+            new = [name for name in missing if name not in self._missing_options_logged]
+            if new:
+                self._missing_options_logged.update(new)
+                self._log.warn("socket options not available here, dead peers are found later: {names}",
+                               names=", ".join(new))
+        self._connections[conn.id] = conn
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        return conn
+
+    def _peer_eof(self, conn: TrackedConnection) -> None:
+        """
+        The peer half-closed.  A browser that closed its tab and a client that
+        only shut down its sending side look the same from here; for an event
+        stream we write a probe: a closed peer answers it with RST (then the
+        user simply left), a half-closed one keeps the socket in CLOSE_WAIT and
+        the heartbeat ends it with ``tcp-state``.  Any other connection is
+        closed as Twisted would have done.
+        """
+        conn.peer_eof = True
+        if conn.on_peer_eof is None:
+            conn._wrapper.loseConnection()
+            return
+        conn.on_peer_eof()
+        self.clock.callLater(EOF_PROBE_DELAY, self._check_after_eof, conn)
+
+    def _check_after_eof(self, conn: TrackedConnection) -> None:
+        if conn.id not in self._connections:
+            return
+        info = conn.tcp_info()
+        if info is None or info.state_name in ("CLOSE", "CLOSED"):
+            conn.close("closed")
+
+    def _unregister(self, conn: TrackedConnection, failure: Failure) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        left = self._per_address.get(conn.peer_host, 1) - 1
+        if left:
+            self._per_address[conn.peer_host] = left
+        else:
+            self._per_address.pop(conn.peer_host, None)
+        reason, detected_after = self.classify(conn, failure)
+        if conn.bound:
+            self.presence.detach(conn, reason, detected_after)
+        for listener in self.ended_listeners:
+            listener(conn, reason, detected_after)
+
+    def classify(self, conn: TrackedConnection, failure: Failure) -> tuple[str, float | None]:
+        """Why did C{conn} end, and how long after the peer's last sign of life did we notice?"""
+        now = self.monotonic()
+        cause = conn.record.cause() if conn.record is not None else None
+        if conn.close_reason is not None:
+            reason = conn.close_reason
+        elif cause is not None and cause != "closed":
+            reason = cause
+        elif failure.check(ierror.ConnectionDone):
+            reason = "closed"
+        else:
+            reason = "reset"
+        if conn.peer_eof and reason == "reset":
+            reason = "closed"  # the RST answered our probe after the peer's FIN
+        if reason not in VANISHED:
+            return reason, 0.0 if reason == "closed" else None
+        final = conn.record.final_info if conn.record is not None else None
+        if final is not None and reason == "keepalive-timeout":
+            return reason, final.idle_ms / 1000.0
+        return reason, max(0.0, now - conn.last_alive)

@@ -1,0 +1,89 @@
+"""
+``/metrics`` in the Prometheus text format.
+
+A registry of our own per process (never prometheus_client's global one, so
+tests and two daemons in one interpreter do not collide).  Gauges are read
+at scrape time from presence and the tracker; counters and histograms are
+fed by the event hub and the tracker's ended-connection hook, so data still
+flows one way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+from .events import Event
+
+
+class Metrics:
+    def __init__(self, presence: Any, tracker: Any, heartbeat: Any = None, streams: Any = None) -> None:
+        self.presence = presence
+        self.tracker = tracker
+        self.heartbeat = heartbeat
+        self.streams = streams
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.offline_reasons: Counter[str] = Counter()
+        self.chat_messages: Counter[str] = Counter()
+        self.detection = Histogram(
+            "boatwist_detection_seconds",
+            "Seconds from a vanished peer's last sign of life to its offline event",
+            buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 300, 900),
+            registry=self.registry,
+        )
+        self.registry.register(self)  # type: ignore[arg-type]
+
+    def on_event(self, event: Event) -> None:
+        data = event.data
+        if event.kind == "presence" and data.get("state") == "offline":
+            self.offline_reasons[data.get("reason", "unknown")] += 1
+            after = data.get("detected_after")
+            if after is not None and data.get("reason") in ("keepalive-timeout", "heartbeat-timeout", "tcp-state"):
+                self.detection.observe(after)
+        elif event.kind == "chat":
+            self.chat_messages[data.get("via", "unknown")] += 1
+
+    def collect(self) -> Iterator[Any]:
+        users = GaugeMetricFamily("boatwist_users_online", "Users online, by state", labels=["state"])
+        states = Counter(u.state for u in self.presence.users())
+        for state in ("online", "unstable"):
+            users.add_metric([state], states.get(state, 0))
+        yield users
+        seats = GaugeMetricFamily("boatwist_seats", "Seats (max_users)", labels=["kind"])
+        seats.add_metric(["used"], self.presence.seats_used)
+        seats.add_metric(["limit"], self.presence.limit)
+        yield seats
+        conns = GaugeMetricFamily("boatwist_connections", "Open connections, by kind", labels=["kind"])
+        kinds = Counter(c.kind for c in self.tracker.connections())
+        for kind in ("http", "web", "chat"):
+            conns.add_metric([kind], kinds.get(kind, 0))
+        yield conns
+        offline = CounterMetricFamily("boatwist_offline_events", "Users gone offline, by reason", labels=["reason"])
+        for reason, n in sorted(self.offline_reasons.items()):
+            offline.add_metric([reason], n)
+        yield offline
+        chat = CounterMetricFamily("boatwist_chat_messages", "Chat messages, by front end", labels=["via"])
+        for via, n in sorted(self.chat_messages.items()):
+            chat.add_metric([via], n)
+        yield chat
+        if self.heartbeat is not None:
+            durations = list(self.heartbeat.tick_durations)
+            tick = SummaryMetricFamily("boatwist_heartbeat_tick_seconds", "CPU seconds per heartbeat tick (recent)",
+                                       count_value=len(durations), sum_value=sum(durations))
+            yield tick
+            last = GaugeMetricFamily("boatwist_heartbeat_last_tick_seconds", "CPU seconds of the last heartbeat tick")
+            last.add_metric([], durations[-1] if durations else 0.0)
+            yield last
+        if self.streams is not None:
+            streams = GaugeMetricFamily("boatwist_event_streams", "Open event streams")
+            streams.add_metric([], len(self.streams))
+            yield streams
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

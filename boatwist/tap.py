@@ -1,0 +1,203 @@
+"""
+``twistd embweb``: command-line options and the assembly of the services.
+
+This module only assembles.  The whole INI is validated in
+L{Options.postOptions}; a bad value ends ``twistd`` with one line naming
+the file, the key and what was expected (no usage text, no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.portal import Portal
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+
+from . import __version__
+from .auth import BcryptChecker, OperatorRealm, PeerAwareFactory, ThrottledChecker, basic_factory
+from .clock import WallClockView, use_monotonic_time
+from .config import ConfigError, Settings, load_config
+from .connections import ConnectionTracker
+from .digest import DigestAuthority, DigestChallengeFactory, DigestChecker
+from .events import EventHub
+from .heartbeat import HeartbeatService
+from .metrics import Metrics
+from .passwords import PasswordFileError, UserDatabase, ensure_initial_admin
+from .presence import Presence
+from .systemd import Notifier, SystemdNotifyService
+from .throttle import LoginThrottle
+from .app import App, audit_presence
+from .chat import ChatFactory
+from .chatroom import ChatRoom
+from .store import Store
+from .web.chat_api import ChatResource
+from .web.resources import OperatorRoot, guarded_root
+from .web.site import BoatwistSite, HttpsRedirect
+
+_log = Logger(namespace="boatwist.tap")
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = "Run boatwist, the web server for embedded devices with truthful presence."
+    optParameters = [["config", "c", "etc/embweb.ini", "The INI configuration file."]]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = load_config(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        A configuration error ends twistd with the one line that explains it:
+        twistd would print the whole usage text above it, which buries it.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if "settings" in self or not str(e).startswith(str(self["config"])):
+                raise
+            sys.stderr.write(f"embweb: {e}\n")
+            raise SystemExit(2)
+
+
+def _listen(reactor: Any, description: str, factory: Any) -> StreamServerEndpointService:
+    service = StreamServerEndpointService(serverFromString(reactor, description), factory)
+    # Fail the start of twistd when a port cannot be bound, rather than log and go on.
+    service._raiseSynchronously = True
+    return service
+
+
+def makeService(options: Any, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+        use_monotonic_time(reactor)
+    settings: Settings = options["settings"]
+    top = MultiService()
+    state_dir = settings.server.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- users
+    password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm, state_dir)
+    if password is not None:
+        _log.warn(
+            "created user 'admin' with password {password} (also in {path}, mode 0600); "
+            "change it with embweb-passwd",
+            password=password, path=state_dir / "initial-admin-password",
+        )
+    try:
+        database = UserDatabase(settings.users_file, settings.digest_users_file)
+    except PasswordFileError as e:
+        sys.stderr.write(f"embweb: {e}\n")
+        raise SystemExit(2)
+
+    # -- the core: events -> presence -> connections
+    monotonic = reactor.seconds
+    hub = EventHub(settings.events.buffer)
+    presence = Presence(hub, settings.admission, monotonic, time.time)
+    tracker = ConnectionTracker(presence, settings.admission, settings.keepalive, reactor, monotonic)
+    app = App(settings=settings, hub=hub, presence=presence, tracker=tracker, clock=reactor,
+              monotonic=monotonic, wall=time.time)
+
+    # -- storage and the chat room
+    store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
+                  retention_days=settings.store.retention_days, reactor=reactor)
+    store.setServiceParent(top)
+    app.store = store
+    app.room = ChatRoom(hub, store, presence, reactor, settings.chat)
+    hub.subscribe(audit_presence(store))
+
+    def audit(kind: str, user: str, address: str, detail: str) -> None:
+        store.audit(kind, user, address, detail).addErrback(lambda _: None)
+
+    # -- authentication
+    def run_in_thread(f: Any, *a: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
+
+    throttle = LoginThrottle(monotonic, settings.auth.max_failures, settings.auth.failure_window,
+                             settings.auth.failure_delay)
+    checkers = []
+    factories = []
+    if "digest" in settings.auth.schemes:
+        authority = DigestAuthority(settings.auth.realm, reactor, settings.auth.nonce_lifetime)
+        factories += [PeerAwareFactory(DigestChallengeFactory(authority, "SHA-256")),
+                      PeerAwareFactory(DigestChallengeFactory(authority, "MD5"))]
+        checkers.append(ThrottledChecker(DigestChecker(database, settings.auth.realm), throttle, reactor, audit))
+    # The chat port checks the same bcrypt users, through the same throttle.
+    passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.auth.cache_ttl),
+                                 throttle, reactor, audit)
+    if "basic" in settings.auth.schemes:
+        factories.append(basic_factory(settings.auth.realm))
+        checkers.append(passwords)
+
+    api_children: dict[bytes, Any] = {b"chat": ChatResource}
+    portal = Portal(OperatorRealm(lambda user: OperatorRoot(app, user, api_children)), checkers)
+    root = guarded_root(portal, factories)
+
+    # -- heartbeat, metrics
+    notifier = Notifier(os.environ)
+    heartbeat = HeartbeatService(tracker, presence, app.streams, settings.heartbeat, reactor, monotonic,
+                                 watchdog=notifier.watchdog if notifier.watchdog_interval() else None)
+    heartbeat.setServiceParent(top)
+    app.heartbeat = heartbeat
+    app.metrics = Metrics(presence, tracker, heartbeat, app.streams)
+    hub.subscribe(app.metrics.on_event)
+
+    # -- listeners
+    site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor))
+    if settings.server.https:
+        from .tls import ensure_self_signed, fingerprint, server_tls_options, wrap_tls
+
+        if settings.server.certificate == "auto":
+            cert, key = ensure_self_signed(state_dir)
+            _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
+        else:
+            cert, key = Path(settings.server.certificate), Path(settings.server.private_key)
+        https_factory: Any = site
+        if not settings.server.https.startswith("ssl:"):
+            https_factory = wrap_tls(site, server_tls_options(cert, key))
+        _listen(reactor, settings.server.https, tracker.wrap(https_factory, "http")).setServiceParent(top)
+    if settings.server.http:
+        http_site = site
+        if settings.server.redirect_http:
+            https_port = _port_of(settings.server.https)
+            http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor))
+        _listen(reactor, settings.server.http, tracker.wrap(http_site, "http")).setServiceParent(top)
+
+    if settings.server.chat:
+        def authenticate(user: str, password: str, peer: str) -> Any:
+            creds = UsernamePassword(user.encode("utf-8"), password.encode("utf-8"))
+            creds.peer_host = peer  # type: ignore[attr-defined]
+            return passwords.requestAvatarId(creds).addCallback(
+                lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else avatar)
+
+        chat = ChatFactory(app.room, presence, tracker, authenticate, reactor, settings.chat)
+        _listen(reactor, settings.server.chat, tracker.wrap(chat, "chat")).setServiceParent(top)
+
+    _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
+              n=settings.admission.max_users)
+    # Last child: READY=1 is sent once every listener above has started.
+    SystemdNotifyService(notifier).setServiceParent(top)
+    return top
+
+
+def _port_of(description: str) -> int:
+    for part in description.split(":")[1:]:
+        if part.isdigit():
+            return int(part)
+        if part.startswith("port="):
+            return int(part[5:])
+    return 443

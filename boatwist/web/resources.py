@@ -1,0 +1,177 @@
+"""
+The resource tree.
+
+    /healthz          no authentication: "ok" and the version
+    everything else   behind HTTPAuthSessionWrapper (Digest and Basic):
+      /                 the UI (static files shipped in the package)
+      /api/whoami       the authenticated user
+      /api/presence     seats and who is online (JSON)
+      /api/events       Server-Sent Events (see stream.py)
+      /api/chat         chat history (GET) and new messages (POST)
+      /metrics          Prometheus text format
+
+The guard hands each request an L{OperatorRoot} made for the authenticated
+user; it is there, with the request in hand, that admission is decided:
+presence knows whether the user already holds a seat.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+from twisted.web.guard import HTTPAuthSessionWrapper
+from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.static import File
+
+from .. import __version__
+from .stream import EventsResource
+
+
+def json_body(request: Any, value: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def static_dir() -> Path:
+    return Path(str(importlib_resources.files("boatwist.web") / "static"))
+
+
+class StaticFiles(File):
+    """The UI's files; no directory listings, no dotfiles."""
+
+    def directoryListing(self) -> Resource:
+        return NoResource()
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path.startswith(b"."):
+            return NoResource()
+        return super().getChild(path, request)
+
+
+class Healthz(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return f"ok {__version__}\n".encode()
+
+
+class PublicRoot(Resource):
+    """Sends /healthz past authentication and everything else through the guard."""
+
+    def __init__(self, guard: HTTPAuthSessionWrapper) -> None:
+        super().__init__()
+        self.guard = guard
+        self.healthz = Healthz()
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        if path == b"healthz" and not request.postpath:
+            return self.healthz
+        # Hand the whole path to the guard, which resolves it for the user.
+        request.postpath.insert(0, request.prepath.pop())
+        return self.guard
+
+
+class WhoAmI(Resource):
+    isLeaf = True
+
+    def __init__(self, user: str) -> None:
+        super().__init__()
+        self.user = user
+
+    def render_GET(self, request: Any) -> bytes:
+        return json_body(request, {"user": self.user})
+
+
+class PresenceResource(Resource):
+    isLeaf = True
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def render_GET(self, request: Any) -> bytes:
+        return json_body(request, self.app.presence.snapshot())
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def render_GET(self, request: Any) -> bytes:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self.app.metrics.render()
+
+
+class OperatorRoot(Resource):
+    """The tree one authenticated user sees; decides admission per request."""
+
+    def __init__(self, app: Any, user: str, api_children: dict[bytes, Any] | None = None) -> None:
+        super().__init__()
+        self.app = app
+        self.user = user
+        self.api_children = api_children or {}
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
+        request.boatwist_user = self.user
+        app = self.app
+        is_stream = path == b"api" and request.postpath[:1] == [b"events"]
+        if not is_stream:
+            conn = app.tracker.connection_for(request.channel) if app.tracker is not None else None
+            peer = getattr(request.getClientAddress(), "host", "unknown")
+            refusal = (app.tracker.touch_http(conn, self.user, peer) if app.tracker is not None
+                       else app.presence.touch_http(self.user, peer))
+            if refusal is not None:
+                return _Refused(app, refusal)
+        if path == b"api":
+            return ApiRoot(app, self.user, self.api_children)
+        if path == b"metrics" and not request.postpath and app.metrics is not None:
+            return MetricsResource(app)
+        request.postpath.insert(0, request.prepath.pop())
+        return StaticFiles(str(static_dir()))
+
+
+class _Refused(Resource):
+    isLeaf = True
+
+    def __init__(self, app: Any, refusal: Any) -> None:
+        super().__init__()
+        self.app = app
+        self.refusal = refusal
+
+    def render(self, request: Any) -> bytes:
+        return self.app.refuse(request, self.refusal)
+
+
+class ApiRoot(Resource):
+    def __init__(self, app: Any, user: str, extra: dict[bytes, Any]) -> None:
+        super().__init__()
+        self.app = app
+        self.user = user
+        self.extra = extra
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        if path == b"whoami":
+            return WhoAmI(self.user)
+        if path == b"presence":
+            return PresenceResource(self.app)
+        if path == b"events":
+            return EventsResource(self.app, self.user)
+        factory = self.extra.get(path)
+        if factory is not None:
+            return factory(self.app, self.user)
+        return NoResource()
+
+
+def guarded_root(portal: Any, credential_factories: list[Any]) -> IResource:
+    return PublicRoot(HTTPAuthSessionWrapper(portal, credential_factories))
