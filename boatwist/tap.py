@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from twisted.python import usage
 from . import __version__
 from .auth import BcryptChecker, OperatorRealm, PeerAwareFactory, ThrottledChecker, basic_factory
 from .clock import WallClockView, use_monotonic_time
-from .config import ConfigError, Settings, load_config
+from .config import AdmissionSettings, ConfigError, Settings, load_config
 from .connections import ConnectionTracker
 from .digest import DigestAuthority, DigestChallengeFactory, DigestChecker
 from .events import EventHub
@@ -105,10 +106,11 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
         raise SystemExit(2)
 
     # -- the core: events -> presence -> connections
+    admission = fit_connection_cap(settings.admission)
     monotonic = reactor.seconds
     hub = EventHub(settings.events.buffer)
-    presence = Presence(hub, settings.admission, monotonic, time.time)
-    tracker = ConnectionTracker(presence, settings.admission, settings.keepalive, reactor, monotonic)
+    presence = Presence(hub, admission, monotonic, time.time)
+    tracker = ConnectionTracker(presence, admission, settings.keepalive, reactor, monotonic)
     app = App(settings=settings, hub=hub, presence=presence, tracker=tracker, clock=reactor,
               monotonic=monotonic, wall=time.time)
 
@@ -192,6 +194,41 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     # Last child: READY=1 is sent once every listener above has started.
     SystemdNotifyService(notifier).setServiceParent(top)
     return top
+
+
+#: File descriptors kept free for the listeners, the database, logs and threads.
+FD_RESERVE = 64
+
+
+def fit_connection_cap(admission: AdmissionSettings, limits: Any = None) -> AdmissionSettings:
+    """
+    Keep C{max_connections} below the file-descriptor limit: raise the soft
+    limit towards the hard one if needed, and if that is not enough, lower
+    the cap (with a log line) -- running out of descriptors makes accept()
+    fail for everyone, the operator already logged in included.
+    """
+    if limits is None:
+        import resource as limits
+    try:
+        soft, hard = limits.getrlimit(limits.RLIMIT_NOFILE)
+    except (OSError, ValueError, AttributeError):
+        return admission
+    wanted = admission.max_connections + FD_RESERVE
+    if soft != limits.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == limits.RLIM_INFINITY else min(wanted, hard)
+        try:
+            limits.setrlimit(limits.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if soft == limits.RLIM_INFINITY or soft >= wanted:
+        return admission
+    cap = max(1, soft - FD_RESERVE)
+    _log.warn("[admission] max_connections = {n} is above the file-descriptor limit {soft}; using {cap}",
+              n=admission.max_connections, soft=soft, cap=cap)
+    return replace(admission, max_connections=cap,
+                   max_connections_per_address=min(admission.max_connections_per_address, cap),
+                   max_connections_per_user=min(admission.max_connections_per_user, cap))
 
 
 def _port_of(description: str) -> int:
