@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -102,8 +102,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     try:
         database = UserDatabase(settings.users_file, settings.digest_users_file)
     except PasswordFileError as e:
-        sys.stderr.write(f"embweb: {e}\n")
-        raise SystemExit(2)
+        _fail(str(e))
 
     # -- the core: events -> presence -> connections
     admission = fit_connection_cap(settings.admission)
@@ -151,8 +150,12 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
 
     # -- heartbeat, metrics
     notifier = Notifier(os.environ)
+    watchdog = notifier.watchdog_interval()
+    if watchdog is not None and settings.heartbeat.interval > watchdog / 2:
+        _fail(f"{settings.source}: [heartbeat] interval = {settings.heartbeat.interval:g}: expected at most half "
+              f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
     heartbeat = HeartbeatService(tracker, presence, app.streams, settings.heartbeat, reactor, monotonic,
-                                 watchdog=notifier.watchdog if notifier.watchdog_interval() else None)
+                                 watchdog=notifier.watchdog if watchdog else None)
     heartbeat.setServiceParent(top)
     app.heartbeat = heartbeat
     app.metrics = Metrics(presence, tracker, heartbeat, app.streams)
@@ -161,16 +164,19 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     # -- listeners
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor))
     if settings.server.https:
-        from .tls import ensure_self_signed, fingerprint, server_tls_options, wrap_tls
+        from .tls import TLSConfigError, ensure_self_signed, fingerprint, server_tls_options, wrap_tls
 
-        if settings.server.certificate == "auto":
-            cert, key = ensure_self_signed(state_dir)
-            _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
-        else:
-            cert, key = Path(settings.server.certificate), Path(settings.server.private_key)
-        https_factory: Any = site
-        if not settings.server.https.startswith("ssl:"):
-            https_factory = wrap_tls(site, server_tls_options(cert, key))
+        try:
+            if settings.server.certificate == "auto":
+                cert, key = ensure_self_signed(state_dir)
+                _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
+            else:
+                cert, key = Path(settings.server.certificate), Path(settings.server.private_key)
+            https_factory: Any = site
+            if not settings.server.https.startswith("ssl:"):
+                https_factory = wrap_tls(site, server_tls_options(cert, key))
+        except TLSConfigError as e:
+            _fail(str(e))
         _listen(reactor, settings.server.https, tracker.wrap(https_factory, "http")).setServiceParent(top)
     if settings.server.http:
         http_site = site
@@ -194,6 +200,12 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     # Last child: READY=1 is sent once every listener above has started.
     SystemdNotifyService(notifier).setServiceParent(top)
     return top
+
+
+def _fail(message: str) -> NoReturn:
+    """Stop twistd with the one line that explains why (no traceback)."""
+    sys.stderr.write(f"embweb: {message}\n")
+    raise SystemExit(2)
 
 
 #: File descriptors kept free for the listeners, the database, logs and threads.
