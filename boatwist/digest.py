@@ -1,0 +1,515 @@
+"""
+HTTP Digest authentication (RFC 7616, and RFC 2617's MD5) hardened for
+twisted.web.guard.HTTPAuthSessionWrapper.
+
+Twisted's own DigestCredentialFactory accepts any nonce it made in the last
+15 minutes, any number of times, with any ``nc``: a captured Authorization
+header can be replayed for a quarter of an hour.  It speaks MD5 only, never
+says ``stale=true`` (so browsers re-prompt for the password when a nonce
+ages out), and compares the response with ``==``.  This module fixes that.
+
+Wire format (RFC 7616 section 3.3 / 3.4), as this server speaks it::
+
+    WWW-Authenticate: Digest realm="R", qop="auth", algorithm="SHA-256",
+                      nonce="N", opaque="O"[, stale="true"]
+    WWW-Authenticate: Digest realm="R", qop="auth", algorithm="MD5", ...
+    Authorization: Digest username="u", realm="R", nonce="N", uri="/p?q",
+                   qop=auth, nc=00000001, cnonce="c", response="hex",
+                   opaque="O"[, algorithm=SHA-256]
+
+    HA1      = H(username ":" realm ":" password)      (the htdigest value)
+    HA2      = H(method ":" uri)
+    response = H(HA1 ":" nonce ":" nc ":" cnonce ":" "auth" ":" HA2)
+
+(The guard quotes every challenge value, ``algorithm`` and ``stale``
+included; every client we know accepts that.)  ``qop=auth`` is required:
+without it there is no ``nc`` and no replay protection.  ``auth-int``,
+``-sess`` algorithms and ``userhash`` are refused.
+
+Nonce: ``urlsafe_b64(issued_ms[8] + random[16] + HMAC-SHA256(key, realm,
+issued, random)[:24])``; the key is random per process, so a restart
+invalidates every nonce (clients get a plain 401 and retry).  Issuing keeps
+no state, so unauthenticated clients cannot fill memory.  A nonce is
+tracked (its highest ``nc``) from its first *successful* use, until it
+expires; when the table is full the oldest entries are dropped and every
+nonce issued up to then becomes stale, so forgetting never reopens a
+replay.  ``opaque`` is an HMAC of the nonce.
+
+``stale=true`` is sent when a correctly signed nonce has expired, and when
+a *correct* response reuses an ``nc`` (a replay, or a browser's parallel
+requests arriving out of order): the client may retry with a new nonce
+without asking the user again.  Replays of a captured header thus still
+fail, but cost a legitimate browser nothing more than a round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+import struct
+import weakref
+from typing import Any, Callable, Protocol
+
+from twisted.cred import error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernameDigestHash
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.iweb import ICredentialFactory, IRequest
+from zope.interface import implementer
+
+__all__ = [
+    "DigestAuthority",
+    "DigestChallengeFactory",
+    "DigestCredentials",
+    "DigestChecker",
+    "StaleNonce",
+    "parse_params",
+    "ALGORITHMS",
+]
+
+#: Algorithms spoken, strongest first (the order challenges should be offered in).
+ALGORITHMS = ("SHA-256", "MD5")
+
+_HASHES = {"MD5": "md5", "SHA-256": "sha256"}
+_HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
+
+_TIME = struct.Struct(">Q")
+_RANDOM_BYTES = 16
+_MAC_BYTES = 24
+_NONCE_BYTES = _TIME.size + _RANDOM_BYTES + _MAC_BYTES  # 48: 64 base64 characters, no padding
+_OPAQUE_BYTES = 18  # 24 base64 characters
+
+#: Longest Authorization header value decoded at all.
+MAX_HEADER = 4096
+#: Longest cnonce accepted.
+MAX_CNONCE = 256
+#: Seconds a nonce may appear to come from the future (a clock step) before it counts as stale.
+FUTURE_SLACK = 5.0
+
+# auth-param = token BWS "=" BWS ( token / quoted-string ), RFC 7235 section 2.1
+_PARAM = re.compile(
+    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'
+)
+_ESCAPE = re.compile(rb"\\(.)", re.S)
+_NC = re.compile(rb"[0-9a-fA-F]{8}")
+_REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "opaque")
+
+
+class IClock(Protocol):
+    """What the authority needs of a clock: a reactor, or a task.Clock in tests."""
+
+    def seconds(self) -> float: ...
+
+
+def _hex(algorithm: str, data: bytes) -> bytes:
+    """H(data) in lower-case hex for a Digest algorithm name ('MD5' or 'SHA-256')."""
+    return hashlib.new(_HASHES[algorithm], data).hexdigest().encode("ascii")
+
+
+class StaleNonce(error.UnauthorizedLogin):
+    """
+    The response was right but its nonce may not be used again (``nc`` not
+    above the last one seen).  A subclass of UnauthorizedLogin so the guard
+    answers 401 (with ``stale=true``); distinct so a failure counter can
+    tell it from a wrong password: browsers cause it in normal use.
+    """
+
+
+def parse_params(value: bytes) -> dict[str, bytes]:
+    """
+    The auth-params of a Digest Authorization header (without the scheme),
+    names lower-cased, quoted-pairs unescaped.  Raises LoginFailed on
+    anything that is not a clean comma-separated list, or on a repeated
+    name (which value a proxy or a log would see is then ambiguous).
+    """
+    if len(value) > MAX_HEADER:
+        raise error.LoginFailed("Digest header too long")
+    params: dict[str, bytes] = {}
+    position = 0
+    value = value.strip()
+    while position < len(value):
+        match = _PARAM.match(value, position)
+        if match is None or match.end() == position:
+            raise error.LoginFailed("malformed Digest header")
+        name = match.group(1).decode("ascii").lower()
+        if name in params:
+            raise error.LoginFailed(f"Digest parameter {name} given twice")
+        quoted, bare = match.group(2), match.group(3)
+        params[name] = _ESCAPE.sub(rb"\1", quoted) if quoted is not None else bare
+        position = match.end()
+        while position < len(value) and value[position : position + 1] in (b" ", b"\t", b","):
+            position += 1  # tolerate empty list elements (RFC 7230 section 7)
+    return params
+
+
+def _b64decode(text: bytes, size: int) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(text)
+    except (binascii.Error, ValueError):
+        raise error.LoginFailed("malformed Digest value")
+    if len(raw) != size or base64.urlsafe_b64encode(raw) != text:
+        raise error.LoginFailed("malformed Digest value")
+    return raw
+
+
+class DigestAuthority:
+    """
+    Issues and verifies the nonces of one realm, for the whole process.
+
+    One instance is shared by the SHA-256 and MD5 challenge factories (the
+    guard decodes every Digest header with the first factory, whatever
+    algorithm it answers), and it must be the only one: nonces are signed
+    with its key.  C{clock} is anything with C{seconds()} (the reactor);
+    C{lifetime} is how long a nonce may be used, in seconds
+    (``[auth] nonce_lifetime``); C{secret} fixes the key, for tests: nonce
+    counts are remembered in this process only, so two processes sharing a
+    key would accept each other's replays.  C{max_tracked} bounds the nonces
+    remembered (about 200 bytes each).
+    """
+
+    _log = Logger()
+
+    def __init__(self, realm: str, clock: IClock, lifetime: float, secret: bytes | None = None,
+                 max_tracked: int = 4096) -> None:
+        if lifetime <= 0:
+            raise ValueError("nonce lifetime must be positive")
+        self.realm = realm
+        self._realm_bytes = realm.encode("utf-8")
+        self._clock = clock
+        self.lifetime = lifetime
+        self._key = secret if secret is not None else secrets.token_bytes(32)
+        self.max_tracked = max(16, max_tracked)
+        #: nonce -> [issued (seconds), highest nc accepted]
+        self._seen: dict[bytes, list[float]] = {}
+        #: Nonces issued at or before this time and not tracked are stale (dropped when full).
+        self._forgotten_before = float("-inf")
+        self._last_purge = clock.seconds()
+        self._stale: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+    # -------------------------------------------------------------- nonces
+
+    def _mac(self, label: bytes, *parts: bytes) -> bytes:
+        message = b"\x00".join((b"boatwist-digest", label, self._realm_bytes) + parts)
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def new_nonce(self) -> bytes:
+        """A fresh nonce for a challenge: issue time, randomness, signature."""
+        issued = _TIME.pack(max(0, int(self._clock.seconds() * 1000)))
+        random = secrets.token_bytes(_RANDOM_BYTES)
+        mac = self._mac(b"nonce", issued, random)[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(issued + random + mac)
+
+    def opaque_for(self, nonce: bytes) -> bytes:
+        """The opaque that goes with C{nonce}: it must come back unchanged."""
+        return base64.urlsafe_b64encode(self._mac(b"opaque", nonce)[:_OPAQUE_BYTES])
+
+    def nonce_issued(self, nonce: bytes) -> float:
+        """
+        When C{nonce} was issued (seconds), if we signed it; LoginFailed if
+        it is malformed or not ours.  Says nothing about its age.
+        """
+        raw = _b64decode(nonce, _NONCE_BYTES)
+        issued, random, mac = raw[: _TIME.size], raw[_TIME.size : -_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(b"nonce", issued, random)[:_MAC_BYTES]):
+            raise error.LoginFailed("Digest nonce not issued here")
+        return float(_TIME.unpack(issued)[0]) / 1000.0
+
+    def check_nonce(self, nonce: bytes, opaque: bytes, request: object | None = None) -> None:
+        """
+        Refuse (LoginFailed) a nonce that is forged, expired or forgotten, or
+        whose opaque is wrong.  An expired (or forgotten) but genuine nonce
+        marks C{request} so its next challenge says ``stale=true``.
+        """
+        issued = self.nonce_issued(nonce)
+        if not hmac.compare_digest(opaque, self.opaque_for(nonce)):
+            raise error.LoginFailed("Digest opaque does not match the nonce")
+        now = self._clock.seconds()
+        age = now - issued
+        if age > self.lifetime or age < -FUTURE_SLACK or (
+            nonce not in self._seen and issued <= self._forgotten_before
+        ):
+            self.mark_stale(request)
+            raise error.LoginFailed("Digest nonce is stale")
+
+    def accept_count(self, nonce: bytes, nc: int) -> bool:
+        """
+        Record that a correct response used C{nonce} with count C{nc}; False
+        (and nothing recorded) if that count is not above the highest one
+        already accepted for it.  Call only after the response was verified:
+        recording on unverified input would let anyone who saw a nonce burn it.
+        """
+        now = self._clock.seconds()
+        entry = self._seen.get(nonce)
+        if entry is not None:
+            if nc <= entry[1]:
+                return False
+            entry[1] = nc
+            return True
+        issued = self.nonce_issued(nonce)
+        if issued <= self._forgotten_before or now - issued > self.lifetime:
+            return False
+        self._purge(now)
+        self._seen[nonce] = [issued, nc]
+        return True
+
+    def _purge(self, now: float) -> None:
+        """Drop expired nonces; if still full, the oldest quarter (and remember how far)."""
+        if len(self._seen) < self.max_tracked and now - self._last_purge < self.lifetime / 2:
+            return
+        self._last_purge = now
+        horizon = now - self.lifetime
+        for nonce in [n for n, (issued, _nc) in self._seen.items() if issued < horizon]:
+            del self._seen[nonce]
+        if len(self._seen) >= self.max_tracked:
+            ordered = sorted(self._seen.items(), key=lambda item: item[1][0])
+            dropped = ordered[: max(1, len(ordered) // 4)]
+            for nonce, _entry in dropped:
+                del self._seen[nonce]
+            self._forgotten_before = max(self._forgotten_before, dropped[-1][1][0])
+            self._log.warn("Digest nonce table full: {count} dropped, their users will see stale=true",
+                           count=len(dropped))
+
+    def tracked(self) -> int:
+        """How many nonces are remembered now (for metrics and tests)."""
+        return len(self._seen)
+
+    # --------------------------------------------------------------- stale
+
+    def mark_stale(self, request: object | None) -> None:
+        """Make the challenges answering C{request} carry ``stale=true``."""
+        if request is not None:
+            try:
+                self._stale[request] = True
+            except TypeError:  # not weak-referenceable: no stale hint, still a 401
+                pass
+
+    def is_stale(self, request: object) -> bool:
+        """Whether C{request} was refused for a stale nonce (read by every factory, so not consumed)."""
+        try:
+            return self._stale.get(request, False)
+        except TypeError:
+            return False
+
+    # ----------------------------------------------------------- protocol
+
+    def challenge(self, request: object, algorithm: str) -> dict[str, bytes]:
+        """The parameters of one WWW-Authenticate: Digest challenge (the guard formats and quotes them)."""
+        nonce = self.new_nonce()
+        challenge = {
+            "realm": self._realm_bytes,
+            "qop": b"auth",
+            "algorithm": algorithm.encode("ascii"),
+            "nonce": nonce,
+            "opaque": self.opaque_for(nonce),
+        }
+        if self.is_stale(request):
+            challenge["stale"] = b"true"
+        return challenge
+
+    def decode(self, response: bytes, request: IRequest) -> "DigestCredentials":
+        """
+        Credentials from a Digest Authorization header value (scheme
+        removed), or LoginFailed: whatever a client sends must end in a 401,
+        never in a 500.
+        """
+        try:
+            return self._decode(response, request)
+        except error.LoginFailed as e:
+            self._log.debug("Digest credentials refused: {reason}", reason=str(e))
+            raise
+        except Exception as e:  # a parser bug must still be a 401
+            self._log.failure("Digest credentials could not be decoded")
+            raise error.LoginFailed("malformed Digest header") from e
+
+    def _decode(self, response: bytes, request: IRequest) -> "DigestCredentials":
+        params = parse_params(response)
+        missing = [name for name in _REQUIRED if not params.get(name)]
+        if missing:
+            raise error.LoginFailed(f"Digest parameters missing: {', '.join(missing)}")
+        if params.get("userhash", b"false").lower() != b"false":
+            raise error.LoginFailed("Digest userhash is not supported")
+        algorithm = params.get("algorithm", b"MD5").decode("ascii", "replace").upper()
+        if algorithm not in _HASHES:
+            raise error.LoginFailed("Digest algorithm not supported")
+        if params["qop"].lower() != b"auth":
+            raise error.LoginFailed("Digest qop must be auth")
+        if not hmac.compare_digest(params["realm"], self._realm_bytes):
+            raise error.LoginFailed("Digest realm does not match")
+        uri = getattr(request, "uri", None)
+        if not isinstance(uri, bytes) or params["uri"] != uri:
+            raise error.LoginFailed("Digest uri does not match the request")
+        if not _NC.fullmatch(params["nc"]):
+            raise error.LoginFailed("Digest nc is not 8 hex digits")
+        nc = int(params["nc"], 16)
+        if nc == 0:
+            raise error.LoginFailed("Digest nc is zero")
+        if len(params["cnonce"]) > MAX_CNONCE:
+            raise error.LoginFailed("Digest cnonce too long")
+        digest = params["response"].lower()
+        if len(digest) != _HEX_LENGTH[algorithm] or not all(c in b"0123456789abcdef" for c in digest):
+            raise error.LoginFailed("Digest response is not a hex digest")
+        try:
+            username = params["username"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise error.LoginFailed("Digest username is not UTF-8")
+        self.check_nonce(params["nonce"], params["opaque"], request)
+        return DigestCredentials(
+            authority=self,
+            request=request,
+            username=username,
+            realm=self.realm,
+            algorithm=algorithm,
+            method=request.method,
+            uri=uri,
+            nonce=params["nonce"],
+            nc=params["nc"],
+            cnonce=params["cnonce"],
+            response=digest,
+        )
+
+
+@implementer(IUsernameDigestHash)
+class DigestCredentials:
+    """
+    A decoded Digest response, checked against a stored HA1.
+
+    C{username} (str), C{realm} (str) and C{algorithm} ('MD5' or 'SHA-256',
+    the one the client used) tell the checker which HA1 to look up.  After a
+    C{checkHash} that found the response right but the nonce count used up,
+    C{stale} is True (see L{StaleNonce}).
+    """
+
+    def __init__(self, *, authority: DigestAuthority, request: object, username: str, realm: str,
+                 algorithm: str, method: bytes, uri: bytes, nonce: bytes, nc: bytes, cnonce: bytes,
+                 response: bytes) -> None:
+        self._authority = authority
+        try:
+            self._request: Callable[[], object | None] = weakref.ref(request)
+        except TypeError:
+            self._request = lambda: None
+        self.username = username
+        self.realm = realm
+        self.algorithm = algorithm
+        self.method = method
+        self.uri = uri
+        self.nonce = nonce
+        self.nc = nc
+        self.cnonce = cnonce
+        self._response = response
+        self.stale = False
+
+    def expected_response(self, ha1: str | bytes) -> bytes:
+        """The response a client knowing C{ha1} would have sent (lower-case hex)."""
+        if isinstance(ha1, str):
+            ha1 = ha1.encode("ascii")
+        ha2 = _hex(self.algorithm, self.method + b":" + self.uri)
+        return _hex(self.algorithm, b":".join((ha1.lower(), self.nonce, self.nc, self.cnonce, b"auth", ha2)))
+
+    def checkHash(self, digestHash: str | bytes) -> bool:
+        """
+        True if the response was computed from C{digestHash} (the HA1 for
+        C{algorithm}) and its nonce count was not used before; the count is
+        then used up.  Constant-time comparison.
+        """
+        if not hmac.compare_digest(self.expected_response(digestHash), self._response):
+            return False
+        if not self._authority.accept_count(self.nonce, int(self.nc, 16)):
+            self.stale = True
+            self._authority.mark_stale(self._request())
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<DigestCredentials {self.username!r} {self.algorithm}>"
+
+
+@implementer(ICredentialFactory)
+class DigestChallengeFactory:
+    """
+    One WWW-Authenticate: Digest challenge (one algorithm) for the guard.
+
+    Register one per algorithm, SHA-256 first, all on the same authority::
+
+        [DigestChallengeFactory(authority, "SHA-256"),
+         DigestChallengeFactory(authority, "MD5"), basic_factory]
+
+    The guard sends every factory's challenge and decodes with the first
+    whose scheme matches, so C{decode} accepts either algorithm.
+    """
+
+    scheme = b"digest"
+
+    def __init__(self, authority: DigestAuthority, algorithm: str) -> None:
+        if algorithm not in _HASHES:
+            raise ValueError(f"unsupported Digest algorithm {algorithm!r} (expected one of {ALGORITHMS})")
+        self.authority = authority
+        self.algorithm = algorithm
+
+    def getChallenge(self, request: IRequest) -> dict[str, bytes]:
+        return self.authority.challenge(request, self.algorithm)
+
+    def decode(self, response: bytes, request: IRequest) -> DigestCredentials:
+        return self.authority.decode(response, request)
+
+
+class _HA1Source(Protocol):
+    def ha1(self, user: str, realm: str, algorithm: str) -> str | None: ...
+
+
+@implementer(ICredentialsChecker)
+class DigestChecker:
+    """
+    Checks Digest credentials against the HA1 values of a
+    L{boatwist.passwords.UserDatabase}; the avatar id is the user name (str).
+
+    An unknown user (or one with no HA1 for the algorithm used) is checked
+    against a random HA1 so that the work, and the time, are the same as
+    for a known one: response timing does not say which names exist.  The
+    database is asked to re-read its files first (a stat of each), so a
+    deleted user cannot log in with Digest a moment later.
+    """
+
+    credentialInterfaces = (IUsernameDigestHash,)
+    _log = Logger()
+
+    def __init__(self, database: _HA1Source, realm: str) -> None:
+        self._database = database
+        self.realm = realm
+        self._dummy = {name: secrets.token_hex(size // 2) for name, size in _HEX_LENGTH.items()}
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:
+        try:
+            return defer.succeed(self._check(credentials))
+        except error.UnauthorizedLogin:
+            return defer.fail()
+
+    def _check(self, credentials: Any) -> str:
+        reload = getattr(self._database, "reload_if_changed", None)
+        if reload is not None:
+            reload()
+        username = getattr(credentials, "username", None)
+        algorithm = getattr(credentials, "algorithm", "MD5")
+        realm = getattr(credentials, "realm", None)
+        if isinstance(username, bytes):  # Twisted's own DigestedCredentials
+            username = username.decode("utf-8", "replace")
+        if isinstance(realm, bytes):
+            realm = realm.decode("utf-8", "replace")
+        if isinstance(algorithm, bytes):
+            algorithm = algorithm.decode("ascii", "replace")
+        algorithm = str(algorithm).upper()
+        if algorithm not in _HASHES:
+            raise error.UnauthorizedLogin("Digest algorithm not supported")
+        ha1 = None
+        if isinstance(username, str) and realm == self.realm:
+            ha1 = self._database.ha1(username, self.realm, algorithm)
+        matched = credentials.checkHash(ha1 if ha1 is not None else self._dummy[algorithm])
+        if ha1 is not None and matched is True:
+            return username  # type: ignore[return-value]
+        if getattr(credentials, "stale", False):
+            raise StaleNonce("Digest nonce count already used")
+        raise error.UnauthorizedLogin("Digest login failed")
