@@ -44,6 +44,9 @@ class ServerSettings:
 class AuthSettings:
     realm: str = "boatwist"
     schemes: tuple[str, ...] = ("digest", "basic")
+    #: Digest algorithms offered, in this order.  MD5 first by default: Python's
+    #: urllib before 3.14 reads only the first challenge and knows no SHA-256.
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     #: htpasswd file with bcrypt hashes (Basic).  Empty: state_dir/users.htpasswd.
     users: Path | None = None
     #: htdigest file (Digest).  Empty: state_dir/users.htdigest.
@@ -219,6 +222,14 @@ def _schemes(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _digest_algorithms(text: str) -> tuple[str, ...]:
+    known = {"md5": "MD5", "sha-256": "SHA-256"}
+    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not names or any(name not in known for name in names):
+        raise ConfigError("expected a list of MD5, SHA-256")
+    return tuple(dict.fromkeys(known[name] for name in names))
+
+
 def _networks(text: str) -> tuple[IPNetwork, ...]:
     networks = []
     for part in text.split(","):
@@ -285,6 +296,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     "auth": {
         "realm": _realm,
         "schemes": _schemes,
+        "digest_algorithms": _digest_algorithms,
         "users": _optional_path,
         "digest_users": _optional_path,
         "cache_ttl": _seconds(0, 86400),

@@ -100,7 +100,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
             password=password, path=state_dir / "initial-admin-password",
         )
     try:
-        database = UserDatabase(settings.users_file, settings.digest_users_file)
+        database = UserDatabase(settings.users_file, settings.digest_users_file, realm=settings.auth.realm)
     except PasswordFileError as e:
         _fail(str(e))
 
@@ -134,8 +134,8 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     factories = []
     if "digest" in settings.auth.schemes:
         authority = DigestAuthority(settings.auth.realm, reactor, settings.auth.nonce_lifetime)
-        factories += [PeerAwareFactory(DigestChallengeFactory(authority, "SHA-256")),
-                      PeerAwareFactory(DigestChallengeFactory(authority, "MD5"))]
+        factories += [PeerAwareFactory(DigestChallengeFactory(authority, algorithm))
+                      for algorithm in settings.auth.digest_algorithms]
         checkers.append(ThrottledChecker(DigestChecker(database, settings.auth.realm), throttle, reactor, audit))
     # The chat port checks the same bcrypt users, through the same throttle.
     passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.auth.cache_ttl),
