@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .config import Settings
 from .events import EventHub
 from .presence import Presence, Refusal
+from .web.site import is_api_path
 from .web.stream import StreamRegistry
 
 
@@ -38,7 +39,8 @@ class App:
         request.setResponseCode(503)
         request.setHeader(b"retry-after", str(refusal.retry_after).encode())
         message = refusal.message()
-        if request.path.startswith(b"/api/"):
+        # As resource traversal sees the path (/api, /%61pi/...), as the security headers do.
+        if is_api_path(request.path):
             request.setHeader(b"content-type", b"application/json")
             body = {"error": message, "reason": refusal.reason, "used": refusal.used,
                     "limit": refusal.limit, "retry_after": refusal.retry_after}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 import bcrypt
@@ -127,9 +127,9 @@ class BcryptChecker:
         self._run = run
         self._cache = _CredentialCache(monotonic, cache_ttl)
         self._db_version = database.version
-        self._in_flight: dict[bytes, list[defer.Deferred[bool]]] = {}
-        # The same cost for unknown users as for known ones.
-        self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=12))
+        self._in_flight: dict[tuple[int, bytes], list[defer.Deferred[bool]]] = {}
+        # An unknown user costs what a known one does: one bcrypt at the users' cost.
+        self._dummy_cost = _usual_cost(database)
 
     def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
         user = credentials.username
@@ -141,7 +141,9 @@ class BcryptChecker:
         self._db.reload_if_changed()
         if self._db.version != self._db_version:
             self._db_version = self._db.version
+            self._dummy_cost = _usual_cost(self._db)
             self._cache.clear()
+        version = self._db_version
         key = self._cache.key(user, password)
         if key in self._cache:
             return defer.succeed(user)
@@ -150,41 +152,88 @@ class BcryptChecker:
         except UnicodeDecodeError:
             name = ""
         stored = self._db.bcrypt_hash(name) if name else None
-        d = self._verify(key, password, stored)
+        d = self._verify((version, key), password, stored)
 
         def decided(ok: bool) -> bytes:
             if not ok:
                 raise cerror.UnauthorizedLogin()
-            self._cache.add(key)
+            # Checked against a users file that has changed since: not remembered.
+            if version == self._db_version:
+                self._cache.add(key)
             return user
 
         return d.addCallback(decided)
 
-    def _verify(self, key: bytes, password: bytes, stored: bytes | None) -> "defer.Deferred[bool]":
-        waiters = self._in_flight.get(key)
+    def _verify(self, flight: tuple[int, bytes], password: bytes, stored: bytes | None) -> "defer.Deferred[bool]":
+        # Keyed by the users file's version too: a check begun against the old
+        # hashes must not answer for a request made after the file changed.
+        waiters = self._in_flight.get(flight)
         result: defer.Deferred[bool] = defer.Deferred()
         if waiters is not None:
             waiters.append(result)
             return result
-        self._in_flight[key] = [result]
+        self._in_flight[flight] = [result]
+        # The stored hash's own cost for a refused long password, the users' usual one otherwise.
+        dummy_cost = (_cost_of(stored) if stored is not None else None) or self._dummy_cost
 
         def check() -> bool:
             # bcrypt 4+ refuses passwords over 72 bytes rather than truncating them.
             if stored is None or len(password) > 72:
-                bcrypt.checkpw(b"x", self._dummy)
+                # Hashing costs exactly what checking does (checkpw is hashpw and a compare).
+                bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=dummy_cost))
                 return False
             return bcrypt.checkpw(password, stored)
 
         def finish(ok: bool) -> None:
-            for waiter in self._in_flight.pop(key, []):
+            for waiter in self._in_flight.pop(flight, []):
                 waiter.callback(ok)
 
         def failed(f: Any) -> None:
             self._log.failure("bcrypt check failed", f)
             finish(False)
 
-        self._run(check).addCallbacks(finish, failed)
+        # maybeDeferred: a runner that raises must not leave the credential in flight forever.
+        defer.maybeDeferred(self._run, check).addCallbacks(finish, failed)
         return result
+
+
+#: The bcrypt cost assumed when the users file has no usable hash.
+DEFAULT_COST = 12
+
+
+def _cost_of(hashed: bytes) -> int | None:
+    """The cost (log2 rounds) of a bcrypt hash such as C{$2y$05$...}, or None."""
+    parts = hashed.split(b"$")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return None
+    cost = int(parts[2])
+    return cost if 4 <= cost <= 31 else None
+
+
+def _usual_cost(database: UserDatabase) -> int:
+    """
+    The cost most of the users' hashes have (``htpasswd -B`` uses 5,
+    embweb-passwd 12): what a check for an unknown user must cost too, or
+    the time of a failed login tells which names exist.
+    """
+    costs: Counter[int] = Counter()
+    for name in database.users():
+        hashed = database.bcrypt_hash(name)
+        cost = _cost_of(hashed) if hashed is not None else None
+        if cost is not None:
+            costs[cost] += 1
+    return costs.most_common(1)[0][0] if costs else DEFAULT_COST
+
+
+class _NamespacedLogger(Logger):
+    """
+    A class-level L{Logger} that keeps the namespace it was given:
+    L{Logger.__get__} would rename it after the class, and the login log
+    must stay in C{boatwist.login} so it can be routed and searched.
+    """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Logger:
+        return self.__class__(self.namespace, instance if instance is not None else owner, observer=self.observer)
 
 
 @implementer(ICredentialsChecker)
@@ -193,7 +242,7 @@ class ThrottledChecker:
     Puts L{LoginThrottle} and the login log in front of another checker.
     """
 
-    _log = Logger(namespace="boatwist.login")
+    _log = _NamespacedLogger(namespace="boatwist.login")
 
     def __init__(self, inner: Any, throttle: LoginThrottle, clock: IReactorTime,
                  audit: Callable[[str, str, str, str], None] | None = None) -> None:

@@ -125,8 +125,11 @@ class TrackingProtocol(ProtocolWrapper):
         pass
 
     def connectionLost(self, reason: Failure = Failure(ierror.ConnectionDone())) -> None:
-        self.factory.tracker._unregister(self.conn, reason)
-        super().connectionLost(reason)
+        try:
+            self.factory.tracker._unregister(self.conn, reason)
+        finally:
+            # Whatever the bookkeeping did, the application protocol must hear of it.
+            super().connectionLost(reason)
 
 
 class TrackingFactory(WrappingFactory):
@@ -195,11 +198,15 @@ class ConnectionTracker:
 
     def bind(self, conn: TrackedConnection, user: str, kind: str) -> Refusal | None:
         """Admit C{conn} as a persistent connection (event stream, chat) of C{user}."""
+        previous_kind = conn.kind
         conn.kind = kind
         conn.user = user
         refusal = self.presence.attach(user, conn)
         if refusal is None:
             conn.bound = True
+        else:
+            # Refused: it stays what it was (a plain HTTP connection), not an event stream.
+            conn.kind = previous_kind
         return refusal
 
     def touch_http(self, conn: TrackedConnection | None, user: str, peer: str) -> Refusal | None:
@@ -283,10 +290,17 @@ class ConnectionTracker:
         else:
             self._per_address.pop(conn.peer_host, None)
         reason, detected_after = self.classify(conn, failure)
+        # Each step on its own: a failing listener must not keep the user online.
         if conn.bound:
-            self.presence.detach(conn, reason, detected_after)
-        for listener in self.ended_listeners:
-            listener(conn, reason, detected_after)
+            try:
+                self.presence.detach(conn, reason, detected_after)
+            except Exception:
+                self._log.failure("presence did not take the end of {conn}", conn=conn)
+        for listener in list(self.ended_listeners):
+            try:
+                listener(conn, reason, detected_after)
+            except Exception:
+                self._log.failure("ended-connection listener {listener!r} failed", listener=listener)
 
     def classify(self, conn: TrackedConnection, failure: Failure) -> tuple[str, float | None]:
         """Why did C{conn} end, and how long after the peer's last sign of life did we notice?"""

@@ -5,7 +5,8 @@ Each tick (``[heartbeat] interval``):
 
   - reads C{TCP_INFO} of every tracked connection.  A connection no longer
     ``ESTABLISHED`` (``CLOSE_WAIT``: the peer closed and nobody read) is closed
-    with reason ``tcp-state``.  Keepalive probes outstanding, retransmissions
+    with reason ``tcp-state``; one the kernel has already ended (``CLOSE``)
+    with the reason it ended for.  Keepalive probes outstanding, retransmissions
     or backoff mark the user ``unstable`` until the link recovers.  The RTT
     and the peer's last sign of life are kept for ``/api/presence`` and for
     ``detected_after``;
@@ -76,37 +77,62 @@ class HeartbeatService(Service):
     def tick(self) -> None:
         """One heartbeat; never raises."""
         started = self._cpu_time()
+        failed = False
         for step in (self.check_connections, self.beat_streams, self.presence.expire, self._ping_watchdog):
             try:
                 step()
             except Exception:
-                self.failed_ticks += 1
+                failed = True
                 self._log.failure("heartbeat step {step} failed; going on", step=getattr(step, "__name__", step))
         self.ticks += 1
+        if failed:
+            self.failed_ticks += 1
         self.tick_durations.append(self._cpu_time() - started)
 
     def check_connections(self) -> None:
         now = self.monotonic()
         for conn in self.tracker.connections():
-            info = conn.tcp_info()
-            if info is None:
-                continue
-            if not info.established:
-                if conn.peer_eof and info.state_name in ("CLOSE", "CLOSED"):
-                    conn.close("closed")
-                else:
-                    self._log.info("closing {conn}: TCP state {state}", conn=conn, state=info.state_name)
-                    conn.close("tcp-state")
-                continue
-            conn.rtt_ms = info.rtt_us / 1000.0
-            conn.last_alive = max(conn.last_alive, now - info.idle_ms / 1000.0)
-            if conn.user is None or not conn.bound:
-                continue
-            if info.troubled:
-                why = "probes" if info.probes else "retransmits"
-                self.presence.set_unstable(conn, True, why)
-            elif conn.unstable:
-                self.presence.set_unstable(conn, False, "recovered")
+            # One connection that fails must not leave those after it unchecked, tick after tick.
+            try:
+                self._check_connection(conn, now)
+            except Exception:
+                self._log.failure("heartbeat check of {conn} failed; going on", conn=conn)
+
+    def _check_connection(self, conn: Any, now: float) -> None:
+        info = conn.tcp_info()
+        if info is None:
+            return
+        if not info.established:
+            conn.close(self._ended_reason(conn, info))
+            return
+        conn.rtt_ms = info.rtt_us / 1000.0
+        conn.last_alive = max(conn.last_alive, now - info.idle_ms / 1000.0)
+        if conn.user is None or not conn.bound:
+            return
+        if info.troubled:
+            why = "probes" if info.probes else "retransmits"
+            self.presence.set_unstable(conn, True, why)
+        elif conn.unstable:
+            self.presence.set_unstable(conn, False, "recovered")
+
+    def _ended_reason(self, conn: Any, info: Any) -> str:
+        """
+        Why a connection the kernel no longer calls ESTABLISHED is ending.
+        In CLOSE the kernel has already ended it, and why is known: our
+        probe after the peer's FIN was answered (``closed``), keepalive or
+        user timeout gave up on a silent peer (probes or retransmissions
+        outstanding: ``keepalive-timeout``, as L{sockets.SocketRecord.cause}
+        says it), or the peer reset.  Any other state (CLOSE_WAIT: the peer
+        closed and nobody noticed) is ``tcp-state``.
+        """
+        if info.state_name == "CLOSE":
+            if conn.peer_eof:
+                return "closed"
+            if info.probes or info.retransmits:
+                return "keepalive-timeout"
+            return "reset"
+        self._log.info("closing {conn}: TCP state {state}", conn=conn, state=info.state_name)
+        return "tcp-state"
 
     def beat_streams(self) -> None:
         now = self.monotonic()
@@ -114,7 +140,10 @@ class HeartbeatService(Service):
             return
         self._last_stream_beat = now
         for stream in self.streams:
-            stream.comment("heartbeat")
+            try:
+                stream.comment("heartbeat")
+            except Exception:
+                self._log.failure("heartbeat comment to {stream!r} failed; going on", stream=stream)
 
     def _ping_watchdog(self) -> None:
         if self.watchdog is not None:

@@ -28,6 +28,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.offline_reasons: Counter[str] = Counter()
         self.chat_messages: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
         self.detection = Histogram(
             "boatwist_detection_seconds",
             "Seconds from a vanished peer's last sign of life to its offline event",
@@ -38,7 +39,10 @@ class Metrics:
 
     def on_event(self, event: Event) -> None:
         data = event.data
-        if event.kind == "presence" and data.get("state") == "offline":
+        if event.kind == "presence" and data.get("reason") == "refused":
+            # Someone kept out (or over their connection limit), not someone who left.
+            self.refusals[data.get("refusal") or "unknown"] += 1
+        elif event.kind == "presence" and data.get("state") == "offline":
             self.offline_reasons[data.get("reason", "unknown")] += 1
             after = data.get("detected_after")
             if after is not None and data.get("reason") in ("keepalive-timeout", "heartbeat-timeout", "tcp-state"):
@@ -65,6 +69,11 @@ class Metrics:
         for reason, n in sorted(self.offline_reasons.items()):
             offline.add_metric([reason], n)
         yield offline
+        refused = CounterMetricFamily("boatwist_refusals", "Logins and connections refused, by refusal",
+                                      labels=["refusal"])
+        for refusal, n in sorted(self.refusals.items()):
+            refused.add_metric([refusal], n)
+        yield refused
         chat = CounterMetricFamily("boatwist_chat_messages", "Chat messages, by front end", labels=["via"])
         for via, n in sorted(self.chat_messages.items()):
             chat.add_metric([via], n)

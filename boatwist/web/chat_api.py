@@ -27,6 +27,10 @@ from ..chatroom import MessageRefused, NotSaved, RateLimited
 from .resources import json_body
 
 
+#: The largest message id (SQLite INTEGER).
+MAX_ID = 2**63 - 1
+
+
 def _int_arg(request: Any, name: bytes) -> int | None:
     values = request.args.get(name)
     if not values:
@@ -37,6 +41,9 @@ def _int_arg(request: Any, name: bytes) -> int | None:
         raise ValueError(f"{name.decode()} must be a whole number")
     if value < 0:
         raise ValueError(f"{name.decode()} must not be negative")
+    if value > MAX_ID:
+        # SQLite's integers are 64-bit: a larger one would fail in the store, as a 500.
+        raise ValueError(f"{name.decode()} is too large")
     return value
 
 
@@ -69,7 +76,8 @@ class ChatResource(Resource):
             return json_body(request, {"error": "expected Content-Type: application/json"}, 415)
         try:
             body = json.loads(request.content.read().decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # RecursionError: nesting deeper than the parser goes ("[[[[..." within max_body).
             return json_body(request, {"error": "the body is not valid UTF-8 JSON"}, 400)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             return json_body(request, {"error": 'expected {"text": "..."}'}, 400)

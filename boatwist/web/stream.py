@@ -133,13 +133,14 @@ class EventsResource(Resource):
 
     def render_GET(self, request: Any) -> Any:
         app = self.app
-        conn = app.tracker.connection_for(request.channel)
+        conn = app.tracker.connection_for(request.channel) if app.tracker is not None else None
         if conn is not None:
             refusal = app.tracker.bind(conn, self.user, "web")
             if refusal is not None:
                 return app.refuse(request, refusal)
         else:
-            refusal = app.presence.touch_http(self.user, "unknown")
+            peer = getattr(request.getClientAddress(), "host", None) or "unknown"
+            refusal = app.presence.touch_http(self.user, peer)
             if refusal is not None:
                 return app.refuse(request, refusal)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")

@@ -1,0 +1,692 @@
+"""
+boatwist.connections: the accept-time checks, tracking, and why a connection ended.
+
+Connections are built as the reactor builds them (C{factory.buildProtocol},
+then C{makeConnection} on a L{StringTransport}); time is a L{Clock}; the
+socket layer (L{boatwist.sockets}) is replaced by fakes where a test needs
+C{TCP_INFO} or a socket, because test transports have none.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from boatwist import connections, sockets
+from boatwist.config import AdmissionSettings, KeepaliveSettings
+from boatwist.connections import (
+    EOF_PROBE_DELAY,
+    ConnectionTracker,
+    TrackedConnection,
+    TrackingProtocol,
+    peer_allowed,
+)
+from boatwist.events import EventHub
+from boatwist.presence import Presence, Refusal
+from boatwist.sockets import RecordingSocket, SocketRecord, TcpInfo
+
+ESTABLISHED, CLOSE, CLOSE_WAIT = 1, 7, 8
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class Recorder(Protocol):
+    """The application protocol under the wrapper: notes what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def makeConnection(self, transport: Any) -> None:
+        self.events.append("makeConnection")
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(("data", data))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.events.append(("lost", reason.type))
+
+
+class RecorderFactory(Factory):
+    def __init__(self) -> None:
+        self.built: list[Recorder] = []
+
+    def buildProtocol(self, addr: Any) -> Recorder:
+        proto = Recorder()
+        proto.factory = self
+        self.built.append(proto)
+        return proto
+
+
+class World:
+    """A tracker on a real Presence and EventHub, driven by a Clock."""
+
+    def __init__(self, networks: tuple[str, ...] = ("10.0.0.0/8", "::1/128"), max_connections: int = 512,
+                 per_address: int = 64, max_users: int = 10, keepalive: KeepaliveSettings | None = None) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.hub = EventHub()
+        self.events: list[Any] = []
+        self.hub.subscribe(self.events.append)
+        self.admission = AdmissionSettings(
+            max_users=max_users,
+            networks=tuple(ipaddress.ip_network(n) for n in networks),
+            max_connections=max_connections,
+            max_connections_per_address=per_address,
+        )
+        self.presence = Presence(self.hub, self.admission, self.clock.seconds, lambda: 1_700_000_000.0)
+        self.tracker = ConnectionTracker(self.presence, self.admission, keepalive or KeepaliveSettings(),
+                                         self.clock, self.clock.seconds)
+        self.inner = RecorderFactory()
+        self.wrapping = self.tracker.wrap(self.inner, "http")
+        self.ended: list[tuple[Any, str, float | None]] = []
+        self.tracker.ended_listeners.append(lambda c, r, d: self.ended.append((c, r, d)))
+
+    def connect(self, host: str = "10.1.2.3", port: int = 40000,
+                transport: StringTransport | None = None) -> tuple[Any, StringTransport]:
+        addr: Any = IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
+        proto = self.wrapping.buildProtocol(addr)
+        if transport is None:
+            transport = StringTransport(peerAddress=addr)
+        else:
+            transport.peerAddr = addr
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def presence_events(self) -> list[tuple[str, str, str]]:
+        return [(e.data["user"], e.data["state"], e.data["reason"]) for e in self.events if e.kind == "presence"]
+
+
+@pytest.fixture
+def logged() -> Any:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def tracker_warnings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("log_namespace", "").startswith("boatwist.connections")
+            and e.get("log_level") is not None and e["log_level"].name == "warn"]
+
+
+class FakeSocket:
+    """Enough of a socket for find_tcp_transport, install_recorder and apply_keepalive."""
+
+    def __init__(self, refuse: tuple[int, ...] = ()) -> None:
+        self.options: list[tuple[int, int, int]] = []
+        self.refuse = refuse
+
+    def fileno(self) -> int:
+        return 99
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return b""
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return len(data)
+
+    def getsockopt(self, *args: Any) -> Any:
+        raise OSError(errno.ENOPROTOOPT, "not here")
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if option in self.refuse:
+            raise OSError(errno.ENOPROTOOPT, "not here")
+        self.options.append((level, option, value))
+
+
+class SocketTransport(StringTransport):
+    """A StringTransport that owns a (fake) socket, as tcp.Server does."""
+
+    def __init__(self, sock: FakeSocket) -> None:
+        super().__init__()
+        self.socket = sock
+
+
+def fake_tcp_info(monkeypatch: pytest.MonkeyPatch, info: TcpInfo | None) -> list[Any]:
+    """Make sockets.read_tcp_info answer C{info}; returns the sockets it was asked about."""
+    asked: list[Any] = []
+
+    def read(sock: Any, platform: str | None = None) -> TcpInfo | None:
+        asked.append(sock)
+        return info
+
+    monkeypatch.setattr(sockets, "read_tcp_info", read)
+    return asked
+
+
+# ------------------------------------------------------------- peer_allowed
+
+
+V4 = (ipaddress.ip_network("10.0.0.0/8"),)
+V6 = (ipaddress.ip_network("2001:db8::/32"), ipaddress.ip_network("fe80::/10"))
+
+
+@pytest.mark.parametrize(
+    "host, networks, allowed",
+    [
+        ("10.0.0.1", V4, True),
+        ("10.255.255.255", V4, True),
+        ("11.0.0.1", V4, False),
+        ("192.168.1.1", V4, False),
+        ("2001:db8::5", V6, True),
+        ("2001:db9::5", V6, False),
+        ("::ffff:10.0.0.1", V4, True),
+        ("::ffff:192.168.0.1", V4, False),
+        ("fe80::1%eth0", V6, True),
+        ("fe80::1%eth0", V4, False),
+        ("10.0.0.1", (ipaddress.ip_network("::/0"),), False),
+        ("::1", (ipaddress.ip_network("0.0.0.0/0"),), False),
+        ("not-an-address", V4 + V6, False),
+        ("", V4 + V6, False),
+        ("10.0.0.300", V4, False),
+        ("%eth0", V6, False),
+    ],
+)
+def test_peer_allowed(host: str, networks: tuple[Any, ...], allowed: bool) -> None:
+    """
+    An address is allowed only inside a listed network of its own family; an
+    IPv4-mapped IPv6 address counts as the IPv4 address, a scope id is
+    ignored, and anything that is not an address is refused.
+    """
+    assert peer_allowed(host, networks) is allowed
+
+
+# --------------------------------------------------------- accept-time drop
+
+
+def test_address_outside_networks_is_dropped_before_a_byte_is_read() -> None:
+    """
+    A peer outside [admission] networks gets no application protocol at all:
+    the wrapped factory is never asked, the transport is aborted at once, and
+    nothing is tracked.
+    """
+    w = World()
+    proto, transport = w.connect("192.168.1.50")
+    assert not isinstance(proto, TrackingProtocol)
+    assert w.inner.built == []
+    assert transport.disconnected  # abortConnection, not a graceful close
+    assert len(w.tracker) == 0
+    assert w.tracker.connections() == []
+
+
+def test_address_inside_networks_reaches_the_application() -> None:
+    """An allowed peer's protocol is made, tracked with its address, and hears its bytes."""
+    w = World()
+    proto, transport = w.connect("10.9.8.7", 5555)
+    assert isinstance(proto, TrackingProtocol)
+    [app] = w.inner.built
+    proto.dataReceived(b"hello")
+    assert app.events == ["makeConnection", ("data", b"hello")]
+    [conn] = w.tracker.connections()
+    assert (conn.peer_host, conn.peer_port, conn.kind, conn.user, conn.bound) == ("10.9.8.7", 5555, "http", None, False)
+    assert not transport.disconnecting
+
+
+def test_ipv6_peer_is_checked_against_ipv6_networks() -> None:
+    """An IPv6 peer inside an IPv6 network is admitted; outside it is dropped."""
+    w = World()
+    proto, _ = w.connect("::1")
+    assert isinstance(proto, TrackingProtocol)
+    _, transport = w.connect("2001:db8::1")
+    assert transport.disconnected
+    assert len(w.tracker) == 1
+
+
+def test_per_address_cap() -> None:
+    """
+    At most max_connections_per_address from one address; others are not
+    affected, and a slot frees when one of them ends.
+    """
+    w = World(per_address=2)
+    first, _ = w.connect("10.0.0.1", 1)
+    w.connect("10.0.0.1", 2)
+    _, third = w.connect("10.0.0.1", 3)
+    assert third.disconnected
+    _, other = w.connect("10.0.0.2", 4)
+    assert not other.disconnected
+    assert len(w.tracker) == 3
+    first.connectionLost(Failure(ConnectionDone()))
+    _, again = w.connect("10.0.0.1", 5)
+    assert not again.disconnected
+    assert len(w.inner.built) == 4
+
+
+def test_total_cap() -> None:
+    """At most max_connections in all, whatever the address."""
+    w = World(max_connections=2)
+    w.connect("10.0.0.1")
+    w.connect("10.0.0.2")
+    _, third = w.connect("10.0.0.3")
+    assert third.disconnected
+    assert len(w.tracker) == 2
+    assert len(w.inner.built) == 2
+
+
+def test_refusals_are_logged_at_most_once_per_ten_seconds(logged: list[dict[str, Any]]) -> None:
+    """A flood of refused connections yields one log line per 10 s, naming the address."""
+    w = World()
+    for port in range(5):
+        w.connect("192.168.0.1", port)
+    warnings = tracker_warnings(logged)
+    assert len(warnings) == 1
+    assert warnings[0]["host"] == "192.168.0.1"
+    w.clock.advance(9.9)
+    w.connect("192.168.0.2")
+    assert len(tracker_warnings(logged)) == 1
+    w.clock.advance(0.1)
+    w.connect("192.168.0.3")
+    assert len(tracker_warnings(logged)) == 2
+    assert tracker_warnings(logged)[1]["host"] == "192.168.0.3"
+
+
+# ------------------------------------------------------- socket plumbing
+
+
+def test_socket_gets_keepalive_options_and_a_recorder(logged: list[dict[str, Any]]) -> None:
+    """
+    A connection with a socket gets keepalive tuned as configured and a
+    recording socket in front of the real one; an option the platform
+    refuses is logged once for the process, not once per connection.
+    """
+    import socket
+
+    w = World(keepalive=KeepaliveSettings(idle=2, interval=3, count=4, user_timeout=5))
+    sock = FakeSocket(refuse=(socket.TCP_USER_TIMEOUT,))
+    transport = SocketTransport(sock)
+    w.connect(transport=transport)
+    [conn] = w.tracker.connections()
+    assert isinstance(transport.socket, RecordingSocket)
+    assert transport.socket.wrapped is sock
+    assert isinstance(conn.record, SocketRecord)
+    assert conn.sock is transport.socket
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in sock.options
+    assert (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2) in sock.options
+    assert (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3) in sock.options
+    assert (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4) in sock.options
+    missing = [e for e in tracker_warnings(logged) if "names" in e]
+    assert [e["names"] for e in missing] == ["TCP_USER_TIMEOUT"]
+    w.connect(port=2, transport=SocketTransport(FakeSocket(refuse=(socket.TCP_USER_TIMEOUT,))))
+    assert len([e for e in tracker_warnings(logged) if "names" in e]) == 1
+
+
+def test_transport_without_socket_is_tracked_without_tcp_insight() -> None:
+    """A test transport has no socket: tracked all the same, with no record and no TCP_INFO."""
+    w = World()
+    w.connect()
+    [conn] = w.tracker.connections()
+    assert conn.record is None and conn.sock is None
+    assert conn.tcp_info() is None
+
+
+def test_data_received_is_a_sign_of_life() -> None:
+    """Every byte from the peer moves last_alive to now."""
+    w = World()
+    proto, _ = w.connect()
+    [conn] = w.tracker.connections()
+    opened = conn.last_alive
+    w.clock.advance(7)
+    proto.dataReceived(b"x")
+    assert conn.last_alive == opened + 7 == w.clock.seconds()
+
+
+def test_connection_for_walks_down_from_the_application_protocol() -> None:
+    """The tracked connection is found from the innermost protocol; an untracked one gives None."""
+    w = World()
+    proto, _ = w.connect()
+    [app] = w.inner.built
+    assert w.tracker.connection_for(app) is proto.conn
+    assert w.tracker.connection_for(proto) is proto.conn
+    loose = Recorder()
+    loose.makeConnection(StringTransport())
+    assert w.tracker.connection_for(loose) is None
+    assert w.tracker.connection_for(None) is None
+
+
+# -------------------------------------------------------------- close()
+
+
+@pytest.mark.parametrize("reason", ["heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"])
+def test_close_aborts_for_a_peer_presumed_gone(reason: str) -> None:
+    """A peer presumed gone is not waited for: the transport is aborted, not flushed."""
+    w = World()
+    _, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.close(reason)
+    assert transport.disconnected
+    assert conn.close_reason == reason
+
+
+def test_close_for_other_reasons_flushes_and_first_reason_sticks() -> None:
+    """A plain close is graceful (loseConnection); the first reason given is the one kept."""
+    w = World()
+    _, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.close("closed")
+    assert transport.disconnecting and not transport.disconnected
+    conn.close("kicked")
+    assert conn.close_reason == "closed"
+
+
+# ------------------------------------------------------------ classify()
+
+
+def one_connection(w: World) -> TrackedConnection:
+    w.connect()
+    [conn] = w.tracker.connections()
+    return conn
+
+
+def test_classify_close_reason_wins_over_everything() -> None:
+    """The reason we closed for is what users see, whatever the socket saw."""
+    w = World()
+    conn = one_connection(w)
+    conn.record = SocketRecord(errno=errno.ECONNRESET)
+    conn.close_reason = "kicked"
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("kicked", None)
+
+
+def test_classify_keepalive_timeout_from_the_socket_record_with_final_idle() -> None:
+    """
+    ETIMEDOUT recorded on the socket is a keepalive timeout; detected_after is
+    the idle time of the final TCP_INFO (the peer's last sign of life).
+    """
+    w = World()
+    conn = one_connection(w)
+    conn.record = SocketRecord(errno=errno.ETIMEDOUT,
+                               final_info=TcpInfo(state=CLOSE, probes=2, last_data_recv_ms=4000,
+                                                  last_ack_recv_ms=3100))
+    conn.last_alive = w.clock.seconds() - 60  # not used when the kernel says better
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("keepalive-timeout", 3.1)
+
+
+def test_classify_keepalive_timeout_without_final_info_uses_last_alive() -> None:
+    """Without a final TCP_INFO, detected_after is the time since last_alive."""
+    w = World()
+    conn = one_connection(w)
+    conn.record = SocketRecord(errno=errno.EHOSTUNREACH)
+    conn.last_alive = w.clock.seconds() - 2.5
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("keepalive-timeout", 2.5)
+
+
+def test_classify_reset_from_the_socket_record() -> None:
+    """ECONNRESET recorded on the socket is a reset, even if Twisted said 'done'; no detected_after."""
+    w = World()
+    conn = one_connection(w)
+    conn.record = SocketRecord(errno=errno.ECONNRESET)
+    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("reset", None)
+
+
+def test_classify_connection_done_is_closed_with_zero_latency() -> None:
+    """A clean close is 'closed', detected after 0 s: a goodbye is heard, not detected."""
+    w = World()
+    conn = one_connection(w)
+    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("closed", 0.0)
+    conn.record = SocketRecord()  # the socket saw nothing wrong
+    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("closed", 0.0)
+
+
+def test_classify_bare_connection_lost_is_reset() -> None:
+    """A non-clean loss with no recorded cause is a reset."""
+    w = World()
+    conn = one_connection(w)
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("reset", None)
+
+
+def test_classify_reset_after_peer_eof_is_closed() -> None:
+    """The RST that answers our probe after the peer's FIN means the peer simply left."""
+    w = World()
+    conn = one_connection(w)
+    conn.peer_eof = True
+    conn.record = SocketRecord(errno=errno.ECONNRESET)
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("closed", 0.0)
+
+
+@pytest.mark.parametrize("reason", ["heartbeat-timeout", "tcp-state"])
+def test_classify_vanished_reasons_measure_from_last_alive(reason: str) -> None:
+    """A peer that vanished is detected after the time since its last sign of life."""
+    w = World()
+    conn = one_connection(w)
+    conn.last_alive = w.clock.seconds() - 4.25
+    conn.close_reason = reason
+    assert w.tracker.classify(conn, Failure(ConnectionLost())) == (reason, 4.25)
+
+
+# ----------------------------------------------------- bind / touch_http
+
+
+def test_bind_admits_a_persistent_connection_to_presence() -> None:
+    """bind() makes the connection the user's presence, with its kind as 'via'."""
+    w = World()
+    w.connect()
+    [conn] = w.tracker.connections()
+    assert w.tracker.bind(conn, "alice", "web") is None
+    assert (conn.user, conn.kind, conn.bound) == ("alice", "web", True)
+    assert w.presence.is_online("alice")
+    assert w.events[-1].data["via"] == "web"
+
+
+def test_bind_refused_leaves_the_connection_unbound_and_plain() -> None:
+    """A refused bind returns the Refusal; the connection is neither bound nor counted as a stream."""
+    w = World(max_users=1)
+    w.presence.touch_http("bob", "10.0.0.9")
+    w.connect()
+    [conn] = w.tracker.connections()
+    refusal = w.tracker.bind(conn, "alice", "web")
+    assert isinstance(refusal, Refusal) and refusal.reason == "full"
+    assert not conn.bound
+    assert conn.kind == "http"
+    assert not w.presence.is_online("alice")
+
+
+def test_touch_http_marks_the_user_without_binding() -> None:
+    """A plain request names the connection's user and keeps them online for http_grace, unbound."""
+    w = World()
+    w.connect()
+    [conn] = w.tracker.connections()
+    assert w.tracker.touch_http(conn, "alice", "10.1.2.3") is None
+    assert conn.user == "alice" and not conn.bound
+    assert w.presence.is_online("alice")
+    assert w.presence.users()[0].via == "http"
+    assert w.tracker.touch_http(None, "carol", "10.1.2.4") is None
+
+
+def test_touch_http_refused_when_full() -> None:
+    """A new user on a full server gets the Refusal from touch_http."""
+    w = World(max_users=1)
+    w.presence.touch_http("bob", "10.0.0.9")
+    w.connect()
+    [conn] = w.tracker.connections()
+    refusal = w.tracker.touch_http(conn, "alice", "10.1.2.3")
+    assert refusal is not None and refusal.reason == "full"
+
+
+# ---------------------------------------------------------------- ending
+
+
+def test_bound_connection_end_detaches_with_the_classified_reason() -> None:
+    """When a bound connection ends, presence is told why and how fast; the user is offline."""
+    w = World()
+    proto, _ = w.connect()
+    [conn] = w.tracker.connections()
+    w.tracker.bind(conn, "alice", "web")
+    conn.record = SocketRecord(errno=errno.ETIMEDOUT)
+    conn.last_alive = w.clock.seconds() - 3.0
+    proto.connectionLost(Failure(ConnectionLost()))
+    assert w.presence_events()[-1] == ("alice", "offline", "keepalive-timeout")
+    assert w.events[-1].data["detected_after"] == 3.0
+    assert w.ended == [(conn, "keepalive-timeout", 3.0)]
+    assert len(w.tracker) == 0
+
+
+def test_unbound_connection_end_does_not_touch_presence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A plain HTTP connection ending says nothing to presence (the user stays
+    for http_grace); the ended listeners still hear of it.
+    """
+    w = World()
+    detached: list[Any] = []
+    monkeypatch.setattr(w.presence, "detach", lambda *a: detached.append(a))
+    proto, _ = w.connect()
+    [conn] = w.tracker.connections()
+    w.tracker.touch_http(conn, "alice", "10.1.2.3")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert detached == []
+    assert w.presence.is_online("alice")
+    assert w.ended == [(conn, "closed", 0.0)]
+
+
+def test_ended_connection_reaches_the_application_protocol_and_frees_its_address() -> None:
+    """The wrapped protocol hears connectionLost; the per-address count is released."""
+    w = World(per_address=1)
+    proto, _ = w.connect("10.0.0.1")
+    [app] = w.inner.built
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert app.events[-1] == ("lost", ConnectionDone)
+    _, transport = w.connect("10.0.0.1")
+    assert not transport.disconnected
+
+
+def test_failing_listener_neither_keeps_the_user_online_nor_hides_the_loss(logged: list[dict[str, Any]]) -> None:
+    """
+    A broken ended-listener (metrics) is logged; presence is still told, the
+    other listeners still run, and the application protocol still hears of
+    the loss (else its timers and requests would leak).
+    """
+    w = World()
+
+    def broken(conn: Any, reason: str, after: float | None) -> None:
+        raise RuntimeError("metrics broke")
+
+    w.tracker.ended_listeners.insert(0, broken)
+    proto, _ = w.connect()
+    [app] = w.inner.built
+    [conn] = w.tracker.connections()
+    w.tracker.bind(conn, "alice", "chat")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not w.presence.is_online("alice")
+    assert w.ended == [(conn, "closed", 0.0)]
+    assert app.events[-1] == ("lost", ConnectionDone)
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
+
+
+def test_failing_presence_still_lets_the_application_hear_of_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even if presence raises on detach, listeners run and the wrapped protocol gets connectionLost."""
+    w = World()
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("presence broke")
+
+    proto, _ = w.connect()
+    [app] = w.inner.built
+    [conn] = w.tracker.connections()
+    w.tracker.bind(conn, "alice", "web")
+    monkeypatch.setattr(w.presence, "detach", broken)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert w.ended == [(conn, "closed", 0.0)]
+    assert app.events[-1] == ("lost", ConnectionDone)
+
+
+# -------------------------------------------------------------- peer EOF
+
+
+def test_peer_eof_without_probe_closes_like_twisted_would() -> None:
+    """A half-close on a connection that is not an event stream ends it gracefully."""
+    w = World()
+    proto, transport = w.connect()
+    [conn] = w.tracker.connections()
+    proto.readConnectionLost()
+    assert conn.peer_eof
+    assert transport.disconnecting and not transport.disconnected
+
+
+def test_peer_eof_with_probe_closes_when_the_probe_was_answered_by_rst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    On an event stream, a FIN makes us send a probe; EOF_PROBE_DELAY later,
+    a socket in CLOSE (the peer answered with RST) is closed as 'closed'.
+    """
+    asked = fake_tcp_info(monkeypatch, TcpInfo(state=CLOSE))
+    w = World()
+    proto, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.sock = sock = object()
+    probes: list[str] = []
+    conn.on_peer_eof = lambda: probes.append("probe")
+    proto.readConnectionLost()
+    assert probes == ["probe"]
+    assert not transport.disconnecting
+    w.clock.advance(EOF_PROBE_DELAY - 0.001)
+    assert asked == [] and conn.close_reason is None
+    w.clock.advance(0.001)
+    assert asked == [sock]
+    assert conn.close_reason == "closed"
+    assert transport.disconnecting
+
+
+def test_peer_eof_with_probe_leaves_a_half_closed_peer_to_the_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that only shut down its sending side stays in CLOSE_WAIT: not closed here."""
+    fake_tcp_info(monkeypatch, TcpInfo(state=CLOSE_WAIT))
+    w = World()
+    proto, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.sock = object()
+    conn.on_peer_eof = lambda: None
+    proto.readConnectionLost()
+    w.clock.advance(EOF_PROBE_DELAY)
+    assert conn.close_reason is None
+    assert not transport.disconnecting
+
+
+def test_peer_eof_probe_check_after_the_connection_ended_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the connection ended before the delay, the delayed check leaves it alone."""
+    asked = fake_tcp_info(monkeypatch, TcpInfo(state=CLOSE))
+    w = World()
+    proto, _ = w.connect()
+    [conn] = w.tracker.connections()
+    conn.sock = object()
+    conn.on_peer_eof = lambda: None
+    proto.readConnectionLost()
+    proto.connectionLost(Failure(ConnectionLost()))
+    w.clock.advance(EOF_PROBE_DELAY)
+    assert asked == []
+    assert conn.close_reason is None
+    assert w.ended == [(conn, "closed", 0.0)]  # reset after our FIN-probe counts as closed
+
+
+def test_peer_eof_probe_without_tcp_info_closes() -> None:
+    """Where TCP_INFO cannot be read, a FIN on an event stream is taken as the peer leaving."""
+    w = World()
+    proto, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.on_peer_eof = lambda: None
+    proto.readConnectionLost()
+    w.clock.advance(EOF_PROBE_DELAY)
+    assert conn.close_reason == "closed"
+    assert transport.disconnecting
+
+
+def test_tcp_info_reads_the_connections_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrackedConnection.tcp_info asks the socket layer about its own socket."""
+    info = TcpInfo(state=ESTABLISHED, rtt_us=1500)
+    asked = fake_tcp_info(monkeypatch, info)
+    w = World()
+    conn = one_connection(w)
+    conn.sock = sock = object()
+    assert conn.tcp_info() is info
+    assert asked == [sock]
+
+
+def test_module_uses_sockets_through_its_module() -> None:
+    """connections reaches the socket layer as boatwist.sockets (so it can be faked as above)."""
+    assert connections.sockets is sockets

@@ -1,0 +1,351 @@
+"""
+boatwist.heartbeat: the LoopingCall that keeps presence truthful.
+
+Driven by a L{Clock}: connections are fakes that answer C{tcp_info()} with a
+L{TcpInfo} the test builds, presence and streams are recorders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from boatwist.config import HeartbeatSettings
+from boatwist.heartbeat import HeartbeatService
+from boatwist.sockets import TcpInfo
+
+ESTABLISHED, CLOSE, CLOSE_WAIT, FIN_WAIT1 = 1, 7, 8, 4
+
+
+@dataclass(eq=False)
+class FakeConn:
+    id: int = 1
+    info: TcpInfo | None = field(default_factory=lambda: TcpInfo(state=ESTABLISHED))
+    user: str | None = "alice"
+    bound: bool = True
+    peer_eof: bool = False
+    unstable: bool = False
+    rtt_ms: float | None = None
+    last_alive: float = 0.0
+    closed: list[str] = field(default_factory=list)
+    asked: int = 0
+
+    def tcp_info(self) -> TcpInfo | None:
+        self.asked += 1
+        return self.info
+
+    def close(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+class FakeTracker:
+    def __init__(self, conns: list[Any]) -> None:
+        self.conns = conns
+
+    def connections(self) -> list[Any]:
+        return list(self.conns)
+
+
+class FakePresence:
+    def __init__(self) -> None:
+        self.unstable_calls: list[tuple[int, bool, str]] = []
+        self.expired = 0
+        self.expire_raises = 0
+
+    def set_unstable(self, conn: Any, unstable: bool, reason: str) -> None:
+        self.unstable_calls.append((conn.id, unstable, reason))
+        conn.unstable = unstable
+
+    def expire(self) -> None:
+        self.expired += 1
+        if self.expire_raises:
+            self.expire_raises -= 1
+            raise RuntimeError("expire broke")
+
+
+class FakeStream:
+    def __init__(self, broken: bool = False) -> None:
+        self.comments: list[str] = []
+        self.broken = broken
+
+    def comment(self, text: str = "") -> None:
+        if self.broken:
+            raise RuntimeError("stream broke")
+        self.comments.append(text)
+
+
+class Rig:
+    def __init__(self, conns: list[Any] | None = None, streams: list[Any] | None = None,
+                 interval: float = 1.0, stream_interval: float = 15.0) -> None:
+        self.clock = Clock()
+        self.clock.advance(500)
+        self.conns = conns if conns is not None else []
+        self.tracker = FakeTracker(self.conns)
+        self.presence = FakePresence()
+        self.streams = streams if streams is not None else []
+        self.watchdog_calls = 0
+        self.cpu = [10.0]
+        self.service = HeartbeatService(
+            self.tracker, self.presence, self.streams,
+            HeartbeatSettings(interval=interval, stream_interval=stream_interval),
+            self.clock, self.clock.seconds, watchdog=self._watchdog, cpu_time=self._cpu_time,
+        )
+
+    def _watchdog(self) -> None:
+        self.watchdog_calls += 1
+
+    def _cpu_time(self) -> float:
+        # Every reading advances "CPU time" by 2 ms: each tick measures 2 ms.
+        self.cpu[0] += 0.002
+        return self.cpu[0]
+
+    def start(self) -> "Rig":
+        self.service.startService()
+        return self
+
+    def tick(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.clock.advance(self.service.settings.interval)
+
+
+@pytest.fixture
+def logged() -> Any:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+# ------------------------------------------------------------ TCP state
+
+
+def test_close_wait_is_closed_with_tcp_state() -> None:
+    """A connection left in CLOSE_WAIT (the peer closed, nobody noticed) is ended with 'tcp-state'."""
+    conn = FakeConn(info=TcpInfo(state=CLOSE_WAIT))
+    Rig([conn]).start().tick()
+    assert conn.closed == ["tcp-state"]
+
+
+def test_other_non_established_states_are_tcp_state_too() -> None:
+    """Any state but ESTABLISHED and CLOSE ends the connection with 'tcp-state', bound or not."""
+    conn = FakeConn(info=TcpInfo(state=FIN_WAIT1), user=None, bound=False)
+    Rig([conn]).start().tick()
+    assert conn.closed == ["tcp-state"]
+
+
+def test_close_after_peer_eof_is_closed() -> None:
+    """After the peer's FIN, CLOSE means our probe was answered with RST: the user left ('closed')."""
+    conn = FakeConn(info=TcpInfo(state=CLOSE), peer_eof=True)
+    Rig([conn]).start().tick()
+    assert conn.closed == ["closed"]
+
+
+@pytest.mark.parametrize("info", [TcpInfo(state=CLOSE, probes=2), TcpInfo(state=CLOSE, retransmits=3)])
+def test_close_with_probes_or_retransmits_is_a_keepalive_timeout(info: TcpInfo) -> None:
+    """
+    CLOSE with probes or retransmissions outstanding: the kernel gave up on a
+    silent peer (keepalive or user timeout), and users are told so, not 'tcp-state'.
+    """
+    conn = FakeConn(info=info)
+    Rig([conn]).start().tick()
+    assert conn.closed == ["keepalive-timeout"]
+
+
+def test_plain_close_without_eof_is_a_reset() -> None:
+    """CLOSE with nothing outstanding and no FIN from the peer: the peer reset the connection."""
+    conn = FakeConn(info=TcpInfo(state=CLOSE))
+    Rig([conn]).start().tick()
+    assert conn.closed == ["reset"]
+
+
+def test_established_is_left_alone_and_unreadable_info_is_skipped() -> None:
+    """An ESTABLISHED connection is not closed; one without TCP_INFO is skipped."""
+    ok = FakeConn(1)
+    blind = FakeConn(2, info=None)
+    Rig([ok, blind]).start().tick(3)
+    assert ok.closed == [] and blind.closed == []
+    assert blind.rtt_ms is None
+
+
+# ------------------------------------------------------------- stability
+
+
+def test_probes_mark_unstable_with_reason_probes() -> None:
+    """Keepalive probes outstanding mark a bound connection unstable, reason 'probes'."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=1, retransmits=1))
+    rig = Rig([conn]).start()
+    rig.tick()
+    assert rig.presence.unstable_calls == [(1, True, "probes")]
+
+
+@pytest.mark.parametrize("info", [TcpInfo(state=ESTABLISHED, retransmits=2), TcpInfo(state=ESTABLISHED, backoff=1)])
+def test_retransmits_or_backoff_mark_unstable_with_reason_retransmits(info: TcpInfo) -> None:
+    """Retransmissions or timer backoff mark a bound connection unstable, reason 'retransmits'."""
+    conn = FakeConn(info=info)
+    rig = Rig([conn]).start()
+    rig.tick()
+    assert rig.presence.unstable_calls == [(1, True, "retransmits")]
+
+
+def test_recovered_when_the_link_is_well_again() -> None:
+    """An unstable connection whose link is clean again is marked stable, reason 'recovered'; once."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=1))
+    rig = Rig([conn]).start()
+    rig.tick()
+    conn.info = TcpInfo(state=ESTABLISHED)
+    rig.tick(3)
+    assert rig.presence.unstable_calls == [(1, True, "probes"), (1, False, "recovered")]
+
+
+def test_healthy_stable_connection_is_not_reported() -> None:
+    """Nothing is said to presence about a stable connection that stays well."""
+    rig = Rig([FakeConn()]).start()
+    rig.tick(5)
+    assert rig.presence.unstable_calls == []
+
+
+@pytest.mark.parametrize("user, bound", [(None, False), ("alice", False)])
+def test_unbound_connections_are_not_marked(user: str | None, bound: bool) -> None:
+    """A plain HTTP connection (not bound to presence) is measured but never marked unstable."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=2, rtt_us=4000), user=user, bound=bound)
+    rig = Rig([conn]).start()
+    rig.tick()
+    assert rig.presence.unstable_calls == []
+    assert conn.rtt_ms == 4.0
+
+
+def test_rtt_and_last_alive_are_updated() -> None:
+    """rtt_ms comes from tcpi_rtt; last_alive moves to now minus the idle time, never backwards."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, rtt_us=12500, last_data_recv_ms=800, last_ack_recv_ms=300))
+    rig = Rig([conn]).start()
+    rig.tick()
+    now = rig.clock.seconds()
+    assert conn.rtt_ms == 12.5
+    assert conn.last_alive == pytest.approx(now - 0.3)
+    conn.last_alive = now  # data just arrived (dataReceived)
+    conn.info = TcpInfo(state=ESTABLISHED, last_data_recv_ms=5000, last_ack_recv_ms=5000)
+    rig.tick()
+    assert conn.last_alive == now
+
+
+# -------------------------------------------------- streams, expiry, watchdog
+
+
+def test_stream_comments_only_every_stream_interval() -> None:
+    """Event streams get a heartbeat comment every stream_interval seconds, not every tick."""
+    streams = [FakeStream(), FakeStream()]
+    rig = Rig(streams=streams, interval=1, stream_interval=5).start()
+    rig.tick(4)
+    assert streams[0].comments == []
+    rig.tick()
+    assert streams[0].comments == ["heartbeat"] and streams[1].comments == ["heartbeat"]
+    rig.tick(4)
+    assert len(streams[0].comments) == 1
+    rig.tick()
+    assert len(streams[0].comments) == 2
+
+
+def test_expire_and_watchdog_run_every_tick() -> None:
+    """Presence expiry and the systemd watchdog are run on each tick, and not before the first."""
+    rig = Rig().start()
+    assert rig.presence.expired == 0 and rig.watchdog_calls == 0
+    rig.tick(3)
+    assert rig.presence.expired == 3
+    assert rig.watchdog_calls == 3
+    assert rig.service.ticks == 3
+
+
+def test_no_watchdog_is_fine() -> None:
+    """Without a watchdog (not under systemd) ticks run all the same."""
+    rig = Rig()
+    rig.service.watchdog = None
+    rig.start().tick(2)
+    assert rig.service.ticks == 2 and rig.service.failed_ticks == 0
+
+
+def test_a_failing_step_is_logged_and_the_loop_goes_on(logged: list[dict[str, Any]]) -> None:
+    """
+    A LoopingCall stops at its first exception; the heartbeat must not: a
+    failing step is logged, the other steps of that tick still run, and the
+    next tick runs normally.
+    """
+    conn = FakeConn(info=TcpInfo(state=CLOSE_WAIT))
+    rig = Rig([conn]).start()
+    rig.presence.expire_raises = 1
+    rig.tick()
+    assert rig.watchdog_calls == 1  # after the failing step, in the same tick
+    assert conn.closed == ["tcp-state"]
+    failures = [e for e in logged if e.get("log_failure") is not None]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(RuntimeError)
+    assert rig.service._loop is not None and rig.service._loop.running
+    rig.tick()
+    assert rig.presence.expired == 2
+    assert rig.watchdog_calls == 2
+    assert (rig.service.ticks, rig.service.failed_ticks) == (2, 1)
+
+
+def test_failed_ticks_counts_ticks_not_steps() -> None:
+    """Two steps failing in one tick make one failed tick."""
+    rig = Rig(streams=[FakeStream(broken=True)], stream_interval=1)
+    rig.presence.expire_raises = 1
+    rig.service.watchdog = lambda: 1 / 0
+    rig.start().tick()
+    assert rig.service.failed_ticks == 1
+
+
+def test_one_failing_connection_does_not_hide_the_others(logged: list[dict[str, Any]]) -> None:
+    """
+    A connection whose check raises is logged and skipped; the connections
+    after it are still checked in the same tick (else one bad connection
+    would switch dead-peer detection off for all the others, tick after tick).
+    """
+
+    class Broken(FakeConn):
+        def tcp_info(self) -> TcpInfo | None:
+            raise OSError("bad file descriptor")
+
+    ghost = FakeConn(2, info=TcpInfo(state=CLOSE_WAIT))
+    rig = Rig([Broken(1), ghost]).start()
+    rig.tick()
+    assert ghost.closed == ["tcp-state"]
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(OSError) for e in logged)
+
+
+def test_one_failing_stream_does_not_silence_the_others() -> None:
+    """A stream whose comment raises does not keep the heartbeat comment from the others."""
+    good = FakeStream()
+    rig = Rig(streams=[FakeStream(broken=True), good], stream_interval=1).start()
+    rig.tick()
+    assert good.comments == ["heartbeat"]
+
+
+def test_tick_durations_are_recorded() -> None:
+    """Each tick's CPU time is kept for /metrics (here 2 ms by the fake CPU clock)."""
+    rig = Rig().start()
+    rig.tick(3)
+    assert list(rig.service.tick_durations) == pytest.approx([0.002] * 3)
+
+
+def test_stop_service_stops_the_loop() -> None:
+    """After stopService no more ticks run."""
+    rig = Rig().start()
+    rig.tick()
+    rig.service.stopService()
+    rig.tick(5)
+    assert rig.service.ticks == 1
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_interval_is_the_configured_one() -> None:
+    """Ticks come every [heartbeat] interval seconds."""
+    rig = Rig(interval=0.5).start()
+    rig.clock.advance(0.49)
+    assert rig.service.ticks == 0
+    rig.clock.advance(0.01)
+    assert rig.service.ticks == 1
+    rig.tick(4)
+    assert rig.service.ticks == 5
