@@ -87,10 +87,19 @@ class Daemon:
             argv = ["ip", "netns", "exec", self.netns] + argv
         return argv
 
-    def start(self, timeout: float = 20.0) -> "Daemon":
-        self.proc = subprocess.Popen(self.argv(), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    def spawn(self, argv: list[str] | None = None, pass_fds: tuple[int, ...] = ()) -> "Daemon":
+        """
+        Start twistd (or C{argv}, e.g. a wrapper that execs it) without
+        waiting for anything; the caller waits on the event it cares about.
+        L{stop} ends it like a started one.
+        """
+        self.proc = subprocess.Popen(argv or self.argv(), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
         threading.Thread(target=self._pump, daemon=True).start()
+        return self
+
+    def start(self, timeout: float = 20.0) -> "Daemon":
+        self.spawn()
         if self.netns is None:
             self.wait_ready(timeout)
         else:
@@ -126,14 +135,24 @@ class Daemon:
                 self._log_cond.wait(min(left, 0.2))
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        import urllib.error
+
+        # Redirects are not followed: with [server] redirect_http the plain
+        # port answers 301 to https, and that answer means it is up.
+        opener = urllib.request.build_opener(_NoRedirect)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"twistd exited ({self.proc.returncode}); log:\n{self.log_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                with opener.open(f"{self.url}/healthz", timeout=1) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as e:
+                e.close()
+                if e.code in (301, 308):
+                    return
+                time.sleep(0.05)
             except OSError:
                 time.sleep(0.05)  # integration: a bounded poll of a real port
         raise AssertionError(f"daemon not ready within {timeout}s; log:\n{self.log_text()}")
@@ -201,6 +220,13 @@ class Daemon:
                 return e.code, json.loads(body)
             except ValueError:
                 return e.code, body
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand a 3xx back to the caller (as HTTPError) instead of following it."""
+
+    def redirect_request(self, *args: Any, **kw: Any) -> None:
+        return None
 
 
 def _merge(base: str, extra: str) -> str:
