@@ -24,6 +24,7 @@ address -- never with the password.
 from __future__ import annotations
 
 import hashlib
+import re
 import hmac
 import secrets
 from collections import Counter, OrderedDict
@@ -44,6 +45,7 @@ from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from .digest import StaleNonce
 from .passwords import UserDatabase
 from .throttle import LoginThrottle
 
@@ -273,15 +275,18 @@ class ThrottledChecker:
             if first:
                 self._log.info("login {user!r} from {peer}", user=name, peer=peer)
                 if self._audit:
-                    self._audit("login", name, peer, "http")
+                    self._audit("login", name, peer, getattr(credentials, "via", "http"))
             return avatar
 
         def bad(failure: Any) -> Any:
+            if failure.check(StaleNonce):
+                # A right answer on a used-up nonce: browsers do this in normal use.
+                return failure
             if failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
                 self._throttle.failed(peer, name)
                 self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
                 if self._audit:
-                    self._audit("login-failed", name, peer, "http")
+                    self._audit("login-failed", name, peer, getattr(credentials, "via", "http"))
             return failure
 
         return d.addCallbacks(ok, bad)
@@ -304,3 +309,58 @@ class OperatorRealm:
 def basic_factory(realm: str) -> PeerAwareFactory:
     return PeerAwareFactory(BasicCredentialFactory(realm.encode("utf-8")))
 
+
+
+#: User agents known to take the first Digest challenge and to know no
+#: SHA-256: Python's urllib before 3.14.
+_MD5_ONLY_AGENTS = re.compile(rb"^Python-urllib/3\.(?:[0-9]|1[0-3])(?:\D|$)")
+
+
+def digest_order(request: Any, preferred: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    The Digest algorithms to offer C{request}, best first.
+
+    Browsers and curl take the first challenge they understand, so the
+    stronger algorithm goes first -- except for clients known to read only
+    the first challenge and to fail on SHA-256 (urllib before Python 3.14),
+    which would otherwise be locked out.
+    """
+    agent = request.getHeader(b"user-agent") or b""
+    if isinstance(agent, str):
+        agent = agent.encode("latin-1", "replace")
+    if "MD5" in preferred and _MD5_ONLY_AGENTS.match(agent):
+        return ("MD5",) + tuple(a for a in preferred if a != "MD5")
+    return preferred
+
+
+@implementer(ICredentialFactory)
+class OrderedDigestFactory:
+    """
+    One of the Digest challenge slots of the guard.  The guard sends one
+    WWW-Authenticate header per factory, in list order; slot N answers with
+    the N-th algorithm L{digest_order} picks for this request, so the order
+    can follow the client.  All slots decode alike (the Digest authority
+    handles every algorithm it issued).
+    """
+
+    scheme = b"digest"
+
+    def __init__(self, by_algorithm: dict[str, Any], slot: int, preferred: tuple[str, ...]) -> None:
+        self._by_algorithm = by_algorithm
+        self._slot = slot
+        self._preferred = preferred
+
+    def getChallenge(self, request: Any) -> Any:
+        algorithm = digest_order(request, self._preferred)[self._slot]
+        return self._by_algorithm[algorithm].getChallenge(request)
+
+    def decode(self, response: bytes, request: Any) -> Any:
+        return next(iter(self._by_algorithm.values())).decode(response, request)
+
+
+def digest_factories(authority: Any, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
+    """The Digest credential factories for the guard, one per offered algorithm."""
+    from .digest import DigestChallengeFactory
+
+    by_algorithm = {algorithm: DigestChallengeFactory(authority, algorithm) for algorithm in preferred}
+    return [PeerAwareFactory(OrderedDigestFactory(by_algorithm, slot, preferred)) for slot in range(len(preferred))]

@@ -44,9 +44,9 @@ class ServerSettings:
 class AuthSettings:
     realm: str = "boatwist"
     schemes: tuple[str, ...] = ("digest", "basic")
-    #: Digest algorithms offered, in this order.  MD5 first by default: Python's
-    #: urllib before 3.14 reads only the first challenge and knows no SHA-256.
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    #: Digest algorithms offered, best first (urllib before Python 3.14, which
+    #: reads only the first challenge and knows no SHA-256, is offered MD5 first).
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     #: htpasswd file with bcrypt hashes (Basic).  Empty: state_dir/users.htpasswd.
     users: Path | None = None
     #: htdigest file (Digest).  Empty: state_dir/users.htdigest.

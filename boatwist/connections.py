@@ -247,7 +247,8 @@ class ConnectionTracker:
         tcp = sockets.find_tcp_transport(transport)
         if tcp is not None:
             conn.record = sockets.install_recorder(tcp)
-            conn.sock = tcp.socket
+            # The real socket, not the recorder: the heartbeat reads it every tick.
+            conn.sock = sockets.find_socket(tcp) or tcp.socket
             missing = sockets.apply_keepalive(conn.sock, self.keepalive)
             new = [name for name in missing if name not in self._missing_options_logged]
             if new:

@@ -52,7 +52,7 @@ import re
 import secrets
 import struct
 import weakref
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
@@ -175,9 +175,14 @@ class DigestAuthority:
     _log = Logger()
 
     def __init__(self, realm: str, clock: IClock, lifetime: float, secret: bytes | None = None,
-                 max_tracked: int = 4096) -> None:
+                 max_tracked: int = 4096, algorithms: Sequence[str] = ("SHA-256", "MD5")) -> None:
         if lifetime <= 0:
             raise ValueError("nonce lifetime must be positive")
+        unknown = [a for a in algorithms if a not in _HASHES]
+        if unknown or not algorithms:
+            raise ValueError(f"unknown Digest algorithms: {unknown}")
+        #: Only what is offered is accepted: configuring SHA-256 alone must turn MD5 off.
+        self.algorithms = frozenset(algorithms)
         self.realm = realm
         self._realm_bytes = realm.encode("utf-8")
         self._clock = clock
@@ -334,8 +339,8 @@ class DigestAuthority:
         if params.get("userhash", b"false").lower() != b"false":
             raise error.LoginFailed("Digest userhash is not supported")
         algorithm = params.get("algorithm", b"MD5").decode("ascii", "replace").upper()
-        if algorithm not in _HASHES:
-            raise error.LoginFailed("Digest algorithm not supported")
+        if algorithm not in _HASHES or algorithm not in self.algorithms:
+            raise error.LoginFailed("Digest algorithm not offered")
         if params["qop"].lower() != b"auth":
             raise error.LoginFailed("Digest qop must be auth")
         if not hmac.compare_digest(params["realm"], self._realm_bytes):

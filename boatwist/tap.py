@@ -25,11 +25,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .auth import BcryptChecker, OperatorRealm, PeerAwareFactory, ThrottledChecker, basic_factory
+from .auth import BcryptChecker, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
 from .clock import WallClockView, use_monotonic_time
 from .config import AdmissionSettings, ConfigError, Settings, load_config
 from .connections import ConnectionTracker
-from .digest import DigestAuthority, DigestChallengeFactory, DigestChecker
+from .digest import DigestAuthority, DigestChecker
 from .events import EventHub
 from .heartbeat import HeartbeatService
 from .metrics import Metrics
@@ -73,8 +73,13 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
-def _listen(reactor: Any, description: str, factory: Any) -> StreamServerEndpointService:
-    service = StreamServerEndpointService(serverFromString(reactor, description), factory)
+def _listen(reactor: Any, key: str, description: str, factory: Any) -> StreamServerEndpointService:
+    """A service listening on C{description} (the value of C{[server] key})."""
+    if description.startswith("systemd:"):
+        endpoint = systemd_endpoint(reactor, key, description)
+    else:
+        endpoint = serverFromString(reactor, description)
+    service = StreamServerEndpointService(endpoint, factory)
     # Fail the start of twistd when a port cannot be bound, rather than log and go on.
     service._raiseSynchronously = True
     return service
@@ -133,9 +138,9 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     checkers = []
     factories = []
     if "digest" in settings.auth.schemes:
-        authority = DigestAuthority(settings.auth.realm, reactor, settings.auth.nonce_lifetime)
-        factories += [PeerAwareFactory(DigestChallengeFactory(authority, algorithm))
-                      for algorithm in settings.auth.digest_algorithms]
+        authority = DigestAuthority(settings.auth.realm, reactor, settings.auth.nonce_lifetime,
+                                    algorithms=settings.auth.digest_algorithms)
+        factories += digest_factories(authority, settings.auth.digest_algorithms)
         checkers.append(ThrottledChecker(DigestChecker(database, settings.auth.realm), throttle, reactor, audit))
     # The chat port checks the same bcrypt users, through the same throttle.
     passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.auth.cache_ttl),
@@ -177,29 +182,77 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
                 https_factory = wrap_tls(site, server_tls_options(cert, key))
         except TLSConfigError as e:
             _fail(str(e))
-        _listen(reactor, settings.server.https, tracker.wrap(https_factory, "http")).setServiceParent(top)
+        _listen(reactor, "https", settings.server.https, tracker.wrap(https_factory, "http")).setServiceParent(top)
     if settings.server.http:
         http_site = site
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor))
-        _listen(reactor, settings.server.http, tracker.wrap(http_site, "http")).setServiceParent(top)
+        _listen(reactor, "http", settings.server.http, tracker.wrap(http_site, "http")).setServiceParent(top)
 
     if settings.server.chat:
         def authenticate(user: str, password: str, peer: str) -> Any:
             creds = UsernamePassword(user.encode("utf-8"), password.encode("utf-8"))
             creds.peer_host = peer  # type: ignore[attr-defined]
+            creds.via = "chat"  # type: ignore[attr-defined]
             return passwords.requestAvatarId(creds).addCallback(
                 lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else avatar)
 
         chat = ChatFactory(app.room, presence, tracker, authenticate, reactor, settings.chat)
-        _listen(reactor, settings.server.chat, tracker.wrap(chat, "chat")).setServiceParent(top)
+        _listen(reactor, "chat", settings.server.chat, tracker.wrap(chat, "chat")).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
               n=settings.admission.max_users)
     # Last child: READY=1 is sent once every listener above has started.
     SystemdNotifyService(notifier).setServiceParent(top)
     return top
+
+
+def systemd_endpoint(reactor: Any, key: str, description: str, environ: dict[str, str] | None = None) -> Any:
+    """
+    The socket systemd passed for C{systemd:domain=INET:index=N}.
+
+    Twisted reads LISTEN_FDS when twisted.internet.endpoints is imported,
+    removes it from the environment, and ignores the sockets unless
+    LISTEN_FDNAMES is set too -- which sd_listen_fds(3) makes optional and
+    older systemd and other launchers do not set.  So the environment the
+    process was started with is read here, and a missing socket is one clear
+    line instead of an IndexError traceback.
+    """
+    import socket as socketmodule
+
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+
+    fields = dict(part.split("=", 1) for part in description.split(":")[1:] if "=" in part)
+    families = {"INET": socketmodule.AF_INET, "INET6": socketmodule.AF_INET6, "UNIX": socketmodule.AF_UNIX}
+    domain = fields.get("domain", "")
+    where = f"[server] {key} = {description!r}"
+    if domain not in families or not fields.get("index", "").isdigit():
+        _fail(f"{where}: expected systemd:domain=INET|INET6|UNIX:index=N")
+    index = int(fields["index"])
+    env = environ if environ is not None else _start_environment()
+    try:
+        count = int(env.get("LISTEN_FDS", "0"))
+        pid = int(env.get("LISTEN_PID", "0"))
+    except ValueError:
+        count, pid = 0, 0
+    if pid != os.getpid() or index >= count:
+        _fail(f"{where}: no socket passed at index {index} (LISTEN_FDS={count}); is the socket unit active?")
+    return AdoptedStreamServerEndpoint(reactor, 3 + index, families[domain])
+
+
+def _start_environment() -> dict[str, str]:
+    """The environment as the process was started (before Twisted removed LISTEN_FDS)."""
+    env = dict(os.environ)
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:
+        return env
+    for entry in raw.split(b"\0"):
+        name, _, value = entry.partition(b"=")
+        if name in (b"LISTEN_FDS", b"LISTEN_PID") and name.decode() not in env:
+            env[name.decode()] = value.decode("ascii", "replace")
+    return env
 
 
 def _fail(message: str) -> NoReturn:

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.web.guard import HTTPAuthSessionWrapper
-from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.resource import IResource, Resource
+from zope.interface import implementer
 from twisted.web.static import File
 
 from .. import __version__
+from .site import ErrorResource
 from .stream import EventsResource
 
 
@@ -41,15 +43,27 @@ def static_dir() -> Path:
 
 
 class StaticFiles(File):
-    """The UI's files; no directory listings, no dotfiles."""
+    """The UI's files; no directory listings, no dotfiles; revalidated after an upgrade."""
+
+    contentTypes = dict(File.contentTypes, **{
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".svg": "image/svg+xml",
+    })
 
     def directoryListing(self) -> Resource:
-        return NoResource()
+        return ErrorResource(404, "no such page")
 
     def getChild(self, path: bytes, request: Any) -> Any:
         if path.startswith(b"."):
-            return NoResource()
+            return ErrorResource(404, "no such page")
         return super().getChild(path, request)
+
+    def render_GET(self, request: Any) -> Any:
+        # After a firmware upgrade the browser must not keep running old app.js.
+        request.setHeader(b"cache-control", b"no-cache")
+        return super().render_GET(request)
 
 
 class Healthz(Resource):
@@ -170,8 +184,47 @@ class ApiRoot(Resource):
         factory = self.extra.get(path)
         if factory is not None:
             return factory(self.app, self.user)
-        return NoResource()
+        return ErrorResource(404, "no such API")
+
+
+@implementer(IResource)
+class _LoggedIn:
+    """
+    The avatar of one request, calling the realm's C{logout} when that
+    request finishes: what the stock guard does by building a new
+    C{proxyForInterface} class on every request (about 170 us each time,
+    half the cost of a whole request on a small device).
+    """
+
+    __slots__ = ("resource", "_logout")
+
+    def __init__(self, resource: Any, logout: Any) -> None:
+        self.resource = resource
+        self._logout = logout
+
+    @property
+    def isLeaf(self) -> bool:
+        return self.resource.isLeaf
+
+    def getChildWithDefault(self, name: bytes, request: Any) -> "_LoggedIn":
+        return _LoggedIn(self.resource.getChildWithDefault(name, request), self._logout)
+
+    def putChild(self, path: bytes, child: Any) -> None:
+        self.resource.putChild(path, child)
+
+    def render(self, request: Any) -> Any:
+        logout = self._logout
+        request.notifyFinish().addBoth(lambda _: logout())
+        return self.resource.render(request)
+
+
+class OperatorGuard(HTTPAuthSessionWrapper):
+    """HTTPAuthSessionWrapper with a wrapper class made once, not per request."""
+
+    def _loginSucceeded(self, args: tuple[Any, Any, Any]) -> _LoggedIn:
+        _interface, avatar, logout = args
+        return _LoggedIn(avatar, logout)
 
 
 def guarded_root(portal: Any, credential_factories: list[Any]) -> IResource:
-    return PublicRoot(HTTPAuthSessionWrapper(portal, credential_factories))
+    return PublicRoot(OperatorGuard(portal, credential_factories))

@@ -318,12 +318,18 @@ def error_page(request: Any, code: int, message: str, **extra: Any) -> bytes:
     return page.encode("utf-8")
 
 
+_PLAIN_LOG = re.compile(rb'[\x20\x21\x23-\x5b\x5d-\x7e]*')
+
+
 def _escape_log(value: Union[bytes, str], *, space: bool = True) -> str:
     """
     A log field with C{"} and C{\\} escaped and every byte outside printable
     ASCII as C{\\xHH}: a request must not be able to forge a log line.
     """
     raw = value.encode("utf-8") if isinstance(value, str) else value
+    # The common case, checked at C speed: printable ASCII with nothing to escape.
+    if _PLAIN_LOG.fullmatch(raw) is not None and (space or b" " not in raw):
+        return raw.decode("ascii")
     out = []
     for byte in raw:
         char = chr(byte)

@@ -471,3 +471,50 @@ def test_operator_realm_gives_the_users_resource_and_a_no_op_logout() -> None:
     assert logout() is None
     with pytest.raises(NotImplementedError):
         realm.requestAvatar(b"alice", None, object)
+
+
+# ---------------------------------------------------------- Digest order
+
+
+def _request_with_agent(agent: bytes | None) -> Any:
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b"api", b"whoami"])
+    if agent is not None:
+        request.requestHeaders.setRawHeaders(b"user-agent", [agent])
+    return request
+
+
+def test_browsers_and_curl_are_offered_the_stronger_algorithm_first() -> None:
+    """Clients that take the first challenge they know get SHA-256 first."""
+    from boatwist.auth import digest_order
+
+    for agent in (b"Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", b"curl/7.88.1", None, b"Python-urllib/3.14"):
+        assert digest_order(_request_with_agent(agent), ("SHA-256", "MD5")) == ("SHA-256", "MD5")
+
+
+def test_old_urllib_is_offered_md5_first() -> None:
+    """urllib before 3.14 reads only the first challenge and fails on SHA-256: it gets MD5 first."""
+    from boatwist.auth import digest_order
+
+    for agent in (b"Python-urllib/3.11", b"Python-urllib/3.9", b"Python-urllib/3.13"):
+        assert digest_order(_request_with_agent(agent), ("SHA-256", "MD5")) == ("MD5", "SHA-256")
+    # Not offered at all: nothing is added.
+    assert digest_order(_request_with_agent(b"Python-urllib/3.11"), ("SHA-256",)) == ("SHA-256",)
+
+
+def test_digest_slots_follow_the_order_and_all_decode() -> None:
+    """Each guard slot challenges with its algorithm for this client; decoding is shared."""
+    from twisted.internet.task import Clock
+
+    from boatwist.auth import digest_factories
+    from boatwist.digest import DigestAuthority
+
+    authority = DigestAuthority("boatwist", Clock(), 300)
+    slots = digest_factories(authority, ("SHA-256", "MD5"))
+    assert [f.scheme for f in slots] == [b"digest", b"digest"]
+    browser = _request_with_agent(b"Mozilla/5.0")
+    urllib_client = _request_with_agent(b"Python-urllib/3.11")
+    algorithms = lambda request: [f.getChallenge(request)["algorithm"] for f in slots]  # noqa: E731
+    assert algorithms(browser) == [b"SHA-256", b"MD5"]
+    assert algorithms(urllib_client) == [b"MD5", b"SHA-256"]

@@ -24,7 +24,7 @@ def test_empty_file_gives_the_documented_defaults() -> None:
     assert (s.keepalive.idle, s.keepalive.interval, s.keepalive.count, s.keepalive.user_timeout) == (1, 1, 2, 3.0)
     assert (s.heartbeat.interval, s.heartbeat.stream_interval) == (1.0, 15.0)
     assert s.auth.schemes == ("digest", "basic")
-    assert s.auth.digest_algorithms == ("MD5", "SHA-256")
+    assert s.auth.digest_algorithms == ("SHA-256", "MD5")
 
 
 def test_shipped_config_parses() -> None:

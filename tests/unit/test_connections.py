@@ -310,7 +310,7 @@ def test_socket_gets_keepalive_options_and_a_recorder(logged: list[dict[str, Any
     assert isinstance(transport.socket, RecordingSocket)
     assert transport.socket.wrapped is sock
     assert isinstance(conn.record, SocketRecord)
-    assert conn.sock is transport.socket
+    assert conn.sock is sock  # the heartbeat reads the real socket, not the recorder
     assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in sock.options
     assert (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2) in sock.options
     assert (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3) in sock.options

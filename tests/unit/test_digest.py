@@ -765,3 +765,31 @@ def test_credentials_repr_holds_no_response(md5: DigestChallengeFactory) -> None
     assert isinstance(credentials, DigestCredentials)
     response = re.search(rb'response="([0-9a-f]+)"', header).group(1).decode()  # type: ignore[union-attr]
     assert response not in repr(credentials) and "alice" in repr(credentials)
+
+
+def test_an_algorithm_that_is_not_offered_is_refused() -> None:
+    """Configuring SHA-256 alone turns MD5 off: an MD5 answer is a 401, not a login."""
+    from twisted.cred.error import LoginFailed
+    from twisted.internet.task import Clock
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from boatwist.digest import DigestAuthority, parse_params
+
+    authority = DigestAuthority("boatwist", Clock(), 300, algorithms=("SHA-256",))
+    request = DummyRequest([b"api"])
+    request.uri = b"/api"
+    challenge = authority.challenge(request, "SHA-256")
+    import hashlib
+
+    ha1 = hashlib.md5(b"alice:boatwist:pw").hexdigest()
+    ha2 = hashlib.md5(b"GET:/api").hexdigest()
+    nonce = challenge["nonce"].decode()
+    response = hashlib.md5(f"{ha1}:{nonce}:00000001:c:auth:{ha2}".encode()).hexdigest()
+    header = (f'username="alice", realm="boatwist", nonce="{nonce}", uri="/api", algorithm=MD5, '
+              f'response="{response}", opaque="{challenge["opaque"].decode()}", qop=auth, nc=00000001, cnonce="c"')
+    assert parse_params(header.encode())[ "algorithm"] == b"MD5"
+    try:
+        authority.decode(header.encode(), request)
+    except LoginFailed:
+        return
+    raise AssertionError("an MD5 answer was accepted although only SHA-256 is offered")

@@ -422,3 +422,44 @@ def test_audit_presence_survives_a_failing_store() -> None:
     store.returned[0].addBoth(outcome.append)
     assert outcome == [None]  # consumed: no "Unhandled error in Deferred" later
 
+
+
+def test_guard_wrapper_calls_logout_once_per_rendered_request() -> None:
+    """The shared wrapper keeps the stock guard's contract: logout when the request finishes."""
+    from twisted.web.resource import Resource
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from boatwist.web.resources import OperatorGuard
+
+    class Leaf(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):
+            return b"hi"
+
+    root = Resource()
+    root.putChild(b"x", Leaf())
+    logouts = []
+    wrapped = OperatorGuard(None, [])._loginSucceeded((None, root, lambda: logouts.append(1)))
+    request = DummyRequest([b"x"])
+    child = wrapped.getChildWithDefault(b"x", request)
+    assert child.isLeaf
+    assert child.render(request) == b"hi"
+    assert logouts == []
+    request.finish()
+    assert logouts == [1]
+
+
+def test_unknown_api_path_is_a_json_404() -> None:
+    """/api/nope answers JSON like the rest of the API, not Twisted's HTML page."""
+    import json
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from boatwist.web.resources import ApiRoot
+
+    request = DummyRequest([b"api", b"nope"])
+    request.path = b"/api/nope"
+    body = ApiRoot(None, "alice", {}).getChild(b"nope", request).render(request)
+    assert request.responseCode == 404
+    assert json.loads(body)["error"]

@@ -45,3 +45,35 @@ def test_generous_limit_changes_nothing() -> None:
     settings = AdmissionSettings(max_connections=512)
     assert fit_connection_cap(settings, FakeLimits(soft=-1, hard=-1)) is settings
     assert fit_connection_cap(settings, FakeLimits(soft=100000, hard=100000)) is settings
+
+
+def test_systemd_endpoint_adopts_the_passed_socket() -> None:
+    """systemd:domain=INET:index=N adopts fd 3+N when LISTEN_PID is ours (LISTEN_FDNAMES optional)."""
+    import os
+    import socket
+
+    from twisted.internet.testing import MemoryReactor
+
+    from boatwist.tap import systemd_endpoint
+
+    endpoint = systemd_endpoint(MemoryReactor(), "http", "systemd:domain=INET:index=1",
+                                {"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid())})
+    assert endpoint.fileno == 4
+    assert endpoint.addressFamily == socket.AF_INET
+
+
+def test_systemd_endpoint_without_a_socket_is_one_line(capsys) -> None:
+    """No socket passed (the socket unit is not active): one line naming the key, exit 2."""
+    import os
+
+    import pytest
+    from twisted.internet.testing import MemoryReactor
+
+    from boatwist.tap import systemd_endpoint
+
+    for env in ({}, {"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}, {"LISTEN_FDS": "3", "LISTEN_PID": "1"}):
+        with pytest.raises(SystemExit) as info:
+            systemd_endpoint(MemoryReactor(), "chat", "systemd:domain=INET:index=1", env)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "[server] chat" in err and "index 1" in err
