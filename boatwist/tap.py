@@ -73,10 +73,11 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
-def _listen(reactor: Any, key: str, description: str, factory: Any) -> StreamServerEndpointService:
-    """A service listening on C{description} (the value of C{[server] key})."""
+def _listen(reactor: Any, settings: Settings, key: str, factory: Any) -> StreamServerEndpointService:
+    """A service listening on the endpoint of C{[server] key}."""
+    description = getattr(settings.server, key)
     if description.startswith("systemd:"):
-        endpoint = systemd_endpoint(reactor, key, description)
+        endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
     else:
         endpoint = serverFromString(reactor, description)
     service = StreamServerEndpointService(endpoint, factory)
@@ -182,13 +183,13 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
                 https_factory = wrap_tls(site, server_tls_options(cert, key))
         except TLSConfigError as e:
             _fail(str(e))
-        _listen(reactor, "https", settings.server.https, tracker.wrap(https_factory, "http")).setServiceParent(top)
+        _listen(reactor, settings, "https", tracker.wrap(https_factory, "http")).setServiceParent(top)
     if settings.server.http:
         http_site = site
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor))
-        _listen(reactor, "http", settings.server.http, tracker.wrap(http_site, "http")).setServiceParent(top)
+        _listen(reactor, settings, "http", tracker.wrap(http_site, "http")).setServiceParent(top)
 
     if settings.server.chat:
         def authenticate(user: str, password: str, peer: str) -> Any:
@@ -199,7 +200,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
                 lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else avatar)
 
         chat = ChatFactory(app.room, presence, tracker, authenticate, reactor, settings.chat)
-        _listen(reactor, "chat", settings.server.chat, tracker.wrap(chat, "chat")).setServiceParent(top)
+        _listen(reactor, settings, "chat", tracker.wrap(chat, "chat")).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
               n=settings.admission.max_users)
@@ -208,7 +209,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     return top
 
 
-def systemd_endpoint(reactor: Any, key: str, description: str, environ: dict[str, str] | None = None) -> Any:
+def systemd_endpoint(reactor: Any, where: str, description: str, environ: dict[str, str] | None = None) -> Any:
     """
     The socket systemd passed for C{systemd:domain=INET:index=N}.
 
@@ -226,7 +227,7 @@ def systemd_endpoint(reactor: Any, key: str, description: str, environ: dict[str
     fields = dict(part.split("=", 1) for part in description.split(":")[1:] if "=" in part)
     families = {"INET": socketmodule.AF_INET, "INET6": socketmodule.AF_INET6, "UNIX": socketmodule.AF_UNIX}
     domain = fields.get("domain", "")
-    where = f"[server] {key} = {description!r}"
+    where = f"{where} = {description!r}"
     if domain not in families or not fields.get("index", "").isdigit():
         _fail(f"{where}: expected systemd:domain=INET|INET6|UNIX:index=N")
     index = int(fields["index"])

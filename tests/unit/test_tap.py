@@ -56,7 +56,7 @@ def test_systemd_endpoint_adopts_the_passed_socket() -> None:
 
     from boatwist.tap import systemd_endpoint
 
-    endpoint = systemd_endpoint(MemoryReactor(), "http", "systemd:domain=INET:index=1",
+    endpoint = systemd_endpoint(MemoryReactor(), "x.ini: [server] http", "systemd:domain=INET:index=1",
                                 {"LISTEN_FDS": "2", "LISTEN_PID": str(os.getpid())})
     assert endpoint.fileno == 4
     assert endpoint.addressFamily == socket.AF_INET
@@ -73,7 +73,7 @@ def test_systemd_endpoint_without_a_socket_is_one_line(capsys) -> None:
 
     for env in ({}, {"LISTEN_FDS": "1", "LISTEN_PID": str(os.getpid())}, {"LISTEN_FDS": "3", "LISTEN_PID": "1"}):
         with pytest.raises(SystemExit) as info:
-            systemd_endpoint(MemoryReactor(), "chat", "systemd:domain=INET:index=1", env)
+            systemd_endpoint(MemoryReactor(), "x.ini: [server] chat", "systemd:domain=INET:index=1", env)
         assert info.value.code == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "[server] chat" in err and "index 1" in err
+        assert err.count("\n") == 1 and "x.ini: [server] chat" in err and "index 1" in err
