@@ -62,6 +62,8 @@ class HeartbeatService(Service):
         self.tick_durations: deque[float] = deque(maxlen=600)
         self.ticks = 0
         self.failed_ticks = 0
+        #: Called after every tick (e.g. flushing a buffered access log).
+        self.after_tick: list[Callable[[], Any]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -78,7 +80,8 @@ class HeartbeatService(Service):
         """One heartbeat; never raises."""
         started = self._cpu_time()
         failed = False
-        for step in (self.check_connections, self.beat_streams, self.presence.expire, self._ping_watchdog):
+        for step in (self.check_connections, self.beat_streams, self.presence.expire, self._ping_watchdog,
+                     *self.after_tick):
             try:
                 step()
             except Exception:

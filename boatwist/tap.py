@@ -43,7 +43,7 @@ from .chatroom import ChatRoom
 from .store import Store
 from .web.chat_api import ChatResource
 from .web.resources import OperatorRoot, guarded_root
-from .web.site import BoatwistSite, HttpsRedirect
+from .web.site import AccessLogFile, BoatwistSite, HttpsRedirect
 
 _log = Logger(namespace="boatwist.tap")
 
@@ -168,7 +168,15 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     hub.subscribe(app.metrics.on_event)
 
     # -- listeners
-    site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor))
+    access_file = None
+    if settings.http.access_log is not None:
+        try:
+            access_file = AccessLogFile(str(settings.http.access_log))
+        except OSError as e:
+            _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
+        heartbeat.after_tick.append(access_file.flush)
+        reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
+    site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file)
     if settings.server.https:
         from .tls import TLSConfigError, ensure_self_signed, fingerprint, server_tls_options, wrap_tls
 
@@ -188,7 +196,8 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
         http_site = site
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
-            http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor))
+            http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
+                                     access_log=access_file)
         _listen(reactor, settings, "http", tracker.wrap(http_site, "http")).setServiceParent(top)
 
     if settings.server.chat:

@@ -827,3 +827,46 @@ def test_is_api_path() -> None:
     """/api and below, judged on the decoded first segment; /apix and /x/api are not."""
     assert is_api_path(b"/api") and is_api_path(b"/api/") and is_api_path(b"/%61pi/x")
     assert not is_api_path(b"/apix") and not is_api_path(b"/x/api") and not is_api_path(None)
+
+
+def test_access_log_file_gets_one_line_per_request_and_nothing_through_the_logger(
+    tmp_path: Any, access_log: list[dict[str, Any]]
+) -> None:
+    """With [http] access_log set, lines go to that file (buffered until flush), not to twisted.logger."""
+    from boatwist.web.site import AccessLogFile
+
+    log_file = AccessLogFile(str(tmp_path / "access.log"))
+    world = build_world(access_log=log_file)
+    protocol, transport = connect(world)
+    protocol.dataReceived(b"GET /echo?token=secret HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200" in transport.value().split(b"\r\n", 1)[0]
+    log_file.flush()
+    lines = (tmp_path / "access.log").read_text().splitlines()
+    assert len(lines) == 1
+    assert '"GET /echo?token=* HTTP/1.1" 200' in lines[0] and "secret" not in lines[0]
+    assert access_log == []
+    log_file.close()
+
+
+def test_access_log_file_errors_are_reported_once(tmp_path: Any) -> None:
+    """A full or broken log disk is logged once, and requests keep being served."""
+    from boatwist.web.site import AccessLogFile
+
+    class Broken:
+        def write(self, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    log_file = AccessLogFile(str(tmp_path / "access.log"))
+    log_file._file = Broken()
+    errors: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(errors.append)
+    try:
+        for _ in range(3):
+            log_file.write("line")
+            log_file.flush()
+    finally:
+        globalLogPublisher.removeObserver(errors.append)
+    assert len([e for e in errors if "cannot be written" in e.get("log_format", "")]) == 1
