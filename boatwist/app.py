@@ -33,6 +33,8 @@ class App:
     room: Any = None
     metrics: Any = None
     heartbeat: Any = None
+    #: The UI's static files, made once (a File resource per request costs a path lookup and stats).
+    static: Any = None
 
     def refuse(self, request: Any, refusal: Refusal) -> bytes:
         """The 503 a refused user sees: how many of how many seats are taken."""

@@ -152,7 +152,9 @@ class OperatorRoot(Resource):
         if path == b"metrics" and not request.postpath and app.metrics is not None:
             return MetricsResource(app)
         request.postpath.insert(0, request.prepath.pop())
-        return StaticFiles(str(static_dir()))
+        if app.static is None:
+            app.static = StaticFiles(str(static_dir()))
+        return app.static
 
 
 class _Refused(Resource):
