@@ -40,6 +40,8 @@ from .presence import Presence, Refusal
 ABORT_REASONS = frozenset({"heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"})
 #: Reasons for which the peer vanished rather than said goodbye.
 VANISHED = frozenset({"keepalive-timeout", "heartbeat-timeout", "tcp-state"})
+#: Seconds a sighting of a closed receive window explains a later timeout (slow reader, not a dead peer).
+WINDOW_MEMORY = 3.0
 #: How long after a peer's FIN on an event stream we look for the RST our probe provokes.
 EOF_PROBE_DELAY = 0.05
 
@@ -77,6 +79,11 @@ class TrackedConnection:
         self.on_peer_eof: Callable[[], None] | None = None
         self.sock: Any = None
         self.record: sockets.SocketRecord | None = None
+        #: Writes held back while keepalive probes an idle link (see L{hold}).
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
+        #: When the heartbeat last saw a live peer keep its receive window closed.
+        self.window_closed_at: float | None = None
         self._wrapper = wrapper
 
     def __repr__(self) -> str:
@@ -93,6 +100,31 @@ class TrackedConnection:
             transport.abortConnection()
         else:
             self._wrapper.loseConnection()
+
+    def hold(self) -> None:
+        """
+        Keep writes back for now.  Linux sends no keepalive probe while data
+        is unacknowledged, so an event written to a peer whose cable was just
+        pulled would stop the probes and restart the clock at
+        C{TCP_USER_TIMEOUT}: detection would take seconds longer.  The
+        heartbeat holds writes while probes are outstanding on an idle link
+        and releases them as soon as the peer answers.
+        """
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        """Write what was held, in order."""
+        held, self.held = self.held, None
+        self.held_bytes = 0
+        if held:
+            transport = self._wrapper.transport
+            if transport is not None:
+                transport.write(b"".join(held))
+
+    def window_recently_closed(self, now: float) -> bool:
+        """Did a live peer keep its receive window closed within the last few seconds?"""
+        return self.window_closed_at is not None and now - self.window_closed_at <= WINDOW_MEMORY
 
     def tcp_info(self) -> sockets.TcpInfo | None:
         return sockets.read_tcp_info(self.sock) if self.sock is not None else None
@@ -116,6 +148,25 @@ class TrackingProtocol(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         self.conn.last_alive = self.factory.tracker.monotonic()
         super().dataReceived(data)
+
+    def write(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.held is None:
+            self.transport.write(data)
+            return
+        conn.held.append(data)
+        conn.held_bytes += len(data)
+        if conn.held_bytes > self.factory.tracker.max_held:
+            conn.held = None
+            conn.held_bytes = 0
+            conn.close("slow-reader")
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.conn.release()
+        super().loseConnection()
 
     def readConnectionLost(self) -> None:
         """The peer sent FIN: gone, or only done sending.  See L{ConnectionTracker._peer_eof}."""
@@ -159,8 +210,11 @@ class ConnectionTracker:
         keepalive: KeepaliveSettings,
         clock: IReactorTime,
         monotonic: Callable[[], float],
+        max_held: int = 262144,
     ) -> None:
         self.presence = presence
+        #: Bytes a connection may have held back before it counts as a slow reader.
+        self.max_held = max_held
         self.admission = admission
         self.keepalive = keepalive
         self.clock = clock
@@ -317,6 +371,10 @@ class ConnectionTracker:
             reason = "reset"
         if conn.peer_eof and reason == "reset":
             reason = "closed"  # the RST answered our probe after the peer's FIN
+        if reason == "keepalive-timeout" and conn.window_recently_closed(now):
+            # Since Linux 5.11 TCP_USER_TIMEOUT also ends a connection whose live peer
+            # keeps its window closed: that is a reader too slow to keep, not a dead peer.
+            reason = "slow-reader"
         if reason not in VANISHED:
             return reason, 0.0 if reason == "closed" else None
         final = conn.record.final_info if conn.record is not None else None

@@ -47,6 +47,7 @@ class HeartbeatService(Service):
         monotonic: Callable[[], float],
         watchdog: Callable[[], Any] | None = None,
         cpu_time: Callable[[], float] = time.thread_time,
+        keepalive: Any = None,
     ) -> None:
         self.tracker = tracker
         self.presence = presence
@@ -56,6 +57,10 @@ class HeartbeatService(Service):
         self.monotonic = monotonic
         self.watchdog = watchdog
         self._cpu_time = cpu_time
+        #: The kernel's bound for a silent peer, in ms: past it the heartbeat ends the
+        #: connection itself, in case the kernel was kept from doing so.
+        self.vanish_ms = (1000 * max(keepalive.idle + keepalive.interval * keepalive.count, keepalive.user_timeout)
+                          if keepalive is not None else None)
         self._last_stream_beat = monotonic()
         self._loop: LoopingCall | None = None
         #: CPU seconds of recent ticks (for /metrics and the benchmark).
@@ -110,6 +115,22 @@ class HeartbeatService(Service):
             return
         conn.rtt_ms = info.rtt_us / 1000.0
         conn.last_alive = max(conn.last_alive, now - info.idle_ms / 1000.0)
+        idle_link = not info.unacked
+        if idle_link and info.backoff and info.last_ack_recv_ms < 1000:
+            # Zero-window probes that the peer answers (each answer resets the probe
+            # count, the backoff grows): a live peer that stopped reading.
+            conn.window_closed_at = now
+        if idle_link and info.probes:
+            # Keepalive probes on an idle link.  Linux sends none while data is
+            # unacknowledged, so a write now would stop them: writes wait until the
+            # peer answers.
+            conn.hold()
+        elif conn.held is not None:
+            conn.release()
+        if (self.vanish_ms is not None and info.troubled and info.idle_ms >= self.vanish_ms
+                and not conn.window_recently_closed(now)):
+            conn.close("keepalive-timeout")
+            return
         if conn.user is None or not conn.bound:
             return
         if info.troubled:
@@ -131,6 +152,8 @@ class HeartbeatService(Service):
         if info.state_name == "CLOSE":
             if conn.peer_eof:
                 return "closed"
+            if conn.window_recently_closed(self.monotonic()):
+                return "slow-reader"
             if info.probes or info.retransmits:
                 return "keepalive-timeout"
             return "reset"

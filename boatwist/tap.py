@@ -115,7 +115,8 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     monotonic = reactor.seconds
     hub = EventHub(settings.events.buffer)
     presence = Presence(hub, admission, monotonic, time.time)
-    tracker = ConnectionTracker(presence, admission, settings.keepalive, reactor, monotonic)
+    tracker = ConnectionTracker(presence, admission, settings.keepalive, reactor, monotonic,
+                                max_held=settings.events.max_queued)
     app = App(settings=settings, hub=hub, presence=presence, tracker=tracker, clock=reactor,
               monotonic=monotonic, wall=time.time)
 
@@ -161,7 +162,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
         _fail(f"{settings.source}: [heartbeat] interval = {settings.heartbeat.interval:g}: expected at most half "
               f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
     heartbeat = HeartbeatService(tracker, presence, app.streams, settings.heartbeat, reactor, monotonic,
-                                 watchdog=notifier.watchdog if watchdog else None)
+                                 watchdog=notifier.watchdog if watchdog else None, keepalive=settings.keepalive)
     heartbeat.setServiceParent(top)
     app.heartbeat = heartbeat
     app.metrics = Metrics(presence, tracker, heartbeat, app.streams)

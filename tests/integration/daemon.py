@@ -103,7 +103,7 @@ class Daemon:
         if self.netns is None:
             self.wait_ready(timeout)
         else:
-            self.wait_for_log("Site starting on", timeout)
+            self.wait_for_log(f"starting on {self.http_port}", timeout)
         return self
 
     def _pump(self) -> None:

@@ -690,3 +690,57 @@ def test_tcp_info_reads_the_connections_socket(monkeypatch: pytest.MonkeyPatch) 
 def test_module_uses_sockets_through_its_module() -> None:
     """connections reaches the socket layer as boatwist.sockets (so it can be faked as above)."""
     assert connections.sockets is sockets
+
+
+def test_held_writes_wait_and_are_released_in_order() -> None:
+    """While keepalive probes an idle link, writes wait in order; release writes them all."""
+    w = World()
+    protocol, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.hold()
+    protocol.write(b"one ")
+    protocol.writeSequence([b"two ", b"three"])
+    assert transport.value() == b""
+    conn.release()
+    assert transport.value() == b"one two three"
+    protocol.write(b"!")
+    assert transport.value() == b"one two three!"
+
+
+def test_too_much_held_is_a_slow_reader() -> None:
+    """Held writes are bounded: past max_held the connection ends as a slow reader."""
+    w = World()
+    w.tracker.max_held = 10
+    protocol, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.hold()
+    protocol.write(b"x" * 11)
+    assert conn.close_reason == "slow-reader"
+    assert conn.held is None
+
+
+def test_losing_the_connection_flushes_what_was_held() -> None:
+    """A goodbye line written while held still goes out before the close."""
+    w = World()
+    protocol, transport = w.connect()
+    [conn] = w.tracker.connections()
+    conn.hold()
+    protocol.write(b"bye\r\n")
+    protocol.loseConnection()
+    assert transport.value() == b"bye\r\n"
+
+
+def test_timeout_after_a_closed_window_is_a_slow_reader() -> None:
+    """A live peer that kept its window closed until TCP_USER_TIMEOUT is a slow reader, not a dead peer."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    w = World()
+    w.connect()
+    [conn] = w.tracker.connections()
+    conn.record = SocketRecord(errno=110)
+    conn.window_closed_at = w.clock.seconds()
+    w.clock.advance(1)
+    assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "slow-reader"
+    w.clock.advance(5)
+    assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "keepalive-timeout"

@@ -33,10 +33,24 @@ class FakeConn:
     last_alive: float = 0.0
     closed: list[str] = field(default_factory=list)
     asked: int = 0
+    held: list[bytes] | None = None
+    window_closed_at: float | None = None
+    released: int = 0
 
     def tcp_info(self) -> TcpInfo | None:
         self.asked += 1
         return self.info
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        self.held = None
+        self.released += 1
+
+    def window_recently_closed(self, now: float) -> bool:
+        return self.window_closed_at is not None and now - self.window_closed_at <= 3.0
 
     def close(self, reason: str) -> None:
         self.closed.append(reason)
@@ -349,3 +363,51 @@ def test_interval_is_the_configured_one() -> None:
     assert rig.service.ticks == 1
     rig.tick(4)
     assert rig.service.ticks == 5
+
+
+def test_writes_are_held_while_keepalive_probes_an_idle_link() -> None:
+    """
+    Probes outstanding with nothing unacknowledged: writes are held (a write
+    would stop keepalive probing), and released as soon as the peer answers.
+    """
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=1, last_ack_recv_ms=1500, last_data_recv_ms=1500))
+    rig = Rig([conn])
+    rig.service.check_connections()
+    assert conn.held == []
+    conn.info = TcpInfo(state=ESTABLISHED)
+    rig.service.check_connections()
+    assert conn.held is None and conn.released == 1
+
+
+def test_data_in_flight_is_not_held() -> None:
+    """Retransmissions of unacknowledged data are TCP_USER_TIMEOUT's case: nothing to hold."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, retransmits=2, unacked=3, probes=0))
+    Rig([conn]).service.check_connections()
+    assert conn.held is None
+
+
+def test_a_live_peer_with_a_closed_window_is_remembered_as_such() -> None:
+    """Zero-window probes answered (backoff, recent ACK): a slow reader, not a dead peer."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=0, backoff=2, last_ack_recv_ms=200,
+                                 last_data_recv_ms=9000))
+    rig = Rig([conn])
+    rig.service.check_connections()
+    assert conn.window_closed_at is not None
+    assert conn.closed == []
+
+
+def test_backstop_ends_a_silent_peer_at_the_configured_bound() -> None:
+    """If the kernel was kept from ending a silent, troubled link, the heartbeat does at the bound."""
+    from boatwist.config import KeepaliveSettings
+
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=2, last_ack_recv_ms=2900, last_data_recv_ms=2900))
+    rig = Rig([conn])
+    rig.service.vanish_ms = HeartbeatService(
+        rig.tracker, rig.presence, [], rig.service.settings, rig.clock, rig.clock.seconds,
+        keepalive=KeepaliveSettings(idle=1, interval=1, count=2, user_timeout=3)).vanish_ms
+    assert rig.service.vanish_ms == 3000
+    rig.service.check_connections()
+    assert conn.closed == []
+    conn.info = TcpInfo(state=ESTABLISHED, probes=2, last_ack_recv_ms=3000, last_data_recv_ms=3000)
+    rig.service.check_connections()
+    assert conn.closed == ["keepalive-timeout"]
