@@ -27,12 +27,13 @@ kernel bound and the target: idle p95 <= idle + interval*count + 0.5 s,
 in flight p95 <= user_timeout + 1.0 s.
 
 Part 2, heartbeat CPU (no namespaces, loopback, no root needed): N real
-connected TCP socket pairs in this process (RLIMIT_NOFILE raised as needed),
-their server sides wrapped as the daemon wraps them (a
-``boatwist.sockets.RecordingSocket``) in objects the real
+connected TCP socket pairs in this process (RLIMIT_NOFILE raised as needed;
+where the hard limit forbids 2N descriptors, a child process holds the client
+ends), their server sides in objects the real
 ``boatwist.heartbeat.HeartbeatService.check_connections`` ticks over (a tiny
 tracker; ``tcp_info()`` reads real TCP_INFO with
-``boatwist.sockets.read_tcp_info``).  Prints the CPU (``time.thread_time``)
+``boatwist.sockets.read_tcp_info`` on the real socket, as
+``connections.TrackedConnection`` does).  Prints the CPU (``time.thread_time``)
 of one tick, mean and max over ``--ticks``, as % of one core at a 1 s
 interval next to the 3 % target, and the baseline: ``read_tcp_info`` on the
 same N plain sockets in a bare loop; the ratio is the heartbeat's overhead.
@@ -406,9 +407,10 @@ def part_cpu(counts: list[int], ticks: int) -> None:
                 missing = sockets.apply_keepalive(s, keepalive)
                 if missing:
                     raise SystemExit(f"socket options missing here: {missing}")
-                # As the daemon has it: the connection's socket is the recorder.
-                wrapped = sockets.RecordingSocket(s, sockets.SocketRecord())
-                conns.append(BenchConnection(i + 1, wrapped, f"user{i % 10}"))
+                # As the daemon has it: a recorder is installed on the transport,
+                # and the tracked connection's ``sock`` is the real socket under it.
+                recorder = sockets.RecordingSocket(s, sockets.SocketRecord())
+                conns.append(BenchConnection(i + 1, recorder.wrapped, f"user{i % 10}"))
             presence = BenchPresence()
             hb = HeartbeatService(BenchTracker(conns), presence, [], HeartbeatSettings(interval=HEARTBEAT),
                                   Clock(), time.monotonic)
