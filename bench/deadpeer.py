@@ -240,6 +240,9 @@ class BenchConnection:
         from boatwist import sockets
 
         self._read = sockets.read_tcp_info
+        self._vitals = sockets.read_tcp_vitals
+        self.held: list[bytes] | None = None
+        self.window_closed_at: float | None = None
         self.id = ident
         self.kind = "web"
         self.sock = sock
@@ -253,6 +256,19 @@ class BenchConnection:
 
     def tcp_info(self) -> Any:
         return self._read(self.sock)
+
+    def tcp_vitals(self) -> Any:
+        return self._vitals(self.sock)
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        self.held = None
+
+    def window_recently_closed(self, now: float) -> bool:
+        return self.window_closed_at is not None and now - self.window_closed_at <= 3.0
 
     def close(self, reason: str) -> None:
         self.closed_with = reason

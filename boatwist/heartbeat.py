@@ -107,7 +107,7 @@ class HeartbeatService(Service):
                 self._log.failure("heartbeat check of {conn} failed; going on", conn=conn)
 
     def _check_connection(self, conn: Any, now: float) -> None:
-        info = conn.tcp_info()
+        info = conn.tcp_vitals()
         if info is None:
             return
         if not info.established:

@@ -446,3 +446,34 @@ class TlsRecorderTests(TestCase):
         raw.close()
         record2, _ = yield factory2.ended
         self.assertEqual(record2.cause(), "reset")
+
+
+def test_vitals_agree_with_the_full_tcp_info_on_a_real_socket() -> None:
+    """The heartbeat's 72-byte read gives the same values as the full parser, field by field."""
+    import socket as socketmodule
+
+    from boatwist.sockets import TcpVitals, read_tcp_info, read_tcp_vitals
+
+    server = socketmodule.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socketmodule.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        client.sendall(b"x" * 1000)
+        accepted.recv(1000)
+        accepted.sendall(b"y" * 500)
+        client.recv(500)
+        vitals = read_tcp_vitals(accepted)
+        info = read_tcp_info(accepted)
+        assert vitals is not None and info is not None
+        for name in TcpVitals._fields:
+            if name in ("last_data_recv_ms", "last_ack_recv_ms", "rtt_us"):
+                assert abs(getattr(vitals, name) - getattr(info, name)) <= 5 + getattr(info, name) // 2, name
+            else:
+                assert getattr(vitals, name) == getattr(info, name), name
+        assert vitals.state_name == "ESTABLISHED" and vitals.established and not vitals.troubled
+        assert vitals.rtt_us > 0
+    finally:
+        for s in (client, accepted, server):
+            s.close()

@@ -41,6 +41,9 @@ class FakeConn:
         self.asked += 1
         return self.info
 
+    # TcpInfo has every name and property of TcpVitals.
+    tcp_vitals = tcp_info
+
     def hold(self) -> None:
         if self.held is None:
             self.held = []
@@ -319,7 +322,7 @@ def test_one_failing_connection_does_not_hide_the_others(logged: list[dict[str, 
     """
 
     class Broken(FakeConn):
-        def tcp_info(self) -> TcpInfo | None:
+        def tcp_vitals(self) -> TcpInfo | None:
             raise OSError("bad file descriptor")
 
     ghost = FakeConn(2, info=TcpInfo(state=CLOSE_WAIT))
