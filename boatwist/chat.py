@@ -71,12 +71,15 @@ serves C{POST /api/chat}; this is the terminal's "mind" on it.
 #
 # Telnet: IAC commands (IAC WILL/WONT/DO/DONT opt, IAC SB ... IAC SE, other
 # two-byte commands) are removed before lines are split, even when cut across
-# reads; IAC IAC is a literal 255 (never valid UTF-8 anyway).  Every WILL is
-# answered DONT and every DO WONT, once per option, except DO ECHO after our
-# WILL ECHO.  The server never negotiates first, so nc never sees a byte of
-# telnet.  Note: telnet to a non-standard port sends no options by itself
-# (so its password is echoed like nc's); "telnet HOST -8023" (a minus before
-# the port) makes it negotiate, and then the password is hidden.  Lines longer than [chat] max_line bytes are refused with an error
+# reads; IAC IAC is a literal 255 (never valid UTF-8 anyway).  Once the client
+# has sent any IAC, the server asks for BINARY both ways (DO BINARY, WILL
+# BINARY), so UTF-8 typed in telnet arrives 8-bit clean; every other WILL is
+# answered DONT and every other DO WONT, once per option, except DO ECHO after
+# our WILL ECHO.  The server never negotiates first, so nc never sees a byte of
+# telnet.  Note: telnet to a non-standard port sends no options by itself (so
+# its password is echoed like nc's, and it is not 8-bit clean);
+# "telnet -8 -- HOST -8023" (a minus before the port) makes it negotiate, and
+# then the password is hidden.  Lines longer than [chat] max_line bytes are refused with an error
 # line and skipped up to the next LF; the connection stays usable.
 # -----------------------------------------------------------------------------
 
@@ -129,6 +132,9 @@ HELP = (
 # Telnet (RFC 854, 857).
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
 ECHO = 1
+#: RFC 856: without it, a telnet client treats typed bytes as 7-bit and
+#: turns parts of UTF-8 characters (0x8F of 号) into its own commands.
+BINARY = 0
 
 _PONG = re.compile(r"\s*PONG(?:\s+(\S+))?\s*")
 
@@ -288,6 +294,7 @@ class ChatProtocol(LineReceiver):
         self._lost = False
         self._telnet = TelnetFilter()
         self._answered: set[tuple[int, int]] = set()
+        self._binary_offered = False
         self._echo_off = False
         self._discarding = False
         self._replay: bytes | None = None
@@ -385,13 +392,24 @@ class ChatProtocol(LineReceiver):
             self._got_chat_line(text)
 
     def _negotiate(self, verb: int, option: int) -> None:
-        """Refuse every telnet option but the ECHO we offer; answer each once (no loops)."""
+        """
+        Agree to BINARY both ways (8-bit clean UTF-8) and to the ECHO we offer;
+        refuse every other option.  Each is answered once, so nothing loops.
+        """
+        if not self._binary_offered:
+            # The client speaks telnet: ask for 8-bit clean lines both ways.
+            self._binary_offered = True
+            self._answered.update({(WILL, BINARY), (DO, BINARY)})
+            self.transport.write(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
         if verb == DO and option == ECHO and self._echo_off:
             return  # the client agrees to our WILL ECHO
         if verb not in (WILL, DO) or (verb, option) in self._answered:
-            return  # WONT / DONT need no answer
+            return  # WONT / DONT need no answer; each option is answered once
         self._answered.add((verb, option))
-        self.transport.write(bytes((IAC, DONT if verb == WILL else WONT, option)))
+        if option == BINARY:
+            self.transport.write(bytes((IAC, DO if verb == WILL else WILL, BINARY)))
+        else:
+            self.transport.write(bytes((IAC, DONT if verb == WILL else WONT, option)))
 
     # ----------------------------------------------------------- login
 

@@ -315,7 +315,7 @@ class ChatRoom:
 
     def _not_saved(self, failure: Failure, user: str) -> Failure:
         if failure.check(StoreFull):
-            self._log.warn("message from {user} not saved: store full", user=user)
+            # The store logs a full disk once per episode; one line per message would flood the log.
             return Failure(NotSaved("disk full"))
         self._log.failure("message from {user} not saved", failure, user=user)
         return Failure(NotSaved("storage error"))

@@ -28,7 +28,7 @@ from . import __version__
 from .auth import BcryptChecker, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
 from .clock import WallClockView, use_monotonic_time
 from .config import AdmissionSettings, ConfigError, Settings, load_config
-from .connections import ConnectionTracker
+from .connections import ClosingService, ConnectionTracker
 from .digest import DigestAuthority, DigestChecker
 from .events import EventHub
 from .heartbeat import HeartbeatService
@@ -127,6 +127,8 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     app.store = store
     app.room = ChatRoom(hub, store, presence, reactor, settings.chat)
     hub.subscribe(audit_presence(store))
+    # Stops before the store (services stop in reverse order): logouts are still written.
+    ClosingService(tracker).setServiceParent(top)
 
     def audit(kind: str, user: str, address: str, detail: str) -> None:
         store.audit(kind, user, address, detail).addErrback(lambda _: None)

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from boatwist.chat import ChatFactory, ChatProtocol, TelnetFilter
+from boatwist.chat import BINARY, ChatFactory, ChatProtocol, TelnetFilter
 from boatwist.chatroom import ChatRoom
 from boatwist.config import ChatSettings
 from boatwist.events import EventHub
@@ -366,7 +366,8 @@ def test_telnet_session_hides_the_password_and_never_shows_iac() -> None:
     take(transport)
     for chunk in (b"ali", bytes((IAC,)), bytes((WILL,)), bytes((31,)) + b"ce\r", b"\n"):
         proto.dataReceived(chunk)
-    assert take(transport) == bytes((IAC, DONT, 31)) + b"password: " + bytes((IAC, WILL, ECHO))
+    binary = bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    assert take(transport) == binary + bytes((IAC, DONT, 31)) + b"password: " + bytes((IAC, WILL, ECHO))
     proto.dataReceived(bytes((IAC, DO, ECHO)) + b"secret\r\n")  # DO ECHO agrees: no answer to it
     out = take(transport)
     assert out.startswith(bytes((IAC, WONT, ECHO)) + b"\r\n" + b"welcome, alice.")
@@ -388,7 +389,28 @@ def test_unknown_options_are_refused_once() -> None:
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(bytes((IAC, WILL, 24, IAC, DO, 3, IAC, WILL, 24, IAC, WONT, 5, IAC, DONT, 6)))
-    assert take(transport) == bytes((IAC, DONT, 24, IAC, WONT, 3))
+    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY, IAC, DONT, 24, IAC, WONT, 3))
+
+
+def test_binary_is_agreed_both_ways_so_utf8_typed_in_telnet_arrives_intact() -> None:
+    """
+    Without BINARY a telnet client treats typed bytes as 7-bit and turns the
+    0x8F inside 号 into its own command; the server asks for BINARY both ways
+    as soon as the client speaks telnet, and agrees (once) when the client offers it.
+    """
+    h = Harness()
+    proto, transport = h.connect()
+    take(transport)
+    proto.dataReceived(bytes((IAC, WILL, BINARY)))
+    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    proto.dataReceived(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
+    assert take(transport) == b""
+    h2 = Harness()
+    proto2, transport2 = h2.connect()
+    take(transport2)
+    proto2.dataReceived(bytes((IAC, WONT, 1)))
+    proto2.dataReceived(bytes((IAC, WILL, BINARY)))
+    assert take(transport2) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
 
 
 def test_telnet_cr_nul_ends_a_line() -> None:

@@ -744,3 +744,40 @@ def test_timeout_after_a_closed_window_is_a_slow_reader() -> None:
     assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "slow-reader"
     w.clock.advance(5)
     assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "keepalive-timeout"
+
+
+def test_shutdown_closes_every_connection_with_reason_shutdown_and_waits() -> None:
+    """On stop, operators still online are closed with reason shutdown; the Deferred fires when all are gone."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from boatwist.connections import ClosingService
+
+    w = World()
+    protocols = [w.connect(port=p)[0] for p in (1, 2)]
+    for conn in w.tracker.connections():
+        w.tracker.bind(conn, f"user{conn.peer_port}", "chat")
+    service = ClosingService(w.tracker, timeout=2.0)
+    service.startService()
+    done = service.stopService()
+    fired: list[object] = []
+    done.addCallback(fired.append)
+    assert not fired
+    for protocol in protocols:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    assert fired == [None]
+    offline = [e for e in w.presence_events() if e[1] == "offline"]
+    assert sorted(offline) == [("user1", "offline", "shutdown"), ("user2", "offline", "shutdown")]
+
+
+def test_shutdown_does_not_wait_forever_for_a_dead_peer() -> None:
+    """A connection that never finishes closing does not hold the daemon's stop past the timeout."""
+    from boatwist.connections import ClosingService
+
+    w = World()
+    w.connect()
+    done = ClosingService(w.tracker, timeout=2.0).stopService()
+    fired: list[object] = []
+    done.addCallback(fired.append)
+    w.clock.advance(2.0)
+    assert fired == [None]
