@@ -350,21 +350,11 @@ class TcpVitals(NamedTuple):
     last_ack_recv_ms: int
     rtt_us: int
 
-    @property
-    def state_name(self) -> str:
-        return TCP_STATES.get(self.state) or f"UNKNOWN({self.state})"
 
-    @property
-    def established(self) -> bool:
-        return self.state == _TCP_ESTABLISHED
-
-    @property
-    def troubled(self) -> bool:
-        return self.probes > 0 or self.retransmits > 0 or self.backoff > 0
-
-    @property
-    def idle_ms(self) -> int:
-        return min(self.last_data_recv_ms, self.last_ack_recv_ms)
+# The same meaning under the same names as TcpInfo's (a NamedTuple takes no mixin).
+for _name in ("state_name", "established", "troubled", "idle_ms"):
+    setattr(TcpVitals, _name, getattr(TcpInfo, _name))
+del _name
 
 
 #: state, retransmits, probes, backoff @0..4; unacked @24; last_data_recv @52,

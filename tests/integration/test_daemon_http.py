@@ -21,26 +21,22 @@ import base64
 import hashlib
 import http.client
 import json
-import os
-import pty
 import re
 import secrets
-import select
 import shutil
-import signal
 import socket
 import stat
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 import boatwist
 from daemon import Daemon
+from apache_tools import run_htdigest
 
 pytestmark = pytest.mark.integration
 
@@ -139,49 +135,6 @@ def digest_get(daemon: Daemon, path: str, user: str, password: str, algorithm: s
     assert first.status == 401, first
     header = digest_authorization(digest_challenge(first, algorithm), user, password, "GET", path)
     return request(daemon, "GET", path, {"Authorization": header})
-
-
-def run_htdigest(path: Path, realm: str, user: str, password: str, create: bool = False) -> None:
-    """
-    Run the real htdigest, which reads the password from its controlling
-    terminal and flushes typed-ahead input: give it a pty and answer each
-    prompt when it appears.  Bounded by a deadline, no sleeps.
-    (As tests/unit/test_passwords.py does it.)
-    """
-    argv = ["htdigest", *(["-c"] if create else []), str(path), realm, user]
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        try:
-            os.execvp(argv[0], argv)
-        finally:
-            os._exit(127)
-    output, answered_at = b"", 0
-    answers = [password.encode(), password.encode()]
-    deadline = time.monotonic() + 20
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"htdigest did not finish: {output!r}")
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            if answers and output[answered_at:].rstrip().lower().endswith(b"password:"):
-                os.write(fd, answers.pop(0) + b"\n")
-                answered_at = len(output)
-    finally:
-        os.close(fd)
-        if time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:

@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Generator
 
 from twisted.internet import defer, protocol

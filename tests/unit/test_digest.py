@@ -10,14 +10,9 @@ urllib client.
 from __future__ import annotations
 
 import hashlib
-import os
-import pty
 import re
-import select
-import signal
 import shutil
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,6 +41,7 @@ from boatwist.digest import (
     parse_params,
 )
 from boatwist.passwords import UserDatabase, delete_user, set_password
+from apache_tools import run_htdigest
 
 REALM = "boatwist"
 LIFETIME = 300.0
@@ -530,45 +526,11 @@ def test_decode_bug_is_still_login_failed(md5: DigestChallengeFactory, monkeypat
 # ------------------------------------------------------------ real files, real tools
 
 
-def run_htdigest(path: Path, realm: str, user: str, password: str) -> None:
-    """Run the real htdigest -c on a pty, answering its two password prompts (bounded, no sleeps)."""
-    argv = ["htdigest", "-c", str(path), realm, user]
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.execvp(argv[0], argv)
-        finally:
-            os._exit(127)
-    output, answered_at, answers, deadline = b"", 0, [password.encode()] * 2, time.monotonic() + 20
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-            # Answer a prompt printed since the last answer (glibc's getpass
-            # flushes pending input *before* printing it, so this cannot be lost).
-            if answers and output[answered_at:].rstrip().lower().endswith(b"password:"):
-                os.write(fd, answers.pop(0) + b"\n")
-                answered_at = len(output)
-    finally:
-        os.close(fd)
-        if time.monotonic() >= deadline:  # still waiting for a prompt: do not hang the suite
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output
-
-
 @pytest.mark.skipif(shutil.which("htdigest") is None, reason="htdigest (apache2-utils) not installed")
 def test_ha1_from_real_htdigest_verifies(md5: DigestChallengeFactory, tmp_path: Path) -> None:
     """A user created by Apache's htdigest logs in with MD5 Digest through UserDatabase and DigestChecker."""
     digest = tmp_path / "users.htdigest"
-    run_htdigest(digest, REALM, "bob", "from-htdigest")
+    run_htdigest(digest, REALM, "bob", "from-htdigest", create=True)
     checker = DigestChecker(UserDatabase(tmp_path / "users.htpasswd", digest, realm=REALM), REALM)
     challenge = md5.getChallenge(make_request())
     good = md5.decode(client_response(challenge, "bob", "from-htdigest"), make_request())
