@@ -19,6 +19,7 @@ RTC-less device setting its time by NTP at boot) cannot expire anyone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -31,6 +32,8 @@ ONLINE = "online"
 UNSTABLE = "unstable"
 OFFLINE = "offline"
 
+#: Retry-After for a refused user when no seat is known to free sooner, seconds.
+RETRY_AFTER = 5
 #: How long a repeated refusal of the same user is not announced again, seconds.
 REFUSAL_QUIET = 5.0
 
@@ -242,9 +245,19 @@ class Presence:
             state.state = new
             self._publish(state.name, new, reason, state.via)
 
+    def _retry_after(self, now: float) -> int:
+        """
+        When a seat may be free: the soonest end of a plain-HTTP user's grace,
+        else a few seconds -- a vanished operator's seat frees within seconds,
+        and a client told to wait http_grace would wait far longer than needed.
+        """
+        waits = [u.http_until - now for u in self._users.values() if not u.persistent and u.http_until is not None]
+        soonest = min(waits) if waits else RETRY_AFTER
+        return max(1, min(math.ceil(soonest), RETRY_AFTER))
+
     def _refuse(self, user: str, reason: str, used: int, limit: int, via: str) -> Refusal:
-        refusal = Refusal(reason, used, limit, retry_after=max(1, int(self._settings.http_grace) or 1))
         now = self._monotonic()
+        refusal = Refusal(reason, used, limit, retry_after=self._retry_after(now))
         last = self._refused_at.get(user)
         if last is None or now - last >= REFUSAL_QUIET:
             self._refused_at[user] = now

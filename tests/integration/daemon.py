@@ -26,6 +26,16 @@ BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -94,7 +104,8 @@ class Daemon:
         L{stop} ends it like a started one.
         """
         self.proc = subprocess.Popen(argv or self.argv(), cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
+                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
+                                     preexec_fn=_die_with_parent)
         threading.Thread(target=self._pump, daemon=True).start()
         return self
 

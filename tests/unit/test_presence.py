@@ -189,3 +189,18 @@ def test_snapshot_lists_seats_users_and_connections() -> None:
     assert alice["connections"] == [{"kind": "chat", "peer": "127.0.0.1", "port": 5000, "rtt_ms": 0.25,
                                      "unstable": False}]
     assert bob["connections"] == [{"kind": "http", "peer": "::1"}]
+
+
+def test_retry_after_is_when_a_seat_may_free() -> None:
+    """A refused user is told to retry when an HTTP-only seat expires, and never later than a few seconds."""
+    from boatwist.presence import RETRY_AFTER
+
+    p, _, clock, _ = make(max_users=2, grace=30)
+    p.attach("alice", FakeConn(1))
+    p.touch_http("bob", "127.0.0.1")
+    assert p.check("carol").retry_after == RETRY_AFTER
+    clock.advance(27.5)
+    assert p.check("dave").retry_after == 3
+    p2, _, _, _ = make(max_users=1)
+    p2.attach("alice", FakeConn(1))
+    assert p2.check("carol").retry_after == RETRY_AFTER

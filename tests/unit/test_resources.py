@@ -244,7 +244,7 @@ def test_refused_user_gets_503_html_for_pages() -> None:
     status, headers, body = http(w.factory(), b"/")
     assert status == 503
     assert headers[b"content-type"] == b"text/html; charset=utf-8"
-    assert headers[b"retry-after"] == b"30"
+    assert headers[b"retry-after"] == b"5"
     assert b"server full: 1 of 1 operators online" in body
     assert not w.presence.is_online("alice")
 
@@ -256,9 +256,9 @@ def test_refused_user_gets_503_json_for_the_api(path: bytes) -> None:
     status, headers, body = http(w.factory(), path)
     assert status == 503
     assert headers[b"content-type"] == b"application/json"
-    assert headers[b"retry-after"] == b"30"
+    assert headers[b"retry-after"] == b"5"
     assert json.loads(body) == {"error": "server full: 1 of 1 operators online", "reason": "full",
-                                "used": 1, "limit": 1, "retry_after": 30}
+                                "used": 1, "limit": 1, "retry_after": 5}
 
 
 def test_user_already_online_is_served_when_full() -> None:
