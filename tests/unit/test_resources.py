@@ -463,3 +463,18 @@ def test_unknown_api_path_is_a_json_404() -> None:
     body = ApiRoot(None, "alice", {}).getChild(b"nope", request).render(request)
     assert request.responseCode == 404
     assert json.loads(body)["error"]
+
+
+def test_static_files_revalidate_with_an_etag(files: Site) -> None:
+    """A file carries a strong ETag and no-cache; If-None-Match with it gets 304 and no body."""
+    from twisted.web.test.requesthelper import DummyRequest
+
+    resource = files.resource
+    first = DummyRequest([b"ok.txt"])
+    assert resource.render(first) == b"fine"
+    etag = first.responseHeaders.getRawHeaders(b"etag")[0]
+    assert first.responseHeaders.getRawHeaders(b"cache-control") == [b"no-cache"]
+    again = DummyRequest([b"ok.txt"])
+    again.requestHeaders.setRawHeaders(b"if-none-match", [etag])
+    assert resource.render(again) == b""
+    assert again.responseCode == 304
