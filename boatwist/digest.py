@@ -96,6 +96,8 @@ _PARAM = re.compile(
     rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'
 )
 _ESCAPE = re.compile(rb"\\(.)", re.S)
+_SEPARATORS = re.compile(rb"[ \t,]+")
+_HEX_DIGEST = re.compile(rb"[0-9a-f]+")
 _NC = re.compile(rb"[0-9a-fA-F]{8}")
 _REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "opaque")
 
@@ -130,20 +132,27 @@ def parse_params(value: bytes) -> dict[str, bytes]:
     if len(value) > MAX_HEADER:
         raise error.LoginFailed("Digest header too long")
     params: dict[str, bytes] = {}
-    position = 0
     value = value.strip()
-    while position < len(value):
-        match = _PARAM.match(value, position)
+    position = 0
+    end = len(value)
+    match_at = _PARAM.match
+    while position < end:
+        match = match_at(value, position)
         if match is None or match.end() == position:
             raise error.LoginFailed("malformed Digest header")
         name = match.group(1).decode("ascii").lower()
         if name in params:
             raise error.LoginFailed(f"Digest parameter {name} given twice")
         quoted, bare = match.group(2), match.group(3)
-        params[name] = _ESCAPE.sub(rb"\1", quoted) if quoted is not None else bare
+        if quoted is None:
+            params[name] = bare
+        else:
+            params[name] = _ESCAPE.sub(rb"\1", quoted) if b"\\" in quoted else quoted
         position = match.end()
-        while position < len(value) and value[position : position + 1] in (b" ", b"\t", b","):
-            position += 1  # tolerate empty list elements (RFC 7230 section 7)
+        # Tolerate empty list elements (RFC 7230 section 7): skip spaces, tabs and commas.
+        skipped = _SEPARATORS.match(value, position)
+        if skipped is not None:
+            position = skipped.end()
     return params
 
 
@@ -356,7 +365,7 @@ class DigestAuthority:
         if len(params["cnonce"]) > MAX_CNONCE:
             raise error.LoginFailed("Digest cnonce too long")
         digest = params["response"].lower()
-        if len(digest) != _HEX_LENGTH[algorithm] or not all(c in b"0123456789abcdef" for c in digest):
+        if len(digest) != _HEX_LENGTH[algorithm] or _HEX_DIGEST.fullmatch(digest) is None:
             raise error.LoginFailed("Digest response is not a hex digest")
         try:
             username = params["username"].decode("utf-8")

@@ -274,7 +274,17 @@ class UserDatabase:
     _log = Logger()
 
     def __init__(self, users_path: str | os.PathLike[str] | None, digest_path: str | os.PathLike[str] | None,
-                 realm: str | None = None) -> None:
+                 realm: str | None = None, *, monotonic: Callable[[], float] | None = None,
+                 check_interval: float = 0.0) -> None:
+        """
+        @param check_interval: look at the files at most this often, in
+            seconds of C{monotonic}: every login asks, and two stats per
+            request are a measurable share of a small device's budget.
+            0 looks every time.
+        """
+        self._monotonic = monotonic
+        self._check_interval = check_interval
+        self._next_check = float("-inf")
         self.users_path = Path(users_path) if users_path is not None else None
         self.digest_path = Path(digest_path) if digest_path is not None else None
         self.realm = realm
@@ -329,6 +339,11 @@ class UserDatabase:
         contents stay in force: a running device must not lock every
         operator out, and the daemon refuses to start on the same file.
         """
+        if self._check_interval > 0 and self._monotonic is not None:
+            now = self._monotonic()
+            if now < self._next_check:
+                return False
+            self._next_check = now + self._check_interval
         try:
             signatures = self._current_signatures()
         except PasswordFileError as e:

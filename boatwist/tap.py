@@ -106,7 +106,9 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
             password=password, path=state_dir / "initial-admin-password",
         )
     try:
-        database = UserDatabase(settings.users_file, settings.digest_users_file, realm=settings.auth.realm)
+        # A changed users file takes effect within a second (embweb-passwd, a hand edit).
+        database = UserDatabase(settings.users_file, settings.digest_users_file, realm=settings.auth.realm,
+                                monotonic=time.monotonic, check_interval=1.0)
     except PasswordFileError as e:
         _fail(str(e))
 

@@ -519,3 +519,20 @@ def test_initial_admin_not_invented_for_digest_only_installations(tmp_path: Path
     digest.write_text("ops:boatwist:" + "a" * 32 + "\n")
     assert ensure_initial_admin(tmp_path / "u", digest, REALM, tmp_path, rounds=ROUNDS) is None
     assert not (tmp_path / "u").exists()
+
+
+def test_files_are_looked_at_at_most_once_per_check_interval(tmp_path: Path) -> None:
+    """With a check interval, a change is seen at the next check, and no stat happens in between."""
+    from twisted.internet.task import Clock
+
+    users, digest = tmp_path / "u", tmp_path / "d"
+    set_password(users, digest, REALM, "alice", "one", rounds=4)
+    clock = Clock()
+    db = UserDatabase(users, digest, realm=REALM, monotonic=clock.seconds, check_interval=1.0)
+    assert db.reload_if_changed() is False
+    set_password(users, digest, REALM, "bob", "two", rounds=4)
+    assert db.reload_if_changed() is False  # within the interval: not looked at
+    assert db.bcrypt_hash("bob") is None
+    clock.advance(1.0)
+    assert db.reload_if_changed() is True
+    assert db.bcrypt_hash("bob") is not None
