@@ -253,26 +253,47 @@ class ThrottledChecker:
         self._clock = clock
         self._audit = audit
         self.credentialInterfaces = inner.credentialInterfaces
+        self._key = secrets.token_bytes(32)
+        #: Guesses being checked right now, by key: how many requests share each.
+        self._guesses: dict[Any, int] = {}
 
     def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[bytes]":
         peer = getattr(credentials, "peer_host", "unknown")
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
-        if self._throttle.refused(peer):
-            self._log.warn("login refused for {user!r} from {peer}: too many failures from that address",
-                           user=name, peer=peer)
+        if self._throttle.refused(peer, name):
+            self._log.warn("login refused for {user!r} from {peer}: too many failures", user=name, peer=peer)
             return defer.fail(cerror.UnauthorizedLogin("too many failed logins"))
-        wait = self._throttle.delay(peer, name)
+        # Each distinct guess is counted as a failure before it is checked and
+        # refunded if it succeeds: parallel guesses cannot all slip past
+        # max_failures.  The same Basic credentials sent in parallel (a browser
+        # loading a page) are one guess, checked once by the inner checker.
+        guess = self._guess_key(credentials)
+        first = self._guesses.get(guess, 0) == 0
+        self._guesses[guess] = self._guesses.get(guess, 0) + 1
+        # The same credentials already being checked wait for nothing more: the
+        # inner checker answers them with the first (bcrypt runs once).
+        wait = self._throttle.delay(peer, name) if first else 0.0
+        if first:
+            self._throttle.failed(peer, name)
         if wait > 0:
             d = deferLater(self._clock, wait, self._inner.requestAvatarId, credentials)
         else:
             d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
 
+        def done(result: Any) -> Any:
+            left = self._guesses.pop(guess, 1) - 1
+            if left:
+                self._guesses[guess] = left
+            return result
+
         def ok(avatar: bytes) -> bytes:
-            first = not self._throttle.recently_succeeded(peer, name)
+            if first:
+                self._throttle.refund(peer, name)
+            new_login = not self._throttle.recently_succeeded(peer, name)
             self._throttle.succeeded(peer, name)
             # HTTPAuthSessionWrapper logs in on every request: log a login once per window.
-            if first:
+            if new_login:
                 self._log.info("login {user!r} from {peer}", user=name, peer=peer)
                 if self._audit:
                     self._audit("login", name, peer, getattr(credentials, "via", "http"))
@@ -281,15 +302,32 @@ class ThrottledChecker:
         def bad(failure: Any) -> Any:
             if failure.check(StaleNonce):
                 # A right answer on a used-up nonce: browsers do this in normal use.
+                if first:
+                    self._throttle.refund(peer, name)
                 return failure
-            if failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
-                self._throttle.failed(peer, name)
+            if not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+                if first:
+                    self._throttle.refund(peer, name)  # our fault, not a wrong password
+                return failure
+            if first:
                 self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
                 if self._audit:
                     self._audit("login-failed", name, peer, getattr(credentials, "via", "http"))
             return failure
 
-        return d.addCallbacks(ok, bad)
+        return d.addBoth(done).addCallbacks(ok, bad)
+
+    def _guess_key(self, credentials: Any) -> Any:
+        """Identical Basic credentials share a key (an HMAC, never the password); others are unique."""
+        password = getattr(credentials, "password", None)
+        if password is None:
+            return object()
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        user = getattr(credentials, "username", b"")
+        if isinstance(user, str):
+            user = user.encode("utf-8")
+        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
 
 
 @implementer(IRealm)

@@ -518,3 +518,72 @@ def test_digest_slots_follow_the_order_and_all_decode() -> None:
     algorithms = lambda request: [f.getChallenge(request)["algorithm"] for f in slots]  # noqa: E731
     assert algorithms(browser) == [b"SHA-256", b"MD5"]
     assert algorithms(urllib_client) == [b"MD5", b"SHA-256"]
+
+
+def test_failures_from_an_address_do_not_lock_out_an_operator_logged_in_there() -> None:
+    """
+    Someone at the same address (NAT, localhost) failing max_failures times
+    shuts the address out for new logins, but not an operator who logged in
+    from it within the window.
+    """
+    t = Throttled(max_failures=3)
+    assert results(t.attempt("alice", PASSWORD, "10.0.0.1")) == [b"alice"]
+    for guess in ("a", "b", "c"):
+        results(t.attempt("nobody", guess, "10.0.0.1"))
+    assert results(t.attempt("alice", PASSWORD, "10.0.0.1")) == [b"alice"]
+    [failure] = results(t.attempt("bob", "Tr0ub4dor&3", "10.0.0.1"))
+    assert failure.check(cerror.UnauthorizedLogin)
+
+
+def test_guessing_a_logged_in_operators_password_is_still_bounded() -> None:
+    """The exemption is no free pass: failures for that user from that address shut the pair out."""
+    t = Throttled(max_failures=3)
+    results(t.attempt("alice", PASSWORD, "10.0.0.1"))
+    for guess in ("a", "b", "c"):
+        results(t.attempt("alice", guess, "10.0.0.1"))
+    t.clock.advance(10)  # past the per-user delays
+    calls = len(t.inner.calls)
+    [failure] = results(t.attempt("alice", "d", "10.0.0.1"))
+    assert failure.check(cerror.UnauthorizedLogin)
+    assert len(t.inner.calls) == calls  # refused without checking
+
+
+def test_parallel_guesses_cannot_slip_past_max_failures() -> None:
+    """Guesses in flight count before they are checked: the fourth of four parallel guesses is refused."""
+
+    class Slow(FakeInner):
+        def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
+            self.calls.append(credentials.username)
+            self.pending.append(defer.Deferred())
+            return self.pending[-1]
+
+    t = Throttled(max_failures=3)
+    t.inner = Slow({})
+    t.inner.pending = []
+    t.checker._inner = t.inner
+    outcomes = [results(t.attempt("mallory", f"guess{i}", "10.6.6.6")) for i in range(4)]
+    assert outcomes[3] and outcomes[3][0].check(cerror.UnauthorizedLogin)  # refused at once
+    t.clock.advance(60)  # the in-flight guesses were also slowed by the per-user delay
+    assert len(t.inner.calls) == 3
+
+
+def test_identical_parallel_basic_logins_count_once() -> None:
+    """A browser loading a page sends the same credentials in parallel: one guess, refunded on success."""
+
+    class Slow(FakeInner):
+        def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
+            self.calls.append(credentials.username)
+            d: defer.Deferred[bytes] = defer.Deferred()
+            self.pending.append(d)
+            return d
+
+    t = Throttled(max_failures=2)
+    t.inner = Slow({})
+    t.inner.pending = []
+    t.checker._inner = t.inner
+    outcomes = [results(t.attempt("alice", PASSWORD, "10.0.0.1")) for _ in range(5)]
+    assert all(not o for o in outcomes)  # none refused while the first check runs
+    for d in t.inner.pending:
+        d.callback(b"alice")
+    assert [o for o in outcomes] == [[b"alice"]] * 5
+    assert not t.throttle.refused("10.0.0.1", "bob")
