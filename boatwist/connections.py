@@ -25,7 +25,7 @@ import socket
 from itertools import count
 from typing import Any, Callable, Iterable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
@@ -420,19 +420,24 @@ class ConnectionTracker:
         return reason, max(0.0, now - conn.last_alive)
 
 
-class ClosingService(Service):
+class ClosingService(MultiService):
     """
-    Closes every connection with reason ``shutdown`` when the daemon stops.
+    Closes every connection with reason ``shutdown`` when the daemon stops,
+    and only then stops its children (the store).
 
-    Added after the store, so it stops before the store: the operators still
-    online are told why, and their logouts reach the audit log, instead of
-    the reactor cutting every socket after the store has gone.
+    MultiService stops its children without waiting for one another, so the
+    store is made a child of this service: the operators still online are
+    told why they were disconnected, and their logouts are written to the
+    audit log before the database is closed.
     """
 
     def __init__(self, tracker: ConnectionTracker, timeout: float = 2.0) -> None:
+        super().__init__()
         self.tracker = tracker
         self.timeout = timeout
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return self.tracker.close_all("shutdown", self.timeout)
+        d = self.tracker.close_all("shutdown", self.timeout)
+        d.addCallback(lambda _: MultiService.stopService(self))
+        d.addCallback(lambda _: None)
+        return d

@@ -125,12 +125,13 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     # -- storage and the chat room
     store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
                   retention_days=settings.store.retention_days, reactor=reactor)
-    store.setServiceParent(top)
+    # On stop: close every connection (reason "shutdown"), then the store, so logouts are written.
+    closing = ClosingService(tracker)
+    closing.setServiceParent(top)
+    store.setServiceParent(closing)
     app.store = store
     app.room = ChatRoom(hub, store, presence, reactor, settings.chat)
     hub.subscribe(audit_presence(store))
-    # Stops before the store (services stop in reverse order): logouts are still written.
-    ClosingService(tracker).setServiceParent(top)
 
     def audit(kind: str, user: str, address: str, detail: str) -> None:
         store.audit(kind, user, address, detail).addErrback(lambda _: None)

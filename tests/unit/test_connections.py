@@ -781,3 +781,29 @@ def test_shutdown_does_not_wait_forever_for_a_dead_peer() -> None:
     done.addCallback(fired.append)
     w.clock.advance(2.0)
     assert fired == [None]
+
+
+def test_children_stop_only_after_every_connection_is_closed() -> None:
+    """The store (a child) is stopped after the connections end, so their logouts can still be written."""
+    from twisted.application.service import Service
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from boatwist.connections import ClosingService
+
+    stopped: list[int] = []
+
+    class Store(Service):
+        def stopService(self) -> None:
+            stopped.append(len(w.tracker.connections()))
+            super().stopService()
+
+    w = World()
+    protocol, _ = w.connect()
+    service = ClosingService(w.tracker, timeout=2.0)
+    Store().setServiceParent(service)
+    service.startService()
+    service.stopService()
+    assert stopped == []
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert stopped == [0]
