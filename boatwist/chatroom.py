@@ -66,6 +66,7 @@ REASON_WORDS: Mapping[str, str] = MappingProxyType(
         "tcp-state": "connection half-closed",
         "slow-reader": "too slow to read events",
         "kicked": "removed by an operator",
+        "revoked": "password changed or account removed",
         "idle": "idle",
         "retransmits": "packets being retransmitted",
         "probes": "keepalive probes unanswered",

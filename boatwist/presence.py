@@ -209,16 +209,16 @@ class Presence:
             if not state.persistent and state.http_until is not None and state.http_until <= now:
                 self._go_offline(state, "idle", None, "http")
 
-    def kick(self, user: str) -> bool:
-        """Remove C{user}: their connections are closed with reason C{kicked}."""
+    def kick(self, user: str, reason: str = "kicked") -> bool:
+        """Remove C{user}: their connections are closed with C{reason} (C{kicked}, C{revoked})."""
         state = self._users.get(user)
         if state is None:
             return False
         conns = list(state.connections)
         if not conns:
-            self._go_offline(state, "kicked", None, state.via)
+            self._go_offline(state, reason, None, state.via)
         for conn in conns:
-            conn.close("kicked")  # type: ignore[attr-defined]
+            conn.close(reason)  # type: ignore[attr-defined]
         return True
 
     # ------------------------------------------------------------ private

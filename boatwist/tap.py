@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
-from .auth import BcryptChecker, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
+from .auth import BcryptChecker, CredentialWatch, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
 from .clock import WallClockView, use_monotonic_time
 from .config import AdmissionSettings, ConfigError, Settings, load_config
 from .connections import ClosingService, ConnectionTracker
@@ -169,6 +169,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     heartbeat = HeartbeatService(tracker, presence, app.streams, settings.heartbeat, reactor, monotonic,
                                  watchdog=notifier.watchdog if watchdog else None, keepalive=settings.keepalive)
     heartbeat.setServiceParent(top)
+    heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, presence).check)
     app.heartbeat = heartbeat
     app.metrics = Metrics(presence, tracker, heartbeat, app.streams)
     hub.subscribe(app.metrics.on_event)

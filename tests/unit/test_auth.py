@@ -587,3 +587,33 @@ def test_identical_parallel_basic_logins_count_once() -> None:
         d.callback(b"alice")
     assert [o for o in outcomes] == [[b"alice"]] * 5
     assert not t.throttle.refused("10.0.0.1", "bob")
+
+
+def test_deleted_or_changed_users_lose_their_open_sessions(tmp_path: Any) -> None:
+    """A user removed, or whose password changed, is kicked with reason revoked; others stay."""
+    from boatwist.auth import CredentialWatch
+    from boatwist.passwords import UserDatabase, delete_user, set_password
+
+    users, digest = tmp_path / "u", tmp_path / "d"
+    for name in ("alice", "bob", "carol"):
+        set_password(users, digest, "boatwist", name, f"{name}-pw", rounds=4)
+    db = UserDatabase(users, digest, realm="boatwist")
+
+    class Kicks:
+        def __init__(self) -> None:
+            self.kicked: list[tuple[str, str]] = []
+
+        def kick(self, user: str, reason: str = "kicked") -> bool:
+            self.kicked.append((user, reason))
+            return True
+
+    presence = Kicks()
+    watch = CredentialWatch(db, "boatwist", presence)
+    watch.check()
+    assert presence.kicked == []
+    delete_user(users, digest, "boatwist", "bob")
+    set_password(users, digest, "boatwist", "carol", "new-pw", rounds=4)
+    watch.check()
+    assert sorted(presence.kicked) == [("bob", "revoked"), ("carol", "revoked")]
+    watch.check()
+    assert len(presence.kicked) == 2

@@ -8,7 +8,7 @@ const REASONS = {
   login: "logged in", closed: "left", reset: "connection reset",
   "keepalive-timeout": "no answer to keepalive probes", "heartbeat-timeout": "missed heartbeat",
   "tcp-state": "connection half-closed", "slow-reader": "too slow to read events",
-  kicked: "removed by an operator", idle: "idle", refused: "refused",
+  kicked: "removed by an operator", revoked: "password changed or account removed", idle: "idle", refused: "refused",
   probes: "keepalive probes outstanding", retransmits: "retransmitting", recovered: "link recovered",
 };
 const KINDS = { web: "web", chat: "telnet", http: "http" };
