@@ -34,6 +34,10 @@ from twisted.logger import Logger
 from .config import HeartbeatSettings
 
 
+#: Least time a keepalive probe is given for its answer, ms.
+PROBE_SLACK_MS = 200
+
+
 class HeartbeatService(Service):
     _log = Logger()
 
@@ -61,6 +65,8 @@ class HeartbeatService(Service):
         #: connection itself, in case the kernel was kept from doing so.
         self.vanish_ms = (1000 * max(keepalive.idle + keepalive.interval * keepalive.count, keepalive.user_timeout)
                           if keepalive is not None else None)
+        #: When a keepalive probe is first sent: this long after the peer's last ACK.
+        self.probe_after_ms = 1000 * (keepalive.idle if keepalive is not None else 1)
         self._last_stream_beat = monotonic()
         self._loop: LoopingCall | None = None
         #: CPU seconds of recent ticks (for /metrics and the benchmark).
@@ -120,8 +126,12 @@ class HeartbeatService(Service):
             # Zero-window probes that the peer answers (each answer resets the probe
             # count, the backoff grows): a live peer that stopped reading.
             conn.window_closed_at = now
-        if idle_link and info.probes:
-            # Keepalive probes on an idle link.  Linux sends none while data is
+        # A probe counts once its answer is overdue: on a healthy idle link one is in
+        # flight for a round trip every keepalive interval, which is no trouble at all.
+        overdue = max(2 * info.rtt_us // 1000, PROBE_SLACK_MS)
+        probe_unanswered = info.probes and info.last_ack_recv_ms > self.probe_after_ms + overdue
+        if idle_link and probe_unanswered:
+            # Keepalive probing a silent link.  Linux sends no probe while data is
             # unacknowledged, so a write now would stop them: writes wait until the
             # peer answers.
             conn.hold()
@@ -133,8 +143,9 @@ class HeartbeatService(Service):
             return
         if conn.user is None or not conn.bound:
             return
-        if info.troubled:
-            why = "probes" if info.probes else "retransmits"
+        # One retransmission is ordinary loss; a second timeout of the same data is trouble.
+        if probe_unanswered or info.retransmits >= 2:
+            why = "probes" if probe_unanswered else "retransmits"
             self.presence.set_unstable(conn, True, why)
         elif conn.unstable:
             self.presence.set_unstable(conn, False, "recovered")
