@@ -32,7 +32,8 @@ serves C{POST /api/chat}; this is the terminal's "mind" on it.
 #      too many failed logins; goodbye       [chat] max_login_attempts: close
 #   S: login timed out after 30 s            no login in [chat] login_timeout: close
 #   S: server busy: too many logins in progress, try again later
-#                                            over [chat] max_pending_logins: close
+#                                            over [chat] max_pending_logins (or a
+#                                            quarter of them from one address): close
 #   S: server full: 10 of 10 operators online       (Refusal.message()): close
 #
 # Client to server once logged in, one line each (empty lines are ignored):
@@ -299,6 +300,7 @@ class ChatProtocol(LineReceiver):
         self._discarding = False
         self._replay: bytes | None = None
         self._pending = False
+        self._pending_host = ""
         self._login_timer: IDelayedCall | None = None
         self._failures = 0
         self._login_name = ""
@@ -315,7 +317,8 @@ class ChatProtocol(LineReceiver):
     # ------------------------------------------------------ connection
 
     def connectionMade(self) -> None:
-        if not self.factory.start_login():
+        self._pending_host = self._peer_host()
+        if not self.factory.start_login(self._pending_host):
             self._write_line("server busy: too many logins in progress, try again later")
             self._finish()
             return
@@ -514,7 +517,7 @@ class ChatProtocol(LineReceiver):
         self._login_timer = None
         if self._pending:
             self._pending = False
-            self.factory.end_login()
+            self.factory.end_login(self._pending_host)
 
     # ------------------------------------------------------------ chat
 
@@ -758,6 +761,7 @@ class ChatFactory(Factory):
         self.settings = settings
         self.banner = banner
         self._pending_logins = 0
+        self._pending_by_host: dict[str, int] = {}
         self._untracked_ids = count(1)
         self._warned_untracked = False
 
@@ -769,15 +773,27 @@ class ChatFactory(Factory):
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:
         return ChatProtocol(self)
 
-    def start_login(self) -> bool:
-        """Take a pending-login slot; False when C{max_pending_logins} are taken."""
-        if self._pending_logins >= self.settings.max_pending_logins:
+    def start_login(self, host: str = "") -> bool:
+        """
+        Take a pending-login slot; False when C{max_pending_logins} are taken,
+        or when C{host} already holds its share of them (a quarter, at least
+        one): silent connections from one address must not keep everyone
+        else from logging in.
+        """
+        share = max(1, self.settings.max_pending_logins // 4)
+        if self._pending_logins >= self.settings.max_pending_logins or self._pending_by_host.get(host, 0) >= share:
             return False
         self._pending_logins += 1
+        self._pending_by_host[host] = self._pending_by_host.get(host, 0) + 1
         return True
 
-    def end_login(self) -> None:
+    def end_login(self, host: str = "") -> None:
         self._pending_logins -= 1
+        left = self._pending_by_host.get(host, 1) - 1
+        if left > 0:
+            self._pending_by_host[host] = left
+        else:
+            self._pending_by_host.pop(host, None)
 
     def untracked_connection(self, protocol: ChatProtocol) -> _UntrackedConnection:
         return _UntrackedConnection(next(self._untracked_ids), protocol, self.clock.seconds())

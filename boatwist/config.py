@@ -98,6 +98,9 @@ class HttpSettings:
     max_body: int = 65536
     #: Seconds an idle keep-alive HTTP connection is kept.
     idle_timeout: float = 60.0
+    #: Host header values served (name, name:port, .domain, IP); others get 421 (DNS
+    #: rebinding).  Empty: any Host.
+    hosts: tuple[str, ...] = ()
     #: Empty: access lines go through twisted.logger (twistd's log, the journal).
     #: A path: a file of its own, buffered and flushed every second (much cheaper).
     access_log: Path | None = None
@@ -225,6 +228,14 @@ def _schemes(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _host_list(text: str) -> tuple[str, ...]:
+    hosts = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    for host in hosts:
+        if any(c.isspace() or c in "/?#@" for c in host):
+            raise ConfigError("expected host names like device.local, .example.com, 192.0.2.1 or name:8080")
+    return hosts
+
+
 def _digest_algorithms(text: str) -> tuple[str, ...]:
     known = {"md5": "MD5", "sha-256": "SHA-256"}
     names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
@@ -331,6 +342,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "max_body": _integer(0, 1 << 30),
         "idle_timeout": _seconds(1, 86400),
         "access_log": _optional_path,
+        "hosts": _host_list,
     },
     "chat": {
         "history": _integer(0, 1000),

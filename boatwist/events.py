@@ -39,8 +39,8 @@ Subscriber = Callable[[Event], None]
 class EventHub:
     _log = Logger()
 
-    def __init__(self, buffer: int = 1000) -> None:
-        self._next_id = 1
+    def __init__(self, buffer: int = 1000, first_id: int = 1) -> None:
+        self._next_id = max(1, first_id)
         self._buffer: deque[Event] = deque(maxlen=buffer)
         self._subscribers: list[Subscriber] = []
 
@@ -74,7 +74,9 @@ class EventHub:
         of them have already left the buffer (the client missed too much and
         should reload its state).
         """
-        if last_id >= self._next_id - 1:
+        if last_id > self._next_id - 1:
+            return None  # an id from before a restart: the client should reload its state
+        if last_id == self._next_id - 1:
             return []
         if not self._buffer or self._buffer[0].id > last_id + 1:
             return None

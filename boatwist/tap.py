@@ -115,7 +115,9 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     # -- the core: events -> presence -> connections
     admission = fit_connection_cap(settings.admission)
     monotonic = reactor.seconds
-    hub = EventHub(settings.events.buffer)
+    # Event ids continue from the time of day, so a browser reconnecting after a
+    # restart with an old Last-Event-ID is told it missed events.
+    hub = EventHub(settings.events.buffer, first_id=int(time.time() * 1000))
     presence = Presence(hub, admission, monotonic, time.time)
     tracker = ConnectionTracker(presence, admission, settings.keepalive, reactor, monotonic,
                                 max_held=settings.events.max_queued)
@@ -183,7 +185,8 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
             _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
         heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
-    site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file)
+    site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
+                        secure_hosts=settings.http.hosts or None)
     if settings.server.https:
         from .tls import TLSConfigError, ensure_self_signed, fingerprint, server_tls_options, wrap_tls
 

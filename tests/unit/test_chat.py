@@ -155,9 +155,9 @@ class Harness:
         self.factory = ChatFactory(self.room, self.presence, self.tracker, self.auth, self.clock, self.settings)
         self._port = 40000
 
-    def connect(self) -> tuple[ChatProtocol, StringTransport]:
+    def connect(self, host: str = "192.0.2.7") -> tuple[ChatProtocol, StringTransport]:
         self._port += 1
-        peer = IPv4Address("TCP", "192.0.2.7", self._port)
+        peer = IPv4Address("TCP", host, self._port)
         proto = self.factory.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
         if self.tracked:
@@ -262,21 +262,32 @@ def test_login_deadline_closes_and_is_cancelled_by_login() -> None:
 def test_pending_logins_are_capped_and_slots_come_back() -> None:
     """Over max_pending_logins: a line and close; logging in or leaving frees the slot."""
     h = Harness(max_pending_logins=2)
-    first, _ = h.connect()
-    second, _ = h.connect()
-    third, transport = h.connect()
+    first, _ = h.connect("192.0.2.7")
+    second, _ = h.connect("192.0.2.8")
+    third, transport = h.connect("192.0.2.9")
     assert transport.value() == b"server busy: too many logins in progress, try again later\r\n"
     assert transport.disconnecting
     third.connectionLost(Failure(ConnectionDone()))
     assert h.factory.pending_logins == 2
 
     first.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
-    _, transport = h.connect()
+    _, transport = h.connect("192.0.2.7")
     assert transport.value() == BANNER + b"login: "
     second.connectionLost(Failure(ConnectionDone()))
-    _, transport = h.connect()
+    _, transport = h.connect("192.0.2.8")
     assert transport.value() == BANNER + b"login: "
     assert h.factory.pending_logins == 2
+
+
+def test_one_address_cannot_take_every_pending_login_slot() -> None:
+    """Silent connections from one address hold at most a quarter of the slots; others still log in."""
+    h = Harness(max_pending_logins=16)
+    for _ in range(4):
+        h.connect("198.51.100.1")
+    _, refused = h.connect("198.51.100.1")
+    assert refused.value() == b"server busy: too many logins in progress, try again later\r\n"
+    _, other = h.connect("203.0.113.5")
+    assert other.value() == BANNER + b"login: "
 
 
 def test_full_house_is_a_clear_line_and_a_close() -> None:

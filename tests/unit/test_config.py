@@ -127,3 +127,11 @@ def test_settings_default_user_files_live_in_state_dir() -> None:
     assert s.users_file == Path("/tmp/x/users.htpasswd")
     assert s.digest_users_file == Path("/tmp/x/users.htdigest")
     assert isinstance(s, Settings)
+
+
+def test_hosts_are_a_list_and_garbage_is_refused() -> None:
+    """[http] hosts is a list of names; a URL or a path is not a host name."""
+    assert parse_config("[http]\nhosts = Device.local, .example.com, 192.0.2.1:8080\n").http.hosts == (
+        "device.local", ".example.com", "192.0.2.1:8080")
+    with pytest.raises(ConfigError, match=r"\[http\] hosts"):
+        parse_config("[http]\nhosts = http://x/\n")

@@ -204,3 +204,13 @@ def test_retry_after_is_when_a_seat_may_free() -> None:
     p2, _, _, _ = make(max_users=1)
     p2.attach("alice", FakeConn(1))
     assert p2.check("carol").retry_after == RETRY_AFTER
+
+
+def test_an_event_id_from_before_a_restart_means_missed_events() -> None:
+    """A Last-Event-ID above anything this process issued (an old process's) asks the client to reload."""
+    hub = EventHub(first_id=5000)
+    first = hub.publish("chat", {"user": "a"})
+    assert first.id == 5000
+    assert hub.since(4999) == [first]
+    assert hub.since(5000) == []
+    assert hub.since(90000) is None
