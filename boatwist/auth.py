@@ -83,6 +83,11 @@ class PeerAwareFactory:
         return creds
 
 
+def credential_key(secret: bytes, user: bytes, password: bytes) -> bytes:
+    """What stands for a (user, password) pair in memory: an HMAC under a key of this process."""
+    return hmac.new(secret, user + b"\0" + password, hashlib.sha256).digest()
+
+
 class _CredentialCache:
     """Verified (user, password) pairs, keyed by HMAC, with a TTL."""
 
@@ -93,7 +98,7 @@ class _CredentialCache:
         self._entries: OrderedDict[bytes, float] = OrderedDict()
 
     def key(self, user: bytes, password: bytes) -> bytes:
-        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+        return credential_key(self._key, user, password)
 
     def __contains__(self, key: bytes) -> bool:
         expires = self._entries.get(key)
@@ -327,7 +332,7 @@ class ThrottledChecker:
         user = getattr(credentials, "username", b"")
         if isinstance(user, str):
             user = user.encode("utf-8")
-        return hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+        return credential_key(self._key, user, password)
 
 
 @implementer(IRealm)

@@ -378,11 +378,10 @@ _SECTION_TYPES = {
 
 
 class _LineTrackingParser(configparser.ConfigParser):
-    """A ConfigParser that remembers on which line each key was written."""
+    """A strict ConfigParser with keys lower-cased (lines are found by L{_key_lines})."""
 
     def __init__(self) -> None:
         super().__init__(interpolation=None, inline_comment_prefixes=(";", "#"), strict=True)
-        self.lines: dict[tuple[str, str], int] = {}
 
     def optionxform(self, optionstr: str) -> str:
         return optionstr.strip().lower()

@@ -25,7 +25,6 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -129,15 +128,6 @@ def digest_ha1(user: str, realm: str, password: str, algorithm: str = "MD5") -> 
 
 
 # ----------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class _Line:
-    """One physical line of a password file, kept verbatim for rewriting."""
-
-    text: str
-    #: (user, realm, algorithm) for htdigest, (user, "", "") for htpasswd; None for comments/blank.
-    key: tuple[str, str, str] | None
 
 
 def _read_lines(path: Path) -> list[str] | None:

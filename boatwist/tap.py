@@ -188,14 +188,12 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
                         secure_hosts=settings.http.hosts or None)
     if settings.server.https:
-        from .tls import TLSConfigError, ensure_self_signed, fingerprint, server_tls_options, wrap_tls
+        from .tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
 
         try:
+            cert, key = certificate_files(settings.server)
             if settings.server.certificate == "auto":
-                cert, key = ensure_self_signed(state_dir)
                 _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
-            else:
-                cert, key = Path(settings.server.certificate), Path(settings.server.private_key)
             https_factory: Any = site
             if not settings.server.https.startswith("ssl:"):
                 https_factory = wrap_tls(site, server_tls_options(cert, key))

@@ -85,25 +85,6 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def make(config: str = "", **kw) -> Daemon:
-        d = Daemon(tmp_path / f"d{len(started)}", config=config, **kw)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.stop()
-
-
-@pytest.fixture
-def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
-    return make_daemon().start()
-
-
-@pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Chromium]:
     binary = chromium_binary()
     assert binary is not None  # pytest_runtest_setup skipped or failed otherwise

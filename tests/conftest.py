@@ -1,20 +1,20 @@
-"""Fixtures that start the real daemon; every process started is stopped, even on failure."""
+"""Fixtures shared by every kind of test that runs the real daemon; every daemon started is stopped, even on failure."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "integration"))
 
 from daemon import Daemon  # noqa: E402
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator:
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def make(config: str = "", **kw) -> Daemon:
@@ -28,5 +28,5 @@ def make_daemon(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture
-def daemon(make_daemon) -> Daemon:
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon().start()
