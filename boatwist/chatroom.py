@@ -23,7 +23,6 @@ so the chat port and the web UI describe the same event the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -33,6 +32,7 @@ from twisted.python.failure import Failure
 
 from .config import ChatSettings
 from .events import Event
+from .reasons import WORDS
 from .store import StoreFull
 from .textsafe import clean_message
 
@@ -52,30 +52,8 @@ __all__ = [
     "refusal_sentence",
 ]
 
-#: Presence, close and refusal reasons in the words users read.  One table
-#: for the chat port and the web UI (served to it as JSON if it wants).
-REASON_WORDS: Mapping[str, str] = MappingProxyType(
-    {
-        "login": "logged in",
-        "recovered": "connection recovered",
-        "closed": "left",
-        "reset": "connection reset",
-        "keepalive-timeout": "no answer to keepalive probes",
-        "user-timeout": "data unacknowledged too long",
-        "heartbeat-timeout": "missed heartbeat",
-        "tcp-state": "connection half-closed",
-        "slow-reader": "too slow to read events",
-        "kicked": "removed by an operator",
-        "revoked": "password changed or account removed",
-        "idle": "idle",
-        "retransmits": "packets being retransmitted",
-        "probes": "keepalive probes unanswered",
-        "refused": "refused",
-        "full": "server full",
-        "too-many-connections": "too many connections",
-        "shutdown": "server shutting down",
-    }
-)
+#: Presence, close and refusal reasons in the words users read (L{boatwist.reasons}).
+REASON_WORDS = WORDS
 
 
 def reason_words(reason: object) -> str:

@@ -1,12 +1,19 @@
 """
 Publish/subscribe of presence, chat and control events.
 
-One L{EventHub} per process.  Every event gets a increasing integer id, so
+One L{EventHub} per process.  Every event gets an increasing integer id, so
 an event stream that reconnects with ``Last-Event-ID`` can be given what it
 missed from a bounded buffer, and so the chat port and the browser agree on
 the order of things.  Subscribers are plain callables; one that raises is
 logged and the others are still called: a broken subscriber must not silence
 the room.
+
+Delivery is in order, for every subscriber.  A subscriber may publish while
+it handles an event (presence offline -> the floor released -> the safe
+value set is exactly such a chain); that event gets its id at once but is
+delivered only after the one being delivered has reached every subscriber.
+Without this, subscribers after the publishing one would see event 2 before
+event 1.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any, Callable, Iterable
 from twisted.logger import Logger
 
 #: The kinds of event that exist; the SSE ``event:`` field.
-KINDS = ("presence", "chat", "control")
+KINDS = ("presence", "chat", "control", "value", "floor")
 
 
 @dataclass(frozen=True)
@@ -43,20 +50,38 @@ class EventHub:
         self._next_id = max(1, first_id)
         self._buffer: deque[Event] = deque(maxlen=buffer)
         self._subscribers: list[Subscriber] = []
+        #: Events published while another was being delivered, oldest first.
+        self._pending: deque[Event] = deque()
+        self._delivering = False
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
-        """Give C{data} the next id, remember it, and hand it to every subscriber."""
+        """
+        Give C{data} the next id, remember it, and hand it to every subscriber
+        -- at once, or, when called from a subscriber, right after the event
+        being delivered has reached them all.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         event = Event(self._next_id, kind, dict(data))
         self._next_id += 1
         self._buffer.append(event)
-        for subscriber in list(self._subscribers):
-            try:
-                subscriber(event)
-            except Exception:
-                self._log.failure("event subscriber {subscriber!r} failed", subscriber=subscriber)
+        self._pending.append(event)
+        if not self._delivering:
+            self._deliver()
         return event
+
+    def _deliver(self) -> None:
+        self._delivering = True
+        try:
+            while self._pending:
+                event = self._pending.popleft()
+                for subscriber in list(self._subscribers):
+                    try:
+                        subscriber(event)
+                    except Exception:
+                        self._log.failure("event subscriber {subscriber!r} failed", subscriber=subscriber)
+        finally:
+            self._delivering = False
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call C{subscriber} with every later event; returns the unsubscribe function."""

@@ -33,16 +33,16 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar, cast
+from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
+
+from .workers import Runner, SynchronousRunner, ThreadRunner
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -131,73 +131,6 @@ class Message:
             "action": self.action,
             "at": self.at,
         }
-
-
-# ------------------------------------------------------------------ runners
-
-
-class Runner(Protocol):
-    """
-    Where the store's SQLite work runs.  Production: L{ThreadRunner} (one
-    thread, off the reactor).  Unit tests: L{SynchronousRunner}, so a test is
-    deterministic and needs no reactor.
-    """
-
-    def start(self) -> None:
-        """Get ready to run work."""
-
-    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
-        """Run C{work} after all work given before; its result or failure."""
-
-    def stop(self) -> None:
-        """Release the resources; called once all work has finished."""
-
-
-class ThreadRunner:
-    """
-    Runs work on a single dedicated thread, results delivered on the reactor.
-
-    A private pool, not the reactor's shared one: DNS lookups or bcrypt in the
-    shared pool must not queue behind an fsync, and one thread guarantees the
-    order of operations and that the connection is used by one thread only.
-    """
-
-    def __init__(self, reactor: IReactorFromThreads, name: str = "boatwist-store") -> None:
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
-
-    def start(self) -> None:
-        self._pool.start()
-
-    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
-        return deferToThreadPool(self._reactor, self._pool, work)
-
-    def stop(self) -> None:
-        # Joins the thread.  Store.stopService calls this only after its last
-        # work item (closing the connection) has come back, so the thread is
-        # idle and the join does not block the reactor.
-        self._pool.stop()
-
-
-class SynchronousRunner:
-    """
-    Runs work at once on the calling thread and returns an already-fired
-    Deferred.  For unit tests with ``:memory:``: no threads, no reactor, and
-    C{successResultOf} works.
-    """
-
-    def start(self) -> None:
-        pass
-
-    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
-        try:
-            result = work()
-        except Exception:
-            return defer.fail()
-        return defer.succeed(result)
-
-    def stop(self) -> None:
-        pass
 
 
 def _default_reactor() -> IReactorFromThreads:
@@ -549,7 +482,7 @@ class Store(Service):
     def startService(self) -> None:
         """Start the writer thread and open the database on it."""
         super().startService()
-        self._runner = self._given_runner or ThreadRunner(self._reactor or _default_reactor())
+        self._runner = self._given_runner or ThreadRunner(self._reactor or _default_reactor(), "boatwist-store")
         self._runner.start()
         self._opened = False
         self._open_failure = None
