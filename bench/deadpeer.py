@@ -32,7 +32,7 @@ where the hard limit forbids 2N descriptors, a child process holds the client
 ends), their server sides in objects the real
 ``boatwist.heartbeat.HeartbeatService.check_connections`` ticks over (a tiny
 tracker; ``tcp_info()`` reads real TCP_INFO with
-``boatwist.sockets.read_tcp_info`` on the real socket, as
+``boatwist.net.sockets.read_tcp_info`` on the real socket, as
 ``connections.TrackedConnection`` does).  Prints the CPU (``time.thread_time``)
 of one tick, mean and max over ``--ticks``, as % of one core at a 1 s
 interval next to the 3 % target, and the baseline: ``read_tcp_info`` on the
@@ -237,7 +237,7 @@ class BenchConnection:
     """What ``HeartbeatService.check_connections`` uses of a tracked connection."""
 
     def __init__(self, ident: int, sock: Any, user: str) -> None:
-        from boatwist import sockets
+        from boatwist.net import sockets
 
         self._read = sockets.read_tcp_info
         self._vitals = sockets.read_tcp_vitals
@@ -408,7 +408,7 @@ def cpu_of(fn: Any, ticks: int, warmup: int = 2) -> list[float]:
 def part_cpu(counts: list[int], ticks: int) -> None:
     from twisted.internet.task import Clock
 
-    from boatwist import sockets
+    from boatwist.net import sockets
     from boatwist.config import HeartbeatSettings, KeepaliveSettings
     from boatwist.heartbeat import HeartbeatService
 

@@ -17,7 +17,7 @@ system-wide, so times from different processes compare).  It includes the
 SQLite COMMIT (the room publishes only committed messages).
 
 Also printed: POST -> 201 as the sender sees it, and the COMMIT time of
-``boatwist.store.Store`` itself, measured in this run on a file in the same
+``boatwist.store.service.Store`` itself, measured in this run on a file in the same
 filesystem as the daemon's state directory (the daemon keeps its own
 timings in ``Store.commit_timings``, which nothing exposes over HTTP).
 
@@ -310,7 +310,7 @@ def run_size(size: int, messages: int, gap: float, workers: int, workdir: Path, 
 
 def commit_timings(directory: Path, count: int) -> tuple[list[float], list[float]]:
     """COMMIT seconds (Store.commit_timings) and whole add_message seconds, synchronous runner."""
-    from boatwist.store import Store, SynchronousRunner
+    from boatwist.store.service import Store, SynchronousRunner
 
     store = Store(str(directory / "commit-bench.sqlite"), retention_count=10000, retention_days=90,
                   runner=SynchronousRunner())
@@ -400,7 +400,7 @@ def run(args: argparse.Namespace, sizes: list[int], base: Path) -> None:
     commits, whole = commit_timings(base, 200)
     ms = [c * 1000 for c in commits]
     whole_ms = [w * 1000 for w in whole]
-    print(f"\nSQLite COMMIT per message (boatwist.store.Store, synchronous=FULL, WAL, {filesystem(base)}), "
+    print(f"\nSQLite COMMIT per message (boatwist.store.service.Store, synchronous=FULL, WAL, {filesystem(base)}), "
           f"{len(ms)} commits:")
     print(f"  commit      p50 {percentile(ms, 50):.2f} ms  p99 {percentile(ms, 99):.2f} ms  "
           f"mean {statistics.fmean(ms):.2f} ms")

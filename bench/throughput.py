@@ -174,7 +174,7 @@ def main() -> None:
             daemon = Daemon(work / f"boatwist-{mode}", users={}, with_chat=False,
                             config="[admission]\nmax_connections_per_address = 1000\n[auth]\nmax_failures = 1000\n"
                                    f"[http]\n{access}")
-            from boatwist.passwords import set_password
+            from boatwist.auth.passwords import set_password
 
             set_password(daemon.state / "users.htpasswd", daemon.state / "users.htdigest", "boatwist", "alice",
                          "alice-pw", rounds=12)

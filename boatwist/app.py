@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import Settings
-from .events import EventHub
-from .presence import Presence, Refusal
-from .web.site import is_api_path
-from .web.stream import StreamRegistry
+from boatwist.config import Settings
+from boatwist.events import EventHub
+from boatwist.presence import Presence, Refusal
+from boatwist.web.site import is_api_path
+from boatwist.web.stream import StreamRegistry
 
 
 @dataclass

@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .config import HeartbeatSettings
+from boatwist.config import HeartbeatSettings
 
 
 #: Least time a keepalive probe is given for its answer, ms.

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
-from .events import Event
+from boatwist.events import Event
 
 
 class Metrics:

@@ -25,8 +25,8 @@ from typing import Any, Callable, Protocol
 
 from twisted.logger import Logger
 
-from .config import AdmissionSettings
-from .events import EventHub
+from boatwist.config import AdmissionSettings
+from boatwist.events import EventHub
 
 ONLINE = "online"
 UNSTABLE = "unstable"

@@ -24,26 +24,26 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import __version__
-from .auth import BcryptChecker, CredentialWatch, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
-from .clock import WallClockView, use_monotonic_time
-from .config import AdmissionSettings, ConfigError, Settings, load_config
-from .connections import ClosingService, ConnectionTracker
-from .digest import DigestAuthority, DigestChecker
-from .events import EventHub
-from .heartbeat import HeartbeatService
-from .metrics import Metrics
-from .passwords import PasswordFileError, UserDatabase, ensure_initial_admin
-from .presence import Presence
-from .systemd import Notifier, SystemdNotifyService
-from .throttle import LoginThrottle
-from .app import App, audit_presence
-from .chat import ChatFactory
-from .chatroom import ChatRoom
-from .store import Store
-from .web.chat_api import ChatResource
-from .web.resources import OperatorRoot, guarded_root
-from .web.site import AccessLogFile, BoatwistSite, HttpsRedirect
+from boatwist import __version__
+from boatwist.auth.checkers import BcryptChecker, CredentialWatch, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
+from boatwist.clock import WallClockView, use_monotonic_time
+from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
+from boatwist.net.tracking import ClosingService, ConnectionTracker
+from boatwist.auth.digest import DigestAuthority, DigestChecker
+from boatwist.events import EventHub
+from boatwist.heartbeat import HeartbeatService
+from boatwist.metrics import Metrics
+from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
+from boatwist.presence import Presence
+from boatwist.systemd import Notifier, SystemdNotifyService
+from boatwist.auth.throttle import LoginThrottle
+from boatwist.app import App, audit_presence
+from boatwist.chat.protocol import ChatFactory
+from boatwist.chat.room import ChatRoom
+from boatwist.store.service import Store
+from boatwist.web.chat_api import ChatResource
+from boatwist.web.resources import OperatorRoot, guarded_root
+from boatwist.web.site import AccessLogFile, BoatwistSite, HttpsRedirect
 
 _log = Logger(namespace="boatwist.tap")
 
@@ -188,7 +188,7 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
                         secure_hosts=settings.http.hosts or None)
     if settings.server.https:
-        from .tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
+        from boatwist.tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
 
         try:
             cert, key = certificate_files(settings.server)

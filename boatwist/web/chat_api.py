@@ -23,8 +23,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ..chatroom import MessageRefused, NotSaved, RateLimited
-from .resources import json_body
+from boatwist.chat.room import MessageRefused, NotSaved, RateLimited
+from boatwist.web.resources import json_body
 
 
 #: The largest message id (SQLite INTEGER).

@@ -27,9 +27,9 @@ from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
-from .. import __version__
-from .site import ErrorResource
-from .stream import EventsResource
+from boatwist import __version__
+from boatwist.web.site import ErrorResource
+from boatwist.web.stream import EventsResource
 
 
 def json_body(request: Any, value: Any, code: int = 200) -> bytes:

@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from ..events import Event, EventHub
+from boatwist.events import Event, EventHub
 
 #: Kinds of event sent to browsers.
 STREAMED = ("presence", "chat", "control")

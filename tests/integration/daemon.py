@@ -45,7 +45,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def write_users(directory: Path, users: dict[str, str], realm: str = "boatwist", rounds: int = 4) -> None:
     """htpasswd (bcrypt) and htdigest files for C{users}, as embweb-passwd would write them."""
-    from boatwist.passwords import set_password
+    from boatwist.auth.passwords import set_password
 
     for user, password in users.items():
         set_password(directory / "users.htpasswd", directory / "users.htdigest", realm, user, password, rounds=rounds)

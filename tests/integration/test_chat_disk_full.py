@@ -4,7 +4,7 @@ mounted for the test (root only), filled to the last byte with a filler file.
 
 A device's disk fills up (logs, uploads); the chat must say "not saved",
 keep serving, log the condition once rather than once per message, and
-work again as soon as space is freed (boatwist/store.py, StoreFull).
+work again as soon as space is freed (boatwist/store/service.py, StoreFull).
 """
 
 from __future__ import annotations

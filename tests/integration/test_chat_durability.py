@@ -1,7 +1,7 @@
 """
 Durability of the chat history under ``kill -9``, against the real daemon.
 
-The store's contract (boatwist/store.py): a message is acknowledged (201 to
+The store's contract (boatwist/store/service.py): a message is acknowledged (201 to
 the browser, echoed to the chat port) only after COMMIT, and every commit is
 fsync'd, so a SIGKILL at any moment loses nothing anyone was told was sent.
 Here the daemon is killed at random moments while messages stream in over

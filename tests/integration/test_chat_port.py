@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 CHINESE = "你好，设备 3 号继电器已断开"
 
-#: The wire spec's lines (boatwist/chat.py), as the client sees them.
+#: The wire spec's lines (boatwist/chat/protocol.py), as the client sees them.
 BANNER = b"boatwist chat: log in with your operator name and password\r\n"
 LOGIN = b"login: "
 PASSWORD = b"password: "

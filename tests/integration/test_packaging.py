@@ -131,11 +131,11 @@ def test_wheel_contents(install: Install) -> None:
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.endswith("dropin.cache")], sorted(names)
     assert not [n for n in names if n.startswith("tests/")], sorted(names)
-    for required in ("boatwist/__init__.py", "boatwist/tap.py", "boatwist/schema/v1.sql",
+    for required in ("boatwist/__init__.py", "boatwist/tap.py", "boatwist/store/schema/v1.sql",
                      "boatwist/web/static/index.html", "boatwist/web/static/app.js",
                      "boatwist/web/static/style.css"):
         assert required in names, (required, sorted(names))
-    assert "embweb-passwd = boatwist.passwd_cli:main" in entry_points, entry_points
+    assert "embweb-passwd = boatwist.auth.passwd_cli:main" in entry_points, entry_points
     # Every module of the package is shipped (a sub-package missing from
     # [tool.setuptools] packages would silently drop out of the wheel).
     source = {str(p.relative_to(ROOT)) for p in (ROOT / "boatwist").rglob("*.py")}
@@ -156,7 +156,7 @@ def test_installed_files(install: Install) -> None:
     assert (site / "twisted" / "plugins" / "embweb.py").is_file()
     assert not (site / "twisted" / "__init__.py").exists()
     assert not (site / "twisted" / "plugins" / "__init__.py").exists()
-    assert (site / "boatwist" / "schema" / "v1.sql").is_file()
+    assert (site / "boatwist" / "store" / "schema" / "v1.sql").is_file()
     assert (site / "boatwist" / "web" / "static" / "index.html").is_file()
     record = next(site.glob("boatwist-*.dist-info")) / "RECORD"
     recorded = {line.split(",", 1)[0] for line in record.read_text().splitlines()}

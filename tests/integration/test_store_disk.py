@@ -1,5 +1,5 @@
 """
-Integration tests of boatwist.store on real files, with the real writer
+Integration tests of boatwist.store.service on real files, with the real writer
 thread and the real reactor (trial TestCase: tests return Deferreds).
 
 Waits are bounded by real events (a Deferred firing, a process ending), never
@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 import boatwist
-from boatwist.store import Message, Store, StoreError, StoreFull, StoreVersionError, prepare_schema
+from boatwist.store.service import Message, Store, StoreError, StoreFull, StoreVersionError, prepare_schema
 
 #: Where the boatwist under test was imported from: the child process of the
 #: kill -9 test must run the same code.
@@ -148,7 +148,7 @@ class StoreOnDisk(TestCase):
             """
             import sys
             from twisted.internet import reactor
-            from boatwist.store import Store
+            from boatwist.store.service import Store
 
             store = Store(sys.argv[1], retention_count=100000, retention_days=30, reactor=reactor)
 

@@ -1,5 +1,5 @@
 """
-boatwist.sockets against the real Linux kernel, on loopback only.
+boatwist.net.sockets against the real Linux kernel, on loopback only.
 
 Plain sockets check TCP_INFO parsing (against ``ss``, an independent
 reader of the same struct), TCP states and the keepalive options; a real
@@ -27,7 +27,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, c
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from boatwist.config import KeepaliveSettings
-from boatwist.sockets import (
+from boatwist.net.sockets import (
     RecordingSocket,
     SocketRecord,
     TcpInfo,
@@ -451,7 +451,7 @@ def test_vitals_agree_with_the_full_tcp_info_on_a_real_socket() -> None:
     """The heartbeat's 72-byte read gives the same values as the full parser, field by field."""
     import socket as socketmodule
 
-    from boatwist.sockets import TcpVitals, read_tcp_info, read_tcp_vitals
+    from boatwist.net.sockets import TcpVitals, read_tcp_info, read_tcp_vitals
 
     server = socketmodule.socket()
     server.bind(("127.0.0.1", 0))

@@ -17,12 +17,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from boatwist.chat import BINARY, ChatFactory, ChatProtocol, TelnetFilter
-from boatwist.chatroom import ChatRoom
+from boatwist.chat.protocol import BINARY, ChatFactory, ChatProtocol, TelnetFilter
+from boatwist.chat.room import ChatRoom
 from boatwist.config import ChatSettings
 from boatwist.events import EventHub
 from boatwist.presence import Refusal
-from boatwist.store import Message, StoreFull
+from boatwist.store.service import Message, StoreFull
 
 IAC, DONT, DO, WONT, WILL, SB, SE, ECHO = 255, 254, 253, 252, 251, 250, 240, 1
 

@@ -22,10 +22,10 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from boatwist.chatroom import ChatRoom
+from boatwist.chat.room import ChatRoom
 from boatwist.config import ChatSettings
 from boatwist.events import EventHub
-from boatwist.store import Message, StoreError, StoreFull
+from boatwist.store.service import Message, StoreError, StoreFull
 from boatwist.web.chat_api import ChatResource
 
 AT = 1_700_000_000.0

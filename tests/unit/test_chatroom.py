@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from boatwist.chatroom import (
+from boatwist.chat.room import (
     REASON_WORDS,
     ChatRoom,
     EmptyMessage,
@@ -21,7 +21,7 @@ from boatwist.chatroom import (
 )
 from boatwist.config import ChatSettings
 from boatwist.events import Event, EventHub
-from boatwist.store import Message, StoreError, StoreFull
+from boatwist.store.service import Message, StoreError, StoreFull
 
 
 class FakeStore:

@@ -1,9 +1,9 @@
 """
-boatwist.connections: the accept-time checks, tracking, and why a connection ended.
+boatwist.net.tracking: the accept-time checks, tracking, and why a connection ended.
 
 Connections are built as the reactor builds them (C{factory.buildProtocol},
 then C{makeConnection} on a L{StringTransport}); time is a L{Clock}; the
-socket layer (L{boatwist.sockets}) is replaced by fakes where a test needs
+socket layer (L{boatwist.net.sockets}) is replaced by fakes where a test needs
 C{TCP_INFO} or a socket, because test transports have none.
 """
 
@@ -22,9 +22,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from boatwist import connections, sockets
+from boatwist.net import sockets
+from boatwist.net import tracking as connections
 from boatwist.config import AdmissionSettings, KeepaliveSettings
-from boatwist.connections import (
+from boatwist.net.tracking import (
     EOF_PROBE_DELAY,
     ConnectionTracker,
     TrackedConnection,
@@ -33,7 +34,7 @@ from boatwist.connections import (
 )
 from boatwist.events import EventHub
 from boatwist.presence import Presence, Refusal
-from boatwist.sockets import RecordingSocket, SocketRecord, TcpInfo
+from boatwist.net.sockets import RecordingSocket, SocketRecord, TcpInfo
 
 ESTABLISHED, CLOSE, CLOSE_WAIT = 1, 7, 8
 
@@ -117,7 +118,7 @@ def logged() -> Any:
 
 
 def tracker_warnings(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e.get("log_namespace", "").startswith("boatwist.connections")
+    return [e for e in events if e.get("log_namespace", "").startswith("boatwist.net.tracking")
             and e.get("log_level") is not None and e["log_level"].name == "warn"]
 
 
@@ -688,7 +689,7 @@ def test_tcp_info_reads_the_connections_socket(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_module_uses_sockets_through_its_module() -> None:
-    """connections reaches the socket layer as boatwist.sockets (so it can be faked as above)."""
+    """connections reaches the socket layer as boatwist.net.sockets (so it can be faked as above)."""
     assert connections.sockets is sockets
 
 
@@ -751,7 +752,7 @@ def test_shutdown_closes_every_connection_with_reason_shutdown_and_waits() -> No
     from twisted.internet.error import ConnectionDone
     from twisted.python.failure import Failure
 
-    from boatwist.connections import ClosingService
+    from boatwist.net.tracking import ClosingService
 
     w = World()
     protocols = [w.connect(port=p)[0] for p in (1, 2)]
@@ -772,7 +773,7 @@ def test_shutdown_closes_every_connection_with_reason_shutdown_and_waits() -> No
 
 def test_shutdown_does_not_wait_forever_for_a_dead_peer() -> None:
     """A connection that never finishes closing does not hold the daemon's stop past the timeout."""
-    from boatwist.connections import ClosingService
+    from boatwist.net.tracking import ClosingService
 
     w = World()
     w.connect()
@@ -789,7 +790,7 @@ def test_children_stop_only_after_every_connection_is_closed() -> None:
     from twisted.internet.error import ConnectionDone
     from twisted.python.failure import Failure
 
-    from boatwist.connections import ClosingService
+    from boatwist.net.tracking import ClosingService
 
     stopped: list[int] = []
 

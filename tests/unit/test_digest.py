@@ -1,5 +1,5 @@
 """
-Tests for boatwist.digest: challenges, responses, replay and staleness,
+Tests for boatwist.auth.digest: challenges, responses, replay and staleness,
 and the whole guard (HTTPAuthSessionWrapper + Portal) with DummyRequest.
 
 Client responses are computed here with hashlib from RFC 7616's formulas,
@@ -32,7 +32,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from boatwist.digest import (
+from boatwist.auth.digest import (
     DigestAuthority,
     DigestChallengeFactory,
     DigestChecker,
@@ -40,7 +40,7 @@ from boatwist.digest import (
     StaleNonce,
     parse_params,
 )
-from boatwist.passwords import UserDatabase, delete_user, set_password
+from boatwist.auth.passwords import UserDatabase, delete_user, set_password
 from apache_tools import run_htdigest
 
 REALM = "boatwist"
@@ -517,7 +517,7 @@ def test_quoted_username_with_escapes_round_trips(md5: DigestChallengeFactory) -
 
 def test_decode_bug_is_still_login_failed(md5: DigestChallengeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Even an unexpected exception inside decoding becomes LoginFailed, so a client cannot provoke a 500."""
-    monkeypatch.setattr("boatwist.digest.parse_params", lambda value: 1 / 0)
+    monkeypatch.setattr("boatwist.auth.digest.parse_params", lambda value: 1 / 0)
     monkeypatch.setattr(DigestAuthority, "_log", Logger(observer=lambda event: None))
     with pytest.raises(error.LoginFailed):
         md5.decode(b'username="a"', make_request())
@@ -735,7 +735,7 @@ def test_an_algorithm_that_is_not_offered_is_refused() -> None:
     from twisted.internet.task import Clock
     from twisted.web.test.requesthelper import DummyRequest
 
-    from boatwist.digest import DigestAuthority, parse_params
+    from boatwist.auth.digest import DigestAuthority, parse_params
 
     authority = DigestAuthority("boatwist", Clock(), 300, algorithms=("SHA-256",))
     request = DummyRequest([b"api"])

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 
 from boatwist.config import HeartbeatSettings
 from boatwist.heartbeat import HeartbeatService
-from boatwist.sockets import TcpInfo
+from boatwist.net.sockets import TcpInfo
 
 ESTABLISHED, CLOSE, CLOSE_WAIT, FIN_WAIT1 = 1, 7, 8, 4
 

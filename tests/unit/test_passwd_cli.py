@@ -1,5 +1,5 @@
 """
-Tests for embweb-passwd (boatwist.passwd_cli.main), driven in-process with
+Tests for embweb-passwd (boatwist.auth.passwd_cli.main), driven in-process with
 temporary files; results are checked with bcrypt, hashlib and the real
 ``htpasswd -vb``.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from boatwist import passwd_cli
-from boatwist.passwd_cli import main
-from boatwist.passwords import UserDatabase
+from boatwist.auth import passwd_cli
+from boatwist.auth.passwd_cli import main
+from boatwist.auth.passwords import UserDatabase
 
 needs_htpasswd = pytest.mark.skipif(shutil.which("htpasswd") is None, reason="htpasswd (apache2-utils) not installed")
 
@@ -213,4 +213,4 @@ def test_broken_file_is_reported_and_repaired(paths: tuple[Path, Path, list[str]
 def test_console_script_is_declared() -> None:
     """pyproject.toml points embweb-passwd at this main()."""
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    assert 'embweb-passwd = "boatwist.passwd_cli:main"' in pyproject.read_text()
+    assert 'embweb-passwd = "boatwist.auth.passwd_cli:main"' in pyproject.read_text()

@@ -1,5 +1,5 @@
 """
-Tests for boatwist.passwords: the htpasswd (bcrypt) and htdigest files.
+Tests for boatwist.auth.passwords: the htpasswd (bcrypt) and htdigest files.
 
 Files are written by Apache's own ``htpasswd`` and ``htdigest`` where the
 point is compatibility, and checked with them where the point is that what
@@ -19,9 +19,9 @@ import bcrypt
 import pytest
 from twisted.logger import Logger
 
-from boatwist import passwords
+from boatwist.auth import passwords
 from apache_tools import run_htdigest
-from boatwist.passwords import (
+from boatwist.auth.passwords import (
     INITIAL_PASSWORD_FILE,
     PasswordFileError,
     UserDatabase,

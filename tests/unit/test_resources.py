@@ -29,9 +29,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from boatwist import __version__
 from boatwist.app import App, audit_presence
-from boatwist.auth import OperatorRealm
+from boatwist.auth.checkers import OperatorRealm
 from boatwist.config import AdmissionSettings, Settings
-from boatwist.connections import ConnectionTracker
+from boatwist.net.tracking import ConnectionTracker
 from boatwist.events import Event, EventHub
 from boatwist.presence import Presence, Refusal
 from boatwist.web.chat_api import ChatResource

@@ -1,5 +1,5 @@
 """
-boatwist.sockets with fake sockets: keepalive options per platform, the
+boatwist.net.sockets with fake sockets: keepalive options per platform, the
 struct tcp_info parser, finding the socket under a transport, and the
 recorder that recovers why a connection ended.
 
@@ -27,14 +27,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from boatwist import sockets
+from boatwist.net import sockets
 
 try:
     from twisted.internet._newtls import _BypassTLS
 except ImportError:  # private to Twisted: may move
     _BypassTLS = None
 from boatwist.config import KeepaliveSettings
-from boatwist.sockets import (
+from boatwist.net.sockets import (
     TCP_STATES,
     RecordingSocket,
     SocketRecord,
@@ -770,10 +770,10 @@ class CauseTests(SynchronousTestCase):
 
 class ModuleHygieneTests(SynchronousTestCase):
     def test_no_reactor_imported(self) -> None:
-        """Importing boatwist.sockets does not install or import the global reactor."""
+        """Importing boatwist.net.sockets does not install or import the global reactor."""
         import subprocess
 
-        code = "import sys, boatwist.sockets; print('twisted.internet.reactor' in sys.modules)"
+        code = "import sys, boatwist.net.sockets; print('twisted.internet.reactor' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "False")
 

@@ -1,5 +1,5 @@
 """
-Unit tests of boatwist.store: ``:memory:`` databases and a synchronous runner,
+Unit tests of boatwist.store.service: ``:memory:`` databases and a synchronous runner,
 so every Deferred has fired by the time the call returns and nothing depends
 on threads or timing.
 """
@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from boatwist.store import (
+from boatwist.store.service import (
     COMMIT_TIMINGS_KEPT,
     SCHEMA_VERSION,
     Message,

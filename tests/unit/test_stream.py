@@ -24,7 +24,7 @@ from twisted.web.server import Site
 
 from boatwist.app import App
 from boatwist.config import AdmissionSettings, EventSettings, Settings
-from boatwist.connections import ConnectionTracker
+from boatwist.net.tracking import ConnectionTracker
 from boatwist.events import Event, EventHub
 from boatwist.presence import Presence
 from boatwist.web.stream import STREAMED, EventsResource, EventStream, format_event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from boatwist.throttle import MAX_DELAY, LoginThrottle
+from boatwist.auth.throttle import MAX_DELAY, LoginThrottle
 
 
 def make() -> tuple[LoginThrottle, Clock]:
@@ -61,7 +61,7 @@ def test_an_address_that_logged_in_recently_is_not_delayed() -> None:
 
 def test_memory_is_bounded_under_a_scan() -> None:
     """A scan from very many addresses does not grow the tables without limit."""
-    from boatwist import throttle as mod
+    from boatwist.auth import throttle as mod
 
     t, _ = make()
     for i in range(mod.MAX_KEYS + 50):

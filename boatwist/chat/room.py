@@ -1,7 +1,7 @@
 """
 The operators' chat room: the policy, shared by every front end.
 
-Two front ends talk here, the line-based chat port (L{boatwist.chat}) and
+Two front ends talk here, the line-based chat port (L{boatwist.chat.protocol}) and
 the browser (C{POST /api/chat}); each is a thin "mind" that parses and
 formats (STYLE practice 9).  What may be said, by whom, how often, and in
 which order things happen is decided once, here:
@@ -30,14 +30,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .config import ChatSettings
-from .events import Event
-from .reasons import WORDS
-from .store import StoreFull
-from .textsafe import clean_message
+from boatwist.config import ChatSettings
+from boatwist.events import Event
+from boatwist.reasons import WORDS
+from boatwist.store.service import StoreFull
+from boatwist.textsafe import clean_message
 
 if TYPE_CHECKING:
-    from .store import Message
+    from boatwist.store.service import Message
 
 __all__ = [
     "REASON_WORDS",

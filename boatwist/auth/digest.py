@@ -479,7 +479,7 @@ class _HA1Source(Protocol):
 class DigestChecker:
     """
     Checks Digest credentials against the HA1 values of a
-    L{boatwist.passwords.UserDatabase}; the avatar id is the user name (str).
+    L{boatwist.auth.passwords.UserDatabase}; the avatar id is the user name (str).
 
     An unknown user (or one with no HA1 for the algorithm used) is checked
     against a random HA1 so that the work, and the time, are the same as

@@ -11,7 +11,7 @@ and, for each accepted connection:
     know *why*: Twisted reports a keepalive timeout, a reset and a clean close
     all as a bare C{ConnectionLost}, and closes the socket before the
     protocol hears of it, so the errno and the last C{TCP_INFO} must be
-    caught on the way (see L{boatwist.sockets.install_recorder});
+    caught on the way (see L{boatwist.net.sockets.install_recorder});
   - registers a L{TrackedConnection}, which presence and the heartbeat use.
 
 Close reasons users see: ``closed``, ``reset``, ``keepalive-timeout``,
@@ -35,9 +35,9 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import sockets
-from .config import AdmissionSettings, KeepaliveSettings
-from .presence import Presence, Refusal
+from boatwist.net import sockets
+from boatwist.config import AdmissionSettings, KeepaliveSettings
+from boatwist.presence import Presence, Refusal
 
 #: Reasons for which the peer is presumed gone: abort, don't wait for a flush.
 ABORT_REASONS = frozenset({"heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"})

@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .workers import Runner, SynchronousRunner, ThreadRunner
+from boatwist.workers import Runner, SynchronousRunner, ThreadRunner
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -60,7 +60,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: The schema version this code reads and writes (``boatwist/schema/v1.sql``).
+#: The schema version this code reads and writes (``boatwist/store/schema/v1.sql``).
 SCHEMA_VERSION = 1
 
 #: Where a chat message may come from (the ``via`` column's CHECK).
@@ -150,7 +150,7 @@ def read_schema(name: str) -> str:
     The text of ``boatwist/schema/<name>``, read as package data so it works
     from a wheel or a zip; FileNotFoundError when no such file is shipped.
     """
-    return (resources.files("boatwist") / "schema" / name).read_text(encoding="utf-8")
+    return (resources.files("boatwist.store") / "schema" / name).read_text(encoding="utf-8")
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -3,7 +3,7 @@ The chat port: the operators' room as a line protocol for C{telnet} and C{nc}.
 
 This module parses and formats, nothing more (STYLE practice 4): who may
 come in is presence's answer (through the connection tracker), what may be
-said and how often is the room's (L{boatwist.chatroom.ChatRoom}), and
+said and how often is the room's (L{boatwist.chat.room.ChatRoom}), and
 checking a password is the injected C{authenticate}'s.  The same room
 serves C{POST /api/chat}; this is the terminal's "mind" on it.
 """
@@ -102,10 +102,10 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from .chatroom import ChatRoom, MessageRefused, NotSaved, presence_sentence
-from .config import ChatSettings
-from .events import Event
-from .textsafe import clean_message
+from boatwist.chat.room import ChatRoom, MessageRefused, NotSaved, presence_sentence
+from boatwist.config import ChatSettings
+from boatwist.events import Event
+from boatwist.textsafe import clean_message
 
 __all__ = ["ChatFactory", "ChatProtocol", "TelnetFilter", "format_event", "format_chat"]
 
@@ -248,7 +248,7 @@ Authenticate = Callable[[str, str, str], "Deferred[str]"]
 class _UntrackedConnection:
     """
     What presence gets for a chat connection no tracker knows (a port not
-    wrapped by L{boatwist.connections.ConnectionTracker}, or unit tests):
+    wrapped by L{boatwist.net.tracking.ConnectionTracker}, or unit tests):
     the same attributes as a C{TrackedConnection}, without the TCP
     insight.  It lets the operator be present and kickable all the same.
     """

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from boatwist.config import ConfigError, load_config
-from boatwist.passwords import (
+from boatwist.auth.passwords import (
     PasswordFileError,
     UserDatabase,
     check_realm,

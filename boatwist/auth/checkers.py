@@ -45,9 +45,9 @@ from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from .digest import StaleNonce
-from .passwords import UserDatabase
-from .throttle import LoginThrottle
+from boatwist.auth.digest import StaleNonce
+from boatwist.auth.passwords import UserDatabase
+from boatwist.auth.throttle import LoginThrottle
 
 #: Most verified credentials remembered at once.
 CACHE_SIZE = 1024
@@ -403,7 +403,7 @@ class OrderedDigestFactory:
 
 def digest_factories(authority: Any, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
     """The Digest credential factories for the guard, one per offered algorithm."""
-    from .digest import DigestChallengeFactory
+    from boatwist.auth.digest import DigestChallengeFactory
 
     by_algorithm = {algorithm: DigestChallengeFactory(authority, algorithm) for algorithm in preferred}
     return [PeerAwareFactory(OrderedDigestFactory(by_algorithm, slot, preferred)) for slot in range(len(preferred))]

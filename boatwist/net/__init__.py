@@ -1,0 +1,1 @@
+"""Network plumbing: socket options, TCP_INFO, connection tracking and the network ACL."""
