@@ -32,7 +32,7 @@ where the hard limit forbids 2N descriptors, a child process holds the client
 ends), their server sides in objects the real
 ``boatwist.heartbeat.HeartbeatService.check_connections`` ticks over (a tiny
 tracker; ``tcp_info()`` reads real TCP_INFO with
-``boatwist.net.sockets.read_tcp_info`` on the real socket, as
+``boatwist.net.tcpinfo.read_tcp_info`` on the real socket, as
 ``connections.TrackedConnection`` does).  Prints the CPU (``time.thread_time``)
 of one tick, mean and max over ``--ticks``, as % of one core at a 1 s
 interval next to the 3 % target, and the baseline: ``read_tcp_info`` on the
@@ -237,10 +237,10 @@ class BenchConnection:
     """What ``HeartbeatService.check_connections`` uses of a tracked connection."""
 
     def __init__(self, ident: int, sock: Any, user: str) -> None:
-        from boatwist.net import sockets
+        from boatwist.net import tcpinfo
 
-        self._read = sockets.read_tcp_info
-        self._vitals = sockets.read_tcp_vitals
+        self._read = tcpinfo.read_tcp_info
+        self._vitals = tcpinfo.read_tcp_vitals
         self.held: list[bytes] | None = None
         self.window_closed_at: float | None = None
         self.id = ident
@@ -408,7 +408,7 @@ def cpu_of(fn: Any, ticks: int, warmup: int = 2) -> list[float]:
 def part_cpu(counts: list[int], ticks: int) -> None:
     from twisted.internet.task import Clock
 
-    from boatwist.net import sockets
+    from boatwist.net import recorder, sockopts, tcpinfo
     from boatwist.config import HeartbeatSettings, KeepaliveSettings
     from boatwist.heartbeat import HeartbeatService
 
@@ -420,19 +420,19 @@ def part_cpu(counts: list[int], ticks: int) -> None:
         try:
             conns = []
             for i, s in enumerate(pairs.servers):
-                missing = sockets.apply_keepalive(s, keepalive)
+                missing = sockopts.apply_keepalive(s, keepalive)
                 if missing:
                     raise SystemExit(f"socket options missing here: {missing}")
                 # As the daemon has it: a recorder is installed on the transport,
                 # and the tracked connection's ``sock`` is the real socket under it.
-                recorder = sockets.RecordingSocket(s, sockets.SocketRecord())
+                recorder = recorder.RecordingSocket(s, recorder.SocketRecord())
                 conns.append(BenchConnection(i + 1, recorder.wrapped, f"user{i % 10}"))
             presence = BenchPresence()
             hb = HeartbeatService(BenchTracker(conns), presence, [], HeartbeatSettings(interval=HEARTBEAT),
                                   Clock(), time.monotonic)
             heartbeat = cpu_of(hb.check_connections, ticks)
             whole = cpu_of(hb.tick, ticks)
-            read = sockets.read_tcp_info
+            read = tcpinfo.read_tcp_info
             plain = list(pairs.servers)
 
             def baseline() -> None:

@@ -310,7 +310,8 @@ def run_size(size: int, messages: int, gap: float, workers: int, workdir: Path, 
 
 def commit_timings(directory: Path, count: int) -> tuple[list[float], list[float]]:
     """COMMIT seconds (Store.commit_timings) and whole add_message seconds, synchronous runner."""
-    from boatwist.store.service import Store, SynchronousRunner
+    from boatwist.store.service import Store
+    from boatwist.workers import SynchronousRunner
 
     store = Store(str(directory / "commit-bench.sqlite"), retention_count=10000, retention_days=90,
                   runner=SynchronousRunner())

@@ -24,14 +24,25 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from boatwist.config import HeartbeatSettings
+from boatwist.config import HeartbeatSettings, KeepaliveSettings
+from boatwist.net.tcpinfo import TcpVitals
+from boatwist.net.tracking import ConnectionTracker, TrackedConnection
+from boatwist.presence import Presence
+from boatwist.reasons import Reason
+
+
+class CommentSink(Protocol):
+    """An open event stream, as the heartbeat sees it."""
+
+    def comment(self, text: str = "") -> None: ...
 
 
 #: Least time a keepalive probe is given for its answer, ms.
@@ -43,15 +54,15 @@ class HeartbeatService(Service):
 
     def __init__(
         self,
-        tracker: Any,
-        presence: Any,
-        streams: Iterable[Any],
+        tracker: ConnectionTracker,
+        presence: Presence,
+        streams: Iterable[CommentSink],
         settings: HeartbeatSettings,
         clock: IReactorTime,
         monotonic: Callable[[], float],
-        watchdog: Callable[[], Any] | None = None,
+        keepalive: KeepaliveSettings,
+        watchdog: Callable[[], object] | None = None,
         cpu_time: Callable[[], float] = time.thread_time,
-        keepalive: Any = None,
     ) -> None:
         self.tracker = tracker
         self.presence = presence
@@ -63,10 +74,9 @@ class HeartbeatService(Service):
         self._cpu_time = cpu_time
         #: The kernel's bound for a silent peer, in ms: past it the heartbeat ends the
         #: connection itself, in case the kernel was kept from doing so.
-        self.vanish_ms = (1000 * max(keepalive.idle + keepalive.interval * keepalive.count, keepalive.user_timeout)
-                          if keepalive is not None else None)
+        self.vanish_ms = 1000 * max(keepalive.idle + keepalive.interval * keepalive.count, keepalive.user_timeout)
         #: When a keepalive probe is first sent: this long after the peer's last ACK.
-        self.probe_after_ms = 1000 * (keepalive.idle if keepalive is not None else 1)
+        self.probe_after_ms = 1000 * keepalive.idle
         self._last_stream_beat = monotonic()
         self._loop: LoopingCall | None = None
         #: CPU seconds of recent ticks (for /metrics and the benchmark).
@@ -74,7 +84,7 @@ class HeartbeatService(Service):
         self.ticks = 0
         self.failed_ticks = 0
         #: Called after every tick (e.g. flushing a buffered access log).
-        self.after_tick: list[Callable[[], Any]] = []
+        self.after_tick: list[Callable[[], object]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -82,7 +92,7 @@ class HeartbeatService(Service):
         self._loop.clock = self.clock
         self._loop.start(self.settings.interval, now=False)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None] | None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         return super().stopService()
@@ -112,7 +122,7 @@ class HeartbeatService(Service):
             except Exception:
                 self._log.failure("heartbeat check of {conn} failed; going on", conn=conn)
 
-    def _check_connection(self, conn: Any, now: float) -> None:
+    def _check_connection(self, conn: TrackedConnection, now: float) -> None:
         info = conn.tcp_vitals()
         if info is None:
             return
@@ -137,20 +147,21 @@ class HeartbeatService(Service):
             conn.hold()
         elif conn.held is not None:
             conn.release()
-        if (self.vanish_ms is not None and info.troubled and info.idle_ms >= self.vanish_ms
-                and not conn.window_recently_closed(now)):
-            conn.close("keepalive-timeout")
+        if info.troubled and info.idle_ms >= self.vanish_ms and not conn.window_recently_closed(now):
+            # The kernel's own keepalive bound has passed with probes unanswered:
+            # the same silence the kernel reports as ETIMEDOUT (see boatwist.reasons).
+            conn.close(Reason.KEEPALIVE_TIMEOUT)
             return
-        if conn.user is None or not conn.bound:
+        if conn.user is None or not conn.kind.persistent:
             return
         # One retransmission is ordinary loss; a second timeout of the same data is trouble.
         if probe_unanswered or info.retransmits >= 2:
-            why = "probes" if probe_unanswered else "retransmits"
+            why = Reason.PROBES if probe_unanswered else Reason.RETRANSMITS
             self.presence.set_unstable(conn, True, why)
         elif conn.unstable:
-            self.presence.set_unstable(conn, False, "recovered")
+            self.presence.set_unstable(conn, False, Reason.RECOVERED)
 
-    def _ended_reason(self, conn: Any, info: Any) -> str:
+    def _ended_reason(self, conn: TrackedConnection, info: TcpVitals) -> Reason:
         """
         Why a connection the kernel no longer calls ESTABLISHED is ending.
         In CLOSE the kernel has already ended it, and why is known: our
@@ -162,14 +173,14 @@ class HeartbeatService(Service):
         """
         if info.state_name == "CLOSE":
             if conn.peer_eof:
-                return "closed"
+                return Reason.CLOSED
             if conn.window_recently_closed(self.monotonic()):
-                return "slow-reader"
+                return Reason.SLOW_READER
             if info.probes or info.retransmits:
-                return "keepalive-timeout"
-            return "reset"
+                return Reason.KEEPALIVE_TIMEOUT
+            return Reason.RESET
         self._log.info("closing {conn}: TCP state {state}", conn=conn, state=info.state_name)
-        return "tcp-state"
+        return Reason.TCP_STATE
 
     def beat_streams(self) -> None:
         now = self.monotonic()

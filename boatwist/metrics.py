@@ -3,24 +3,29 @@
 
 A registry of our own per process (never prometheus_client's global one, so
 tests and two daemons in one interpreter do not collide).  Gauges are read
-at scrape time from presence and the tracker; counters and histograms are
-fed by the event hub and the tracker's ended-connection hook, so data still
+at scrape time from presence, the tracker, the heartbeat and the open event
+streams; counters and histograms are fed by the event hub, so data still
 flows one way.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator
+from typing import Iterator, Sized
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 from boatwist.events import Event
+from boatwist.heartbeat import HeartbeatService
+from boatwist.net.tracking import ConnectionTracker
+from boatwist.presence import Presence
+from boatwist.reasons import VANISHED, Reason
 
 
 class Metrics:
-    def __init__(self, presence: Any, tracker: Any, heartbeat: Any = None, streams: Any = None) -> None:
+    def __init__(self, presence: Presence, tracker: ConnectionTracker, heartbeat: HeartbeatService,
+                 streams: Sized) -> None:
         self.presence = presence
         self.tracker = tracker
         self.heartbeat = heartbeat
@@ -35,22 +40,23 @@ class Metrics:
             buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 300, 900),
             registry=self.registry,
         )
+        # A custom collector: prometheus_client calls collect() at each scrape.
         self.registry.register(self)  # type: ignore[arg-type]
 
     def on_event(self, event: Event) -> None:
         data = event.data
-        if event.kind == "presence" and data.get("reason") == "refused":
+        if event.kind == "presence" and data.get("reason") == Reason.REFUSED:
             # Someone kept out (or over their connection limit), not someone who left.
             self.refusals[data.get("refusal") or "unknown"] += 1
         elif event.kind == "presence" and data.get("state") == "offline":
             self.offline_reasons[data.get("reason", "unknown")] += 1
             after = data.get("detected_after")
-            if after is not None and data.get("reason") in ("keepalive-timeout", "heartbeat-timeout", "tcp-state"):
+            if after is not None and data.get("reason") in VANISHED:
                 self.detection.observe(after)
         elif event.kind == "chat":
             self.chat_messages[data.get("via", "unknown")] += 1
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         users = GaugeMetricFamily("boatwist_users_online", "Users online, by state", labels=["state"])
         states = Counter(u.state for u in self.presence.users())
         for state in ("online", "unstable"):
@@ -78,20 +84,18 @@ class Metrics:
         for via, n in sorted(self.chat_messages.items()):
             chat.add_metric([via], n)
         yield chat
-        if self.heartbeat is not None:
-            durations = list(self.heartbeat.tick_durations)
-            tick = SummaryMetricFamily("boatwist_heartbeat_tick_seconds", "CPU seconds per heartbeat tick (recent)",
-                                       count_value=len(durations), sum_value=sum(durations))
-            yield tick
-            last = GaugeMetricFamily("boatwist_heartbeat_last_tick_seconds", "CPU seconds of the last heartbeat tick")
-            last.add_metric([], durations[-1] if durations else 0.0)
-            yield last
-        if self.streams is not None:
-            streams = GaugeMetricFamily("boatwist_event_streams", "Open event streams")
-            streams.add_metric([], len(self.streams))
-            yield streams
+        durations = list(self.heartbeat.tick_durations)
+        tick = SummaryMetricFamily("boatwist_heartbeat_tick_seconds", "CPU seconds per heartbeat tick (recent)",
+                                   count_value=len(durations), sum_value=sum(durations))
+        yield tick
+        last = GaugeMetricFamily("boatwist_heartbeat_last_tick_seconds", "CPU seconds of the last heartbeat tick")
+        last.add_metric([], durations[-1] if durations else 0.0)
+        yield last
+        streams = GaugeMetricFamily("boatwist_event_streams", "Open event streams")
+        streams.add_metric([], len(self.streams))
+        yield streams
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[Metric]:
         return []
 
     def render(self) -> bytes:

@@ -8,10 +8,11 @@ presence: when the last one ends the user is offline at once, whatever
 plain requests they made before -- a browser whose cable was pulled must not
 be kept online by the chat message it posted a moment earlier.
 
-Admission is decided here and nowhere else: front ends (the HTTP realm, the
-chat port) ask L{Presence.check}, L{Presence.attach} or
-L{Presence.touch_http} and show the L{Refusal} they get back.  Every change
-becomes an event on the L{EventHub}; nothing here writes to a socket.
+Admission is decided here and nowhere else, through one entry point,
+L{Presence.admit}: front ends (the HTTP resources, the event stream, the
+chat session) hand it the connection, the user and what the connection is
+for, and show the L{Refusal} they get back.  Every change becomes an event
+on the L{EventHub}; nothing here writes to a socket.
 
 Deadlines use the injected monotonic clock, so a wall-clock step (an
 RTC-less device setting its time by NTP at boot) cannot expire anyone.
@@ -19,6 +20,7 @@ RTC-less device setting its time by NTP at boot) cannot expire anyone.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -27,6 +29,7 @@ from twisted.logger import Logger
 
 from boatwist.config import AdmissionSettings
 from boatwist.events import EventHub
+from boatwist.reasons import Reason, RefusalReason
 
 ONLINE = "online"
 UNSTABLE = "unstable"
@@ -38,28 +41,50 @@ RETRY_AFTER = 5
 REFUSAL_QUIET = 5.0
 
 
+class Kind(str, enum.Enum):
+    """What a connection is for, as presence counts it."""
+
+    #: Plain requests: online for http_grace after the last one.
+    HTTP = "http"
+    #: A browser's event stream: persistent presence.
+    WEB = "web"
+    #: A chat-port connection: persistent presence.
+    CHAT = "chat"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def persistent(self) -> bool:
+        return self is not Kind.HTTP
+
+
 class Connection(Protocol):
-    """What presence needs of a tracked connection (connections.TrackedConnection)."""
+    """What presence needs of a connection (L{boatwist.net.tracking.TrackedConnection})."""
 
     id: int
-    kind: str
+    kind: Kind
+    user: str | None
     peer_host: str
     peer_port: int
     rtt_ms: float | None
     unstable: bool
+
+    def close(self, reason: Reason) -> None:
+        """End the connection; C{reason} is what everyone will be told."""
 
 
 @dataclass(frozen=True)
 class Refusal:
     """Why someone was not let in; front ends show L{message}."""
 
-    reason: str  # "full" or "too-many-connections"
+    reason: RefusalReason
     used: int
     limit: int
     retry_after: int
 
     def message(self) -> str:
-        if self.reason == "full":
+        if self.reason is RefusalReason.FULL:
             return f"server full: {self.used} of {self.limit} operators online"
         return f"too many connections: {self.used} of {self.limit} allowed per operator"
 
@@ -69,8 +94,8 @@ class UserState:
     name: str
     state: str
     since: float  # wall clock, for display
-    via: str
-    connections: list[Any] = field(default_factory=list)
+    via: Kind
+    connections: list[Connection] = field(default_factory=list)
     #: Monotonic deadline of plain-HTTP presence; None when not HTTP-only.
     http_until: float | None = None
     http_peer: str = ""
@@ -140,48 +165,46 @@ class Presence:
 
     # ---------------------------------------------------------- admission
 
-    def check(self, user: str, via: str = "http") -> Refusal | None:
-        """May C{user} make a request?  An online user always may; a new one needs a seat."""
-        if user in self._users:
-            return None
-        if self.seats_used >= self.limit:
-            return self._refuse(user, "full", self.seats_used, self.limit, via)
-        return None
+    def admit(self, conn: Connection, user: str, kind: Kind) -> Refusal | None:
+        """
+        The one entry point of admission: may C{user}, authenticated on
+        C{conn}, use it as C{kind}?  None when admitted, else the refusal to
+        show.  Admitted, C{conn} is C{user}'s from then on:
 
-    def attach(self, user: str, conn: Connection) -> Refusal | None:
-        """Make C{conn} (an event stream or chat connection) part of C{user}'s presence."""
+          - C{Kind.HTTP} (a plain request): the user is online for
+            C{http_grace} seconds unless they have a persistent connection;
+          - C{Kind.WEB}, C{Kind.CHAT}: C{conn} becomes part of the user's
+            presence until it ends (L{detach}).
+
+        An online user always gets a plain request; a new user needs a seat;
+        a persistent connection also needs to be within
+        C{max_connections_per_user}.  A refused connection is left as it was.
+        """
         state = self._users.get(user)
-        if state is None:
-            refusal = self.check(user, conn.kind)
-            if refusal is not None:
-                return refusal
-            state = self._come_online(user, conn.kind)
-        elif conn in state.connections:
-            return None
-        elif len(state.connections) >= self._settings.max_connections_per_user:
+        if state is not None and kind.persistent and conn not in state.connections:
             limit = self._settings.max_connections_per_user
-            return self._refuse(user, "too-many-connections", len(state.connections), limit, conn.kind)
-        state.connections.append(conn)
+            if len(state.connections) >= limit:
+                return self._refuse(user, RefusalReason.TOO_MANY_CONNECTIONS, len(state.connections), limit, kind)
+        if state is None:
+            if self.seats_used >= self.limit:
+                return self._refuse(user, RefusalReason.FULL, self.seats_used, self.limit, kind)
+            state = self._come_online(user, kind)
+        conn.user = user
+        if not kind.persistent:
+            if not state.persistent:
+                state.http_until = self._monotonic() + self._settings.http_grace
+                state.http_peer = conn.peer_host
+            return None
+        conn.kind = kind
+        if conn not in state.connections:
+            state.connections.append(conn)
         # Persistent presence replaces the plain-HTTP grace period.
         state.http_until = None
         return None
 
-    def touch_http(self, user: str, peer: str) -> Refusal | None:
-        """An authenticated plain request by C{user} from C{peer}: online for http_grace."""
-        state = self._users.get(user)
-        if state is None:
-            refusal = self.check(user, "http")
-            if refusal is not None:
-                return refusal
-            state = self._come_online(user, "http")
-        if not state.persistent:
-            state.http_until = self._monotonic() + self._settings.http_grace
-            state.http_peer = peer
-        return None
-
     # ------------------------------------------------------------ changes
 
-    def detach(self, conn: Connection, reason: str, detected_after: float | None = None) -> None:
+    def detach(self, conn: Connection, reason: Reason, detected_after: float | None = None) -> None:
         """C{conn} ended for C{reason}; the user goes offline if it was their last."""
         for state in list(self._users.values()):
             if conn in state.connections:
@@ -189,10 +212,10 @@ class Presence:
                 if not state.connections:
                     self._go_offline(state, reason, detected_after, conn.kind)
                 elif conn.unstable:
-                    self._update_stability(state, "recovered")
+                    self._update_stability(state, Reason.RECOVERED)
                 return
 
-    def set_unstable(self, conn: Connection, unstable: bool, reason: str) -> None:
+    def set_unstable(self, conn: Connection, unstable: bool, reason: Reason) -> None:
         """The heartbeat saw C{conn}'s link troubled (or well again)."""
         if conn.unstable == unstable:
             return
@@ -207,9 +230,9 @@ class Presence:
         now = self._monotonic()
         for state in list(self._users.values()):
             if not state.persistent and state.http_until is not None and state.http_until <= now:
-                self._go_offline(state, "idle", None, "http")
+                self._go_offline(state, Reason.IDLE, None, Kind.HTTP)
 
-    def kick(self, user: str, reason: str = "kicked") -> bool:
+    def kick(self, user: str, reason: Reason = Reason.KICKED) -> bool:
         """Remove C{user}: their connections are closed with C{reason} (C{kicked}, C{revoked})."""
         state = self._users.get(user)
         if state is None:
@@ -218,28 +241,28 @@ class Presence:
         if not conns:
             self._go_offline(state, reason, None, state.via)
         for conn in conns:
-            conn.close(reason)  # type: ignore[attr-defined]
+            conn.close(reason)
         return True
 
     # ------------------------------------------------------------ private
 
-    def _come_online(self, user: str, via: str) -> UserState:
+    def _come_online(self, user: str, via: Kind) -> UserState:
         state = UserState(name=user, state=ONLINE, since=self._wall(), via=via)
         self._users[user] = state
         self._refused_at.pop(user, None)
-        self._publish(user, ONLINE, "login", via)
+        self._publish(user, ONLINE, Reason.LOGIN, via)
         self._log.info("{user} is online via {via} ({used} of {limit} seats)",
                        user=user, via=via, used=self.seats_used, limit=self.limit)
         return state
 
-    def _go_offline(self, state: UserState, reason: str, detected_after: float | None, via: str) -> None:
+    def _go_offline(self, state: UserState, reason: Reason, detected_after: float | None, via: Kind) -> None:
         del self._users[state.name]
         extra = {"detected_after": None if detected_after is None else round(detected_after, 3)}
         self._publish(state.name, OFFLINE, reason, via, **extra)
         self._log.info("{user} is offline: {reason} (detected after {after})",
                        user=state.name, reason=reason, after=detected_after)
 
-    def _update_stability(self, state: UserState, reason: str) -> None:
+    def _update_stability(self, state: UserState, reason: Reason) -> None:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE
         if new != state.state:
             state.state = new
@@ -255,7 +278,7 @@ class Presence:
         soonest = min(waits) if waits else RETRY_AFTER
         return max(1, min(math.ceil(soonest), RETRY_AFTER))
 
-    def _refuse(self, user: str, reason: str, used: int, limit: int, via: str) -> Refusal:
+    def _refuse(self, user: str, reason: RefusalReason, used: int, limit: int, via: Kind) -> Refusal:
         now = self._monotonic()
         refusal = Refusal(reason, used, limit, retry_after=self._retry_after(now))
         last = self._refused_at.get(user)
@@ -263,15 +286,17 @@ class Presence:
             self._refused_at[user] = now
             # A refusal is a presence event too: the user stays offline, and everyone sees why.
             current = self._users[user].state if user in self._users else OFFLINE
-            self._publish(user, current, "refused", via, refusal=reason, used=used, limit=limit)
+            self._publish(user, current, Reason.REFUSED, via, refusal=reason.value, used=used, limit=limit)
             self._log.warn("refused {user} via {via}: {message}", user=user, via=via,
                            message=refusal.message())
         if len(self._refused_at) > 1000:
             self._refused_at = {u: t for u, t in self._refused_at.items() if now - t < REFUSAL_QUIET}
         return refusal
 
-    def _publish(self, user: str, state: str, reason: str, via: str, **extra: Any) -> None:
-        data = {"user": user, "state": state, "reason": reason, "at": self._wall(), "via": via}
+    def _publish(self, user: str, state: str, reason: Reason, via: Kind, **extra: Any) -> None:
+        # Reason() and Kind() also check a plain string a caller passed.
+        data: dict[str, Any] = {"user": user, "state": state, "reason": Reason(reason).value, "at": self._wall(),
+                                "via": Kind(via).value}
         data.update(extra)
         self._hub.publish("presence", data)
 

@@ -13,37 +13,34 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.cred.credentials import UsernamePassword
-from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 
 from boatwist import __version__
-from boatwist.auth.checkers import BcryptChecker, CredentialWatch, OperatorRealm, ThrottledChecker, basic_factory, digest_factories
+from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
+from boatwist.auth.portal import build_authentication
+from boatwist.auth.watch import CredentialWatch
+from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
 from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
-from boatwist.net.tracking import ClosingService, ConnectionTracker
-from boatwist.auth.digest import DigestAuthority, DigestChecker
-from boatwist.events import EventHub
-from boatwist.heartbeat import HeartbeatService
-from boatwist.metrics import Metrics
-from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
-from boatwist.presence import Presence
-from boatwist.systemd import Notifier, SystemdNotifyService
-from boatwist.auth.throttle import LoginThrottle
-from boatwist.app import App, audit_presence
-from boatwist.chat.protocol import ChatFactory
-from boatwist.chat.room import ChatRoom
+from boatwist.core import Core, build_core
+from boatwist.net.tracking import ClosingService
+from boatwist.presence import Kind
 from boatwist.store.service import Store
-from boatwist.web.chat_api import ChatResource
-from boatwist.web.resources import OperatorRoot, guarded_root
-from boatwist.web.site import AccessLogFile, BoatwistSite, HttpsRedirect
+from boatwist.systemd import Notifier, SystemdNotifyService
+from boatwist.web.accesslog import AccessLogFile
+from boatwist.web.guard import guarded_root
+from boatwist.web.redirect import HttpsRedirect
+from boatwist.web.resources import OperatorRoot
+from boatwist.web.site import BoatwistSite
 
 _log = Logger(namespace="boatwist.tap")
 
@@ -59,7 +56,7 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e))
 
-    def parseOptions(self, options: Any = None) -> None:
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
         A configuration error ends twistd with the one line that explains it:
         twistd would print the whole usage text above it, which buries it.
@@ -73,20 +70,28 @@ class Options(usage.Options):
             raise SystemExit(2)
 
 
-def _listen(reactor: Any, settings: Settings, key: str, factory: Any) -> StreamServerEndpointService:
+def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
     """A service listening on the endpoint of C{[server] key}."""
     description = getattr(settings.server, key)
+    endpoint: IStreamServerEndpoint
     if description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
     else:
         endpoint = serverFromString(reactor, description)
     service = StreamServerEndpointService(endpoint, factory)
-    # Fail the start of twistd when a port cannot be bound, rather than log and go on.
+    # Private Twisted API: without it a port that cannot be bound is logged and
+    # twistd runs on without it; an integrator must see the start fail instead.
     service._raiseSynchronously = True
     return service
 
 
-def makeService(options: Any, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+    """
+    Assemble boatwist, in the order data flows: users, the core (events,
+    presence, connections, store, chat room, heartbeat, metrics), the
+    services, authentication, then the listeners.  Every start-up problem
+    ends twistd with one line.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
@@ -112,78 +117,60 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     except PasswordFileError as e:
         _fail(str(e))
 
-    # -- the core: events -> presence -> connections
-    admission = fit_connection_cap(settings.admission)
-    monotonic = reactor.seconds
-    # Event ids continue from the time of day, so a browser reconnecting after a
-    # restart with an old Last-Event-ID is told it missed events.
-    hub = EventHub(settings.events.buffer, first_id=int(time.time() * 1000))
-    presence = Presence(hub, admission, monotonic, time.time)
-    tracker = ConnectionTracker(presence, admission, settings.keepalive, reactor, monotonic,
-                                max_held=settings.events.max_queued)
-    app = App(settings=settings, hub=hub, presence=presence, tracker=tracker, clock=reactor,
-              monotonic=monotonic, wall=time.time)
-
-    # -- storage and the chat room
-    store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
-                  retention_days=settings.store.retention_days, reactor=reactor)
-    # On stop: close every connection (reason "shutdown"), then the store, so logouts are written.
-    closing = ClosingService(tracker)
-    closing.setServiceParent(top)
-    store.setServiceParent(closing)
-    app.store = store
-    app.room = ChatRoom(hub, store, presence, reactor, settings.chat)
-    hub.subscribe(audit_presence(store))
-
-    def audit(kind: str, user: str, address: str, detail: str) -> None:
-        store.audit(kind, user, address, detail).addErrback(lambda _: None)
-
-    # -- authentication
-    def run_in_thread(f: Any, *a: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
-
-    throttle = LoginThrottle(monotonic, settings.auth.max_failures, settings.auth.failure_window,
-                             settings.auth.failure_delay)
-    checkers = []
-    factories = []
-    if "digest" in settings.auth.schemes:
-        authority = DigestAuthority(settings.auth.realm, reactor, settings.auth.nonce_lifetime,
-                                    algorithms=settings.auth.digest_algorithms)
-        factories += digest_factories(authority, settings.auth.digest_algorithms)
-        checkers.append(ThrottledChecker(DigestChecker(database, settings.auth.realm), throttle, reactor, audit))
-    # The chat port checks the same bcrypt users, through the same throttle.
-    passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.auth.cache_ttl),
-                                 throttle, reactor, audit)
-    if "basic" in settings.auth.schemes:
-        factories.append(basic_factory(settings.auth.realm))
-        checkers.append(passwords)
-
-    api_children: dict[bytes, Any] = {b"chat": ChatResource}
-    portal = Portal(OperatorRealm(lambda user: OperatorRoot(app, user, api_children)), checkers)
-    root = guarded_root(portal, factories)
-
-    # -- heartbeat, metrics
+    # -- the core
     notifier = Notifier(os.environ)
     watchdog = notifier.watchdog_interval()
     if watchdog is not None and settings.heartbeat.interval > watchdog / 2:
         _fail(f"{settings.source}: [heartbeat] interval = {settings.heartbeat.interval:g}: expected at most half "
               f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
-    heartbeat = HeartbeatService(tracker, presence, app.streams, settings.heartbeat, reactor, monotonic,
-                                 watchdog=notifier.watchdog if watchdog else None, keepalive=settings.keepalive)
-    heartbeat.setServiceParent(top)
-    heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, presence).check)
-    app.heartbeat = heartbeat
-    app.metrics = Metrics(presence, tracker, heartbeat, app.streams)
-    hub.subscribe(app.metrics.on_event)
+    store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
+                  retention_days=settings.store.retention_days, reactor=reactor)
+    core = build_core(settings, reactor, store, admission=fit_connection_cap(settings.admission),
+                      watchdog=notifier.watchdog if watchdog else None)
+
+    # -- services.  On stop: close every connection (reason "shutdown"), then
+    # the store, so logouts are written.
+    closing = ClosingService(core.tracker)
+    closing.setServiceParent(top)
+    store.setServiceParent(closing)
+    core.heartbeat.setServiceParent(top)
+    core.heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, core.presence).check)
+
+    # -- authentication
+    def audit(kind: str, user: str, address: str, detail: str) -> None:
+        store.audit(kind, user, address, detail).addErrback(lambda _: None)
+
+    def run_in_thread(f: Any, *a: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
+
+    auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
+                                lambda user: OperatorRoot(core, user))
 
     # -- listeners
+    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top)
+    if settings.server.chat:
+        def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
+            return auth.check_password(user, password, peer, via="chat")
+
+        chat = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor, settings.chat)
+        _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT)).setServiceParent(top)
+
+    _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
+              n=settings.admission.max_users)
+    # Last child: READY=1 is sent once every listener above has started.
+    SystemdNotifyService(notifier).setServiceParent(top)
+    return top
+
+
+def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService) -> None:
+    """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     access_file = None
     if settings.http.access_log is not None:
         try:
             access_file = AccessLogFile(str(settings.http.access_log))
         except OSError as e:
             _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
-        heartbeat.after_tick.append(access_file.flush)
+        core.heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
                         secure_hosts=settings.http.hosts or None)
@@ -194,36 +181,19 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
             cert, key = certificate_files(settings.server)
             if settings.server.certificate == "auto":
                 _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
-            https_factory: Any = site
+            https_factory: IProtocolFactory = site
             if not settings.server.https.startswith("ssl:"):
                 https_factory = wrap_tls(site, server_tls_options(cert, key))
         except TLSConfigError as e:
             _fail(str(e))
-        _listen(reactor, settings, "https", tracker.wrap(https_factory, "http")).setServiceParent(top)
+        _listen(reactor, settings, "https", core.tracker.wrap(https_factory, Kind.HTTP)).setServiceParent(top)
     if settings.server.http:
         http_site = site
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
                                      access_log=access_file)
-        _listen(reactor, settings, "http", tracker.wrap(http_site, "http")).setServiceParent(top)
-
-    if settings.server.chat:
-        def authenticate(user: str, password: str, peer: str) -> Any:
-            creds = UsernamePassword(user.encode("utf-8"), password.encode("utf-8"))
-            creds.peer_host = peer  # type: ignore[attr-defined]
-            creds.via = "chat"  # type: ignore[attr-defined]
-            return passwords.requestAvatarId(creds).addCallback(
-                lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else avatar)
-
-        chat = ChatFactory(app.room, presence, tracker, authenticate, reactor, settings.chat)
-        _listen(reactor, settings, "chat", tracker.wrap(chat, "chat")).setServiceParent(top)
-
-    _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
-              n=settings.admission.max_users)
-    # Last child: READY=1 is sent once every listener above has started.
-    SystemdNotifyService(notifier).setServiceParent(top)
-    return top
+        _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
 
 
 def systemd_endpoint(reactor: Any, where: str, description: str, environ: dict[str, str] | None = None) -> Any:

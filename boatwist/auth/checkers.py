@@ -1,11 +1,6 @@
 """
-Who may log in: credential checkers, the realm and the portal.
-
-One L{twisted.cred.portal.Portal} and one set of credential factories exist
-for the process (a Digest factory signs its nonces with a private key; one
-per request would break Digest).  ``HTTPAuthSessionWrapper`` logs in on
-every request and calls ``logout`` after each, so nothing here counts
-sessions: presence does (L{boatwist.presence}).
+Credential checkers: bcrypt for Basic (and the chat port), and the throttle
+with the login log in front of every checker.
 
 Basic credentials are checked against bcrypt hashes.  bcrypt costs a few
 hundred milliseconds by design, so checking it on every request would cap
@@ -24,7 +19,6 @@ address -- never with the password.
 from __future__ import annotations
 
 import hashlib
-import re
 import hmac
 import secrets
 from collections import Counter, OrderedDict
@@ -35,17 +29,14 @@ from twisted.cred import credentials as ccred
 from twisted.cred import error as cerror
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
-from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.guard import BasicCredentialFactory
-from twisted.web.iweb import ICredentialFactory
-from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from boatwist.auth.digest import StaleNonce
+from boatwist.logs import NamespacedLogger
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
 
@@ -54,33 +45,6 @@ CACHE_SIZE = 1024
 
 #: Runs a blocking function off the reactor thread, returning a Deferred.
 Runner = Callable[..., "defer.Deferred[Any]"]
-
-
-def peer_of(request: Any) -> str:
-    """The source address of C{request}, for throttling and logs."""
-    peer = request.getClientAddress()
-    return getattr(peer, "host", "") or "unknown"
-
-
-@implementer(ICredentialFactory)
-class PeerAwareFactory:
-    """
-    Wraps a credential factory so that the credentials it decodes carry the
-    peer's address: a cred checker never sees the request, yet brute-force
-    throttling and the login log need the address.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.scheme = inner.scheme
-
-    def getChallenge(self, request: Any) -> Any:
-        return self.inner.getChallenge(request)
-
-    def decode(self, response: bytes, request: Any) -> Any:
-        creds = self.inner.decode(response, request)
-        creds.peer_host = peer_of(request)
-        return creds
 
 
 def credential_key(secret: bytes, user: bytes, password: bytes) -> bytes:
@@ -232,24 +196,13 @@ def _usual_cost(database: UserDatabase) -> int:
     return costs.most_common(1)[0][0] if costs else DEFAULT_COST
 
 
-class _NamespacedLogger(Logger):
-    """
-    A class-level L{Logger} that keeps the namespace it was given:
-    L{Logger.__get__} would rename it after the class, and the login log
-    must stay in C{boatwist.login} so it can be routed and searched.
-    """
-
-    def __get__(self, instance: object, owner: type | None = None) -> Logger:
-        return self.__class__(self.namespace, instance if instance is not None else owner, observer=self.observer)
-
-
 @implementer(ICredentialsChecker)
 class ThrottledChecker:
     """
     Puts L{LoginThrottle} and the login log in front of another checker.
     """
 
-    _log = _NamespacedLogger(namespace="boatwist.login")
+    _log = NamespacedLogger(namespace="boatwist.login")
 
     def __init__(self, inner: Any, throttle: LoginThrottle, clock: IReactorTime,
                  audit: Callable[[str, str, str, str], None] | None = None) -> None:
@@ -335,113 +288,3 @@ class ThrottledChecker:
         return credential_key(self._key, user, password)
 
 
-@implementer(IRealm)
-class OperatorRealm:
-    """Hands each authenticated user the resource tree made for them."""
-
-    def __init__(self, avatar_factory: Callable[[str], IResource]) -> None:
-        self._avatar_factory = avatar_factory
-
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
-        if IResource not in interfaces:
-            raise NotImplementedError("only IResource avatars exist")
-        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        return IResource, self._avatar_factory(user), lambda: None
-
-
-def basic_factory(realm: str) -> PeerAwareFactory:
-    return PeerAwareFactory(BasicCredentialFactory(realm.encode("utf-8")))
-
-
-
-#: User agents known to take the first Digest challenge and to know no
-#: SHA-256: Python's urllib before 3.14.
-_MD5_ONLY_AGENTS = re.compile(rb"^Python-urllib/3\.(?:[0-9]|1[0-3])(?:\D|$)")
-
-
-def digest_order(request: Any, preferred: tuple[str, ...]) -> tuple[str, ...]:
-    """
-    The Digest algorithms to offer C{request}, best first.
-
-    Browsers and curl take the first challenge they understand, so the
-    stronger algorithm goes first -- except for clients known to read only
-    the first challenge and to fail on SHA-256 (urllib before Python 3.14),
-    which would otherwise be locked out.
-    """
-    agent = request.getHeader(b"user-agent") or b""
-    if isinstance(agent, str):
-        agent = agent.encode("latin-1", "replace")
-    if "MD5" in preferred and _MD5_ONLY_AGENTS.match(agent):
-        return ("MD5",) + tuple(a for a in preferred if a != "MD5")
-    return preferred
-
-
-@implementer(ICredentialFactory)
-class OrderedDigestFactory:
-    """
-    One of the Digest challenge slots of the guard.  The guard sends one
-    WWW-Authenticate header per factory, in list order; slot N answers with
-    the N-th algorithm L{digest_order} picks for this request, so the order
-    can follow the client.  All slots decode alike (the Digest authority
-    handles every algorithm it issued).
-    """
-
-    scheme = b"digest"
-
-    def __init__(self, by_algorithm: dict[str, Any], slot: int, preferred: tuple[str, ...]) -> None:
-        self._by_algorithm = by_algorithm
-        self._slot = slot
-        self._preferred = preferred
-
-    def getChallenge(self, request: Any) -> Any:
-        algorithm = digest_order(request, self._preferred)[self._slot]
-        return self._by_algorithm[algorithm].getChallenge(request)
-
-    def decode(self, response: bytes, request: Any) -> Any:
-        return next(iter(self._by_algorithm.values())).decode(response, request)
-
-
-def digest_factories(authority: Any, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
-    """The Digest credential factories for the guard, one per offered algorithm."""
-    from boatwist.auth.digest import DigestChallengeFactory
-
-    by_algorithm = {algorithm: DigestChallengeFactory(authority, algorithm) for algorithm in preferred}
-    return [PeerAwareFactory(OrderedDigestFactory(by_algorithm, slot, preferred)) for slot in range(len(preferred))]
-
-
-class CredentialWatch:
-    """
-    Ends the sessions of users whose password changed or who were deleted.
-
-    HTTP requests are re-authenticated one by one, but a chat connection or
-    an event stream is authenticated once, when it opens: without this, a
-    user removed with embweb-passwd would keep chatting and keep a seat for
-    as long as the connection lasts.  Called from the heartbeat; the users
-    files are looked at no more often than the database allows.
-    """
-
-    _log = Logger()
-
-    def __init__(self, database: UserDatabase, realm: str, presence: Any) -> None:
-        self._db = database
-        self._realm = realm
-        self._presence = presence
-        self._version = database.version
-        self._known = self._fingerprints()
-
-    def _fingerprints(self) -> dict[str, tuple[Any, ...]]:
-        db = self._db
-        return {user: (db.bcrypt_hash(user), db.ha1(user, self._realm, "MD5"), db.ha1(user, self._realm, "SHA-256"))
-                for user in db.users()}
-
-    def check(self) -> None:
-        self._db.reload_if_changed()
-        if self._db.version == self._version:
-            return
-        self._version = self._db.version
-        now = self._fingerprints()
-        revoked = [user for user, prints in self._known.items() if now.get(user) != prints]
-        self._known = now
-        for user in revoked:
-            if self._presence.kick(user, "revoked"):
-                self._log.info("{user}'s password changed or account was removed: sessions ended", user=user)

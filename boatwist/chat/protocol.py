@@ -89,8 +89,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from itertools import count
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -105,6 +104,9 @@ from twisted.python.failure import Failure
 from boatwist.chat.room import ChatRoom, MessageRefused, NotSaved, presence_sentence
 from boatwist.config import ChatSettings
 from boatwist.events import Event
+from boatwist.net.tracking import ConnectionTracker, TrackedConnection
+from boatwist.presence import Kind, Presence, Refusal
+from boatwist.reasons import Reason
 from boatwist.textsafe import clean_message
 
 __all__ = ["ChatFactory", "ChatProtocol", "TelnetFilter", "format_event", "format_chat"]
@@ -228,52 +230,9 @@ def format_event(event: Event) -> str | None:
     return None
 
 
-class _Tracker(Protocol):
-    def connection_for(self, protocol: Any) -> Any: ...
-
-    def bind(self, conn: Any, user: str, kind: str) -> Any: ...
-
-
-class _Presence(Protocol):
-    def attach(self, user: str, conn: Any) -> Any: ...
-
-    def detach(self, conn: Any, reason: str, detected_after: float | None = None) -> None: ...
-
-
 #: authenticate(user, password, peer_host) -> Deferred firing with the user
 #: name, or failing with UnauthorizedLogin / LoginFailed.
 Authenticate = Callable[[str, str, str], "Deferred[str]"]
-
-
-class _UntrackedConnection:
-    """
-    What presence gets for a chat connection no tracker knows (a port not
-    wrapped by L{boatwist.net.tracking.ConnectionTracker}, or unit tests):
-    the same attributes as a C{TrackedConnection}, without the TCP
-    insight.  It lets the operator be present and kickable all the same.
-    """
-
-    kind = "chat"
-
-    def __init__(self, ident: int, protocol: ChatProtocol, now: float) -> None:
-        peer = protocol.transport.getPeer() if protocol.transport is not None else None
-        self.id = ident
-        self.peer_host: str = getattr(peer, "host", "") or ""
-        self.peer_port: int = getattr(peer, "port", 0) or 0
-        self.user: str | None = None
-        self.rtt_ms: float | None = None
-        self.unstable = False
-        self.opened_at = now
-        self.last_alive = now
-        self.close_reason: str | None = None
-        self._protocol = protocol
-
-    def close(self, reason: str) -> None:
-        """End the connection; presence is told C{reason} when it has ended."""
-        if self.close_reason is None:
-            self.close_reason = reason
-        if self._protocol.transport is not None:
-            self._protocol.transport.loseConnection()
 
 
 class ChatProtocol(LineReceiver):
@@ -304,8 +263,7 @@ class ChatProtocol(LineReceiver):
         self._login_timer: IDelayedCall | None = None
         self._failures = 0
         self._login_name = ""
-        self._conn: Any = None
-        self._untracked: _UntrackedConnection | None = None
+        self._conn: TrackedConnection | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._backlog: deque[Event] | None = None
         self._heartbeat: LoopingCall | None = None
@@ -335,12 +293,6 @@ class ChatProtocol(LineReceiver):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._untracked is not None:
-            # A tracked connection is detached by the tracker, which knows
-            # the real reason; an untracked one is ours to detach.
-            conn, self._untracked = self._untracked, None
-            why = conn.close_reason or ("closed" if reason.check(ConnectionDone) else "reset")
-            self.factory.presence.detach(conn, why, None)
 
     # ----------------------------------------------------------- bytes
 
@@ -488,19 +440,10 @@ class ChatProtocol(LineReceiver):
         d.addCallbacks(self._show_history, self._history_failed)
         self._resume()
 
-    def _admit(self, user: str) -> Any:
-        """Bind this connection to C{user}'s presence; a Refusal, or None when admitted."""
-        tracker = self.factory.tracker
-        conn = tracker.connection_for(self) if tracker is not None else None
-        if conn is not None:
-            refusal = tracker.bind(conn, user, "chat")  # type: ignore[union-attr]
-        else:
-            self.factory.warn_untracked()
-            conn = self.factory.untracked_connection(self)
-            conn.user = user
-            refusal = self.factory.presence.attach(user, conn)
-            if refusal is None:
-                self._untracked = conn
+    def _admit(self, user: str) -> Refusal | None:
+        """Make this connection part of C{user}'s presence; a Refusal, or None when admitted."""
+        conn = self.factory.tracker.connection_for(self)
+        refusal = self.factory.presence.admit(conn, user, Kind.CHAT)
         if refusal is None:
             self._conn = conn
         return refusal
@@ -640,7 +583,7 @@ class ChatProtocol(LineReceiver):
     def _ping_expired(self) -> None:
         self._ping_deadline = None
         self._write_line(f"error: no PONG {self._ping_token} within {self.settings.ping_timeout:g} s; closing")
-        self._close("heartbeat-timeout")
+        self._close(Reason.HEARTBEAT_TIMEOUT)
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
@@ -724,7 +667,7 @@ class ChatProtocol(LineReceiver):
         self._state = self._DONE
         self.transport.loseConnection()
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: Reason) -> None:
         """End the connection with C{reason} for everyone to read (a tracked close when we can)."""
         self._state = self._DONE
         if self._conn is not None:
@@ -746,8 +689,8 @@ class ChatFactory(Factory):
     def __init__(
         self,
         room: ChatRoom,
-        presence: _Presence,
-        tracker: _Tracker | None,
+        presence: Presence,
+        tracker: ConnectionTracker,
         authenticate: Authenticate,
         clock: IReactorTime,
         settings: ChatSettings,
@@ -762,8 +705,6 @@ class ChatFactory(Factory):
         self.banner = banner
         self._pending_logins = 0
         self._pending_by_host: dict[str, int] = {}
-        self._untracked_ids = count(1)
-        self._warned_untracked = False
 
     @property
     def pending_logins(self) -> int:
@@ -794,11 +735,3 @@ class ChatFactory(Factory):
             self._pending_by_host[host] = left
         else:
             self._pending_by_host.pop(host, None)
-
-    def untracked_connection(self, protocol: ChatProtocol) -> _UntrackedConnection:
-        return _UntrackedConnection(next(self._untracked_ids), protocol, self.clock.seconds())
-
-    def warn_untracked(self) -> None:
-        if not self._warned_untracked and self.tracker is not None:
-            self._warned_untracked = True
-            self._log.warn("chat connections are not tracked: dead peers will be found late")

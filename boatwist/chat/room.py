@@ -245,6 +245,10 @@ class ChatRoom:
         d.addCallback(lambda messages: sorted(messages, key=lambda m: m.id))
         return d
 
+    def page(self, before: int | None = None, after: int | None = None, limit: int = 50) -> Deferred[list[Message]]:
+        """A page of the stored history, oldest first (see L{boatwist.store.service.Store.history})."""
+        return self._store.history(before=before, after=after, limit=limit)
+
     def who(self) -> list[dict[str, Any]]:
         """
         Who is online, sorted by name: C{{"user", "state", "kinds": [web,

@@ -11,80 +11,72 @@ and, for each accepted connection:
     know *why*: Twisted reports a keepalive timeout, a reset and a clean close
     all as a bare C{ConnectionLost}, and closes the socket before the
     protocol hears of it, so the errno and the last C{TCP_INFO} must be
-    caught on the way (see L{boatwist.net.sockets.install_recorder});
+    caught on the way (see L{boatwist.net.recorder.install_recorder});
   - registers a L{TrackedConnection}, which presence and the heartbeat use.
 
-Close reasons users see: ``closed``, ``reset``, ``keepalive-timeout``,
-``heartbeat-timeout``, ``tcp-state``, ``slow-reader``, ``kicked``.
+Why a connection ended is decided by L{boatwist.net.classify}; admission
+by presence (L{boatwist.presence.Presence.admit}), which front ends call
+with the connection L{ConnectionTracker.connection_for} finds under their
+request or protocol.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from itertools import count
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.application.service import MultiService
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocolFactory, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from boatwist.net import sockets
 from boatwist.config import AdmissionSettings, KeepaliveSettings
-from boatwist.presence import Presence, Refusal
+from boatwist.net.acl import peer_allowed
+from boatwist.net.backlog import Backlog
+from boatwist.net.classify import classify
+from boatwist.net.recorder import SocketRecord, find_socket, find_tcp_transport, install_recorder
+from boatwist.net.sockopts import apply_keepalive
+from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_info, read_tcp_vitals
+from boatwist.presence import Kind, Presence
+from boatwist.reasons import ABORTED, Reason
 
-#: Reasons for which the peer is presumed gone: abort, don't wait for a flush.
-ABORT_REASONS = frozenset({"heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"})
-#: Reasons for which the peer vanished rather than said goodbye.
-VANISHED = frozenset({"keepalive-timeout", "heartbeat-timeout", "tcp-state"})
 #: Seconds a sighting of a closed receive window explains a later timeout (slow reader, not a dead peer).
 WINDOW_MEMORY = 3.0
 #: How long after a peer's FIN on an event stream we look for the RST our probe provokes.
 EOF_PROBE_DELAY = 0.05
 
 
-def peer_allowed(host: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    """Is C{host} inside one of C{networks}?  IPv4-mapped IPv6 addresses count as IPv4."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
-
-
 class TrackedConnection:
     """One accepted connection, as presence and the heartbeat see it."""
 
-    def __init__(self, tracker: "ConnectionTracker", ident: int, kind: str,
-                 peer_host: str, peer_port: int, wrapper: "TrackingProtocol", now: float) -> None:
-        self.tracker = tracker
+    def __init__(self, ident: int, kind: Kind, peer_host: str, peer_port: int, wrapper: "TrackingProtocol",
+                 now: float, max_held: int) -> None:
         self.id = ident
         self.kind = kind
         self.peer_host = peer_host
         self.peer_port = peer_port
+        #: Set by presence when it admits the connection.
         self.user: str | None = None
-        self.bound = False
         self.rtt_ms: float | None = None
         self.unstable = False
         self.opened_at = now
         self.last_alive = now
-        self.close_reason: str | None = None
+        self.close_reason: Reason | None = None
         self.peer_eof = False
         #: Called when the peer half-closes; an event stream sets it to send a probe.
         self.on_peer_eof: Callable[[], None] | None = None
-        self.sock: Any = None
-        self.record: sockets.SocketRecord | None = None
-        #: Writes held back while keepalive probes an idle link (see L{hold}).
-        self.held: list[bytes] | None = None
-        self.held_bytes = 0
+        #: The real socket (test transports have none).
+        self.sock: socket.socket | None = None
+        self.record: SocketRecord | None = None
+        #: Writes held back while keepalive probes an idle link (see L{hold}); None when not holding.
+        self.held: Backlog | None = None
+        self._max_held = max_held
         #: When the heartbeat last saw a live peer keep its receive window closed.
         self.window_closed_at: float | None = None
         self._wrapper = wrapper
@@ -92,14 +84,14 @@ class TrackedConnection:
     def __repr__(self) -> str:
         return f"<TrackedConnection {self.id} {self.kind} {self.peer_host}:{self.peer_port} user={self.user}>"
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: Reason) -> None:
         """End the connection; C{reason} is what everyone will be told."""
         if self.close_reason is None:
             self.close_reason = reason
         transport = self._wrapper.transport
         if transport is None:
             return
-        if reason in ABORT_REASONS and hasattr(transport, "abortConnection"):
+        if reason in ABORTED and hasattr(transport, "abortConnection"):
             transport.abortConnection()
         else:
             self._wrapper.loseConnection()
@@ -114,41 +106,54 @@ class TrackedConnection:
         and releases them as soon as the peer answers.
         """
         if self.held is None:
-            self.held = []
+            self.held = Backlog(self._max_held)
 
     def release(self) -> None:
         """Write what was held, in order."""
         held, self.held = self.held, None
-        self.held_bytes = 0
         if held:
             transport = self._wrapper.transport
             if transport is not None:
-                transport.write(b"".join(held))
+                transport.write(held.take_all())
+
+    def write(self, data: bytes) -> None:
+        """Write C{data}, or hold it while the link is being probed (past the bound: slow reader)."""
+        if self.held is None:
+            self._wrapper.transport.write(data)
+        elif not self.held.push(data):
+            self.held = None
+            self.close(Reason.SLOW_READER)
 
     def window_recently_closed(self, now: float) -> bool:
         """Did a live peer keep its receive window closed within the last few seconds?"""
         return self.window_closed_at is not None and now - self.window_closed_at <= WINDOW_MEMORY
 
-    def tcp_vitals(self) -> sockets.TcpVitals | None:
+    def tcp_vitals(self) -> TcpVitals | None:
         """What the heartbeat reads every tick (cheaper than L{tcp_info})."""
-        return sockets.read_tcp_vitals(self.sock) if self.sock is not None else None
+        return read_tcp_vitals(self.sock) if self.sock is not None else None
 
-    def tcp_info(self) -> sockets.TcpInfo | None:
-        return sockets.read_tcp_info(self.sock) if self.sock is not None else None
+    def tcp_info(self) -> TcpInfo | None:
+        return read_tcp_info(self.sock) if self.sock is not None else None
+
+    def lose(self) -> None:
+        """Close as Twisted would after the peer's FIN (what is held is written first)."""
+        self._wrapper.loseConnection()
 
 
 class _Refused(Protocol):
     """Stands in for a connection we will not serve: dropped before reading a byte."""
 
-    def makeConnection(self, transport: Any) -> None:
-        transport.abortConnection()
+    def makeConnection(self, transport: ITransport) -> None:
+        transport.abortConnection()  # type: ignore[attr-defined]
 
 
 @implementer(IHalfCloseableProtocol)
 class TrackingProtocol(ProtocolWrapper):
     factory: "TrackingFactory"
 
-    def makeConnection(self, transport: Any) -> None:
+    conn: TrackedConnection
+
+    def makeConnection(self, transport: ITransport) -> None:
         self.conn = self.factory.tracker._register(self, transport, self.factory.kind)
         super().makeConnection(transport)
 
@@ -157,16 +162,7 @@ class TrackingProtocol(ProtocolWrapper):
         super().dataReceived(data)
 
     def write(self, data: bytes) -> None:
-        conn = self.conn
-        if conn.held is None:
-            self.transport.write(data)
-            return
-        conn.held.append(data)
-        conn.held_bytes += len(data)
-        if conn.held_bytes > self.factory.tracker.max_held:
-            conn.held = None
-            conn.held_bytes = 0
-            conn.close("slow-reader")
+        self.conn.write(data)
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
@@ -193,12 +189,12 @@ class TrackingProtocol(ProtocolWrapper):
 class TrackingFactory(WrappingFactory):
     protocol = TrackingProtocol
 
-    def __init__(self, wrapped: Any, tracker: "ConnectionTracker", kind: str) -> None:
+    def __init__(self, wrapped: IProtocolFactory, tracker: "ConnectionTracker", kind: Kind) -> None:
         super().__init__(wrapped)
         self.tracker = tracker
         self.kind = kind
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
         host = getattr(addr, "host", None)
         if host is not None and not self.tracker.admit_peer(host):
             return _Refused()
@@ -232,13 +228,11 @@ class ConnectionTracker:
         self._missing_options_logged: set[str] = set()
         self._refusals_logged_at = -1e9
         self._when_empty: list[Deferred[None]] = []
-        #: Called with (conn, reason, detected_after) for every ended connection (metrics).
-        self.ended_listeners: list[Callable[[TrackedConnection, str, float | None], None]] = []
 
     # ------------------------------------------------------------ public
 
-    def wrap(self, factory: Any, kind: str) -> TrackingFactory:
-        """Wrap a listener's factory; C{kind} is ``http`` or ``chat``."""
+    def wrap(self, factory: IProtocolFactory, kind: Kind) -> TrackingFactory:
+        """Wrap a listener's factory; C{kind} is L{Kind.HTTP} or L{Kind.CHAT}."""
         return TrackingFactory(factory, self, kind)
 
     def connections(self) -> list[TrackedConnection]:
@@ -247,38 +241,21 @@ class ConnectionTracker:
     def __len__(self) -> int:
         return len(self._connections)
 
-    def connection_for(self, protocol_or_transport: Any) -> TrackedConnection | None:
-        """The tracked connection under a protocol (walks down C{.transport} links)."""
-        node = protocol_or_transport
+    def connection_for(self, protocol_or_transport: object) -> TrackedConnection:
+        """
+        The tracked connection under a protocol (walks down C{.transport}
+        links: an HTTP channel, under TLS or not; the chat protocol).  Every
+        listener is wrapped by this tracker, so one is always found; a
+        LookupError means a listener was not, which is a bug.
+        """
+        node: object = protocol_or_transport
         for _ in range(8):
             if isinstance(node, TrackingProtocol):
                 return node.conn
             node = getattr(node, "transport", None)
             if node is None:
-                return None
-        return None
-
-    def bind(self, conn: TrackedConnection, user: str, kind: str) -> Refusal | None:
-        """Admit C{conn} as a persistent connection (event stream, chat) of C{user}."""
-        previous_kind = conn.kind
-        conn.kind = kind
-        conn.user = user
-        vitals = conn.tcp_vitals()
-        if vitals is not None:
-            conn.rtt_ms = vitals.rtt_us / 1000.0  # known at once, not only after the next tick
-        refusal = self.presence.attach(user, conn)
-        if refusal is None:
-            conn.bound = True
-        else:
-            # Refused: it stays what it was (a plain HTTP connection), not an event stream.
-            conn.kind = previous_kind
-        return refusal
-
-    def touch_http(self, conn: TrackedConnection | None, user: str, peer: str) -> Refusal | None:
-        """A plain authenticated request by C{user}."""
-        if conn is not None:
-            conn.user = user
-        return self.presence.touch_http(user, peer)
+                break
+        raise LookupError(f"no tracked connection under {protocol_or_transport!r}")
 
     def admit_peer(self, host: str) -> bool:
         """The accept-time checks: allowed network, per-address and total caps."""
@@ -304,23 +281,26 @@ class ConnectionTracker:
             self._refusals_logged_at = now
             self._log.warn(fmt, **kw)
 
-    def _register(self, wrapper: TrackingProtocol, transport: Any, kind: str) -> TrackedConnection:
+    def _register(self, wrapper: TrackingProtocol, transport: ITransport, kind: Kind) -> TrackedConnection:
         peer = transport.getPeer()
         host = getattr(peer, "host", "") or ""
         port = getattr(peer, "port", 0) or 0
-        conn = TrackedConnection(self, next(self._ids), kind, host, port, wrapper, self.monotonic())
-        tcp = sockets.find_tcp_transport(transport)
+        conn = TrackedConnection(next(self._ids), kind, host, port, wrapper, self.monotonic(), self.max_held)
+        tcp = find_tcp_transport(transport)
         if tcp is not None:
-            conn.record = sockets.install_recorder(tcp)
+            conn.record = install_recorder(tcp)
             # The real socket, not the recorder: the heartbeat reads it every tick.
-            conn.sock = sockets.find_socket(tcp) or tcp.socket
+            conn.sock = find_socket(tcp) or tcp.socket
             try:
                 # Lines and events are small and latency matters: no Nagle delay
                 # (a second line written right after one waited ~40 ms for the ACK).
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except (OSError, AttributeError):
                 pass
-            missing = sockets.apply_keepalive(conn.sock, self.keepalive)
+            vitals = conn.tcp_vitals()
+            if vitals is not None:
+                conn.rtt_ms = vitals.rtt_us / 1000.0  # the handshake's, until the first tick
+            missing = apply_keepalive(conn.sock, self.keepalive)
             new = [name for name in missing if name not in self._missing_options_logged]
             if new:
                 self._missing_options_logged.update(new)
@@ -341,7 +321,7 @@ class ConnectionTracker:
         """
         conn.peer_eof = True
         if conn.on_peer_eof is None:
-            conn._wrapper.loseConnection()
+            conn.lose()
             return
         conn.on_peer_eof()
         self.clock.callLater(EOF_PROBE_DELAY, self._check_after_eof, conn)
@@ -351,9 +331,9 @@ class ConnectionTracker:
             return
         info = conn.tcp_info()
         if info is None or info.state_name in ("CLOSE", "CLOSED"):
-            conn.close("closed")
+            conn.close(Reason.CLOSED)
 
-    def close_all(self, reason: str, timeout: float) -> Deferred[None]:
+    def close_all(self, reason: Reason, timeout: float) -> Deferred[None]:
         """Close every connection with C{reason}; fires when all are gone or after C{timeout}."""
         done: Deferred[None] = Deferred()
         if not self._connections:
@@ -379,45 +359,16 @@ class ConnectionTracker:
             self._per_address[conn.peer_host] = left
         else:
             self._per_address.pop(conn.peer_host, None)
-        reason, detected_after = self.classify(conn, failure)
-        # Each step on its own: a failing listener must not keep the user online.
-        if conn.bound:
+        if conn.user is not None and conn.kind.persistent:
+            # A plain HTTP connection ending says nothing: its user stays for http_grace.
+            reason, detected_after = classify(conn, failure, self.monotonic())
             try:
                 self.presence.detach(conn, reason, detected_after)
             except Exception:
+                # The connection is gone whatever presence made of it.
                 self._log.failure("presence did not take the end of {conn}", conn=conn)
-        for listener in list(self.ended_listeners):
-            try:
-                listener(conn, reason, detected_after)
-            except Exception:
-                self._log.failure("ended-connection listener {listener!r} failed", listener=listener)
         if not self._connections and self._when_empty:
             self._give_up_waiting()
-
-    def classify(self, conn: TrackedConnection, failure: Failure) -> tuple[str, float | None]:
-        """Why did C{conn} end, and how long after the peer's last sign of life did we notice?"""
-        now = self.monotonic()
-        cause = conn.record.cause() if conn.record is not None else None
-        if conn.close_reason is not None:
-            reason = conn.close_reason
-        elif cause is not None and cause != "closed":
-            reason = cause
-        elif failure.check(ierror.ConnectionDone):
-            reason = "closed"
-        else:
-            reason = "reset"
-        if conn.peer_eof and reason == "reset":
-            reason = "closed"  # the RST answered our probe after the peer's FIN
-        if reason == "keepalive-timeout" and conn.window_recently_closed(now):
-            # Since Linux 5.11 TCP_USER_TIMEOUT also ends a connection whose live peer
-            # keeps its window closed: that is a reader too slow to keep, not a dead peer.
-            reason = "slow-reader"
-        if reason not in VANISHED:
-            return reason, 0.0 if reason == "closed" else None
-        final = conn.record.final_info if conn.record is not None else None
-        if final is not None and reason == "keepalive-timeout":
-            return reason, final.idle_ms / 1000.0
-        return reason, max(0.0, now - conn.last_alive)
 
 
 class ClosingService(MultiService):
@@ -437,7 +388,7 @@ class ClosingService(MultiService):
         self.timeout = timeout
 
     def stopService(self) -> Deferred[None]:
-        d = self.tracker.close_all("shutdown", self.timeout)
+        d = self.tracker.close_all(Reason.SHUTDOWN, self.timeout)
         d.addCallback(lambda _: MultiService.stopService(self))
         d.addCallback(lambda _: None)
         return d

@@ -17,115 +17,21 @@ presence knows whether the user already holds a seat.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from importlib import resources as importlib_resources
-from pathlib import Path
-from typing import Any
+from typing import Callable
 
-from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.resource import IResource, Resource
-from zope.interface import implementer
+from twisted.web.server import Request
 
-from boatwist import __version__
-from boatwist.web.site import ErrorResource
+from boatwist.core import Core
+from boatwist.metrics import Metrics
+from boatwist.presence import Kind, Presence, Refusal
+from boatwist.web.chat_api import ChatResource
+from boatwist.web.errors import ErrorResource, refusal_page
+from boatwist.web.jsonapi import json_body
 from boatwist.web.stream import EventsResource
 
-
-def json_body(request: Any, value: Any, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(value, ensure_ascii=False).encode("utf-8") + b"\n"
-
-
-def static_dir() -> Path:
-    return Path(str(importlib_resources.files("boatwist.web") / "static"))
-
-
-class StaticFiles(Resource):
-    """
-    The UI's files, read once into memory and served from there.
-
-    They are a handful of small, immutable files shipped in the package:
-    keeping them in memory spares every request an open, a stat, reads and
-    Twisted's file producer, which cost more than the request itself.  A
-    strong ETag lets the browser revalidate cheaply (``Cache-Control:
-    no-cache``), so after a firmware upgrade it never runs an old app.js.
-    Names starting with a dot are never loaded, and there are no directory
-    listings: a directory serves its index.html or is a 404.
-    """
-
-    isLeaf = True
-    #: Largest file kept; the UI's files are a few kB.
-    MAX_FILE = 1 << 20
-    TYPES = {
-        ".html": b"text/html; charset=utf-8",
-        ".js": b"text/javascript; charset=utf-8",
-        ".css": b"text/css; charset=utf-8",
-        ".svg": b"image/svg+xml",
-        ".png": b"image/png",
-        ".ico": b"image/x-icon",
-        ".json": b"application/json",
-        ".txt": b"text/plain; charset=utf-8",
-    }
-
-    def __init__(self, directory: str) -> None:
-        super().__init__()
-        self._files: dict[tuple[bytes, ...], tuple[bytes, bytes, bytes]] = {}
-        root = Path(directory)
-        for path in sorted(root.rglob("*")):
-            relative = path.relative_to(root)
-            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                continue
-            if path.stat().st_size > self.MAX_FILE:
-                continue
-            body = path.read_bytes()
-            kind = self.TYPES.get(path.suffix.lower(), b"application/octet-stream")
-            etag = b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
-            key = tuple(part.encode("utf-8") for part in relative.parts)
-            self._files[key] = (body, kind, etag)
-            if relative.name == "index.html":
-                self._files[key[:-1] + (b"",)] = (body, kind, etag)
-
-    def render_GET(self, request: Any) -> bytes:
-        key = tuple(request.postpath) or (b"",)
-        found = self._files.get(key)
-        if found is None:
-            return ErrorResource(404, "no such page").render(request)
-        body, kind, etag = found
-        request.setHeader(b"content-type", kind)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"etag", etag)
-        match = request.getHeader(b"if-none-match")
-        if match is not None and etag in [tag.strip() for tag in match.split(b",")]:
-            request.setResponseCode(304)
-            return b""
-        return body
-
-
-class Healthz(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return f"ok {__version__}\n".encode()
-
-
-class PublicRoot(Resource):
-    """Sends /healthz past authentication and everything else through the guard."""
-
-    def __init__(self, guard: HTTPAuthSessionWrapper) -> None:
-        super().__init__()
-        self.guard = guard
-        self.healthz = Healthz()
-
-    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
-        if path == b"healthz" and not request.postpath:
-            return self.healthz
-        # Hand the whole path to the guard, which resolves it for the user.
-        request.postpath.insert(0, request.prepath.pop())
-        return self.guard
+#: An API endpoint: made for one user from the core.
+Endpoint = Callable[[str, Core], IResource]
 
 
 class WhoAmI(Resource):
@@ -135,135 +41,94 @@ class WhoAmI(Resource):
         super().__init__()
         self.user = user
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         return json_body(request, {"user": self.user})
 
 
 class PresenceResource(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, presence: Presence) -> None:
         super().__init__()
-        self.app = app
+        self.presence = presence
 
-    def render_GET(self, request: Any) -> bytes:
-        return json_body(request, self.app.presence.snapshot())
+    def render_GET(self, request: Request) -> bytes:
+        return json_body(request, self.presence.snapshot())
 
 
 class MetricsResource(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         super().__init__()
-        self.app = app
+        self.metrics = metrics
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Request) -> bytes:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self.app.metrics.render()
+        return self.metrics.render()
+
+
+def _events(user: str, core: Core) -> IResource:
+    return EventsResource(user, core.hub, core.presence, core.tracker, core.streams, core.settings.events)
+
+
+#: The endpoints under /api (whoami is answered without the core).
+API: dict[bytes, Endpoint] = {
+    b"presence": lambda user, core: PresenceResource(core.presence),
+    b"events": _events,
+    b"chat": lambda user, core: ChatResource(user, core.room),
+}
 
 
 class OperatorRoot(Resource):
-    """The tree one authenticated user sees; decides admission per request."""
+    """The tree one authenticated user sees; admits each plain request to presence."""
 
-    def __init__(self, app: Any, user: str, api_children: dict[bytes, Any] | None = None) -> None:
+    def __init__(self, core: Core, user: str) -> None:
         super().__init__()
-        self.app = app
+        self.core = core
         self.user = user
-        self.api_children = api_children or {}
 
-    def getChildWithDefault(self, path: bytes, request: Any) -> Any:
-        request.boatwist_user = self.user
-        app = self.app
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        request.boatwist_user = self.user  # type: ignore[attr-defined]
+        core = self.core
         is_stream = path == b"api" and request.postpath[:1] == [b"events"]
         if not is_stream:
-            conn = app.tracker.connection_for(request.channel) if app.tracker is not None else None
-            peer = getattr(request.getClientAddress(), "host", "unknown")
-            refusal = (app.tracker.touch_http(conn, self.user, peer) if app.tracker is not None
-                       else app.presence.touch_http(self.user, peer))
+            # An event stream is admitted as persistent presence by its resource.
+            conn = core.tracker.connection_for(request.channel)
+            refusal = core.presence.admit(conn, self.user, Kind.HTTP)
             if refusal is not None:
-                return _Refused(app, refusal)
+                return _Refused(refusal)
         if path == b"api":
-            return ApiRoot(app, self.user, self.api_children)
-        if path == b"metrics" and not request.postpath and app.metrics is not None:
-            return MetricsResource(app)
+            return ApiRoot(core, self.user)
+        if path == b"metrics" and not request.postpath:
+            return MetricsResource(core.metrics)
         request.postpath.insert(0, request.prepath.pop())
-        if app.static is None:
-            app.static = StaticFiles(str(static_dir()))
-        return app.static
+        return core.static
 
 
 class _Refused(Resource):
     isLeaf = True
 
-    def __init__(self, app: Any, refusal: Any) -> None:
+    def __init__(self, refusal: Refusal) -> None:
         super().__init__()
-        self.app = app
         self.refusal = refusal
 
-    def render(self, request: Any) -> bytes:
-        return self.app.refuse(request, self.refusal)
+    def render(self, request: Request) -> bytes:
+        return refusal_page(request, self.refusal)
 
 
 class ApiRoot(Resource):
-    def __init__(self, app: Any, user: str, extra: dict[bytes, Any]) -> None:
+    def __init__(self, core: Core, user: str) -> None:
         super().__init__()
-        self.app = app
+        self.core = core
         self.user = user
-        self.extra = extra
 
-    def getChild(self, path: bytes, request: Any) -> Any:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         if path == b"whoami":
             return WhoAmI(self.user)
-        if path == b"presence":
-            return PresenceResource(self.app)
-        if path == b"events":
-            return EventsResource(self.app, self.user)
-        factory = self.extra.get(path)
-        if factory is not None:
-            return factory(self.app, self.user)
+        endpoint = API.get(path)
+        if endpoint is not None:
+            return endpoint(self.user, self.core)
         return ErrorResource(404, "no such API")
-
-
-@implementer(IResource)
-class _LoggedIn:
-    """
-    The avatar of one request, calling the realm's C{logout} when that
-    request finishes: what the stock guard does by building a new
-    C{proxyForInterface} class on every request (about 170 us each time,
-    half the cost of a whole request on a small device).
-    """
-
-    __slots__ = ("resource", "_logout")
-
-    def __init__(self, resource: Any, logout: Any) -> None:
-        self.resource = resource
-        self._logout = logout
-
-    @property
-    def isLeaf(self) -> bool:
-        return self.resource.isLeaf
-
-    def getChildWithDefault(self, name: bytes, request: Any) -> "_LoggedIn":
-        return _LoggedIn(self.resource.getChildWithDefault(name, request), self._logout)
-
-    def putChild(self, path: bytes, child: Any) -> None:
-        self.resource.putChild(path, child)
-
-    def render(self, request: Any) -> Any:
-        logout = self._logout
-        request.notifyFinish().addBoth(lambda _: logout())
-        return self.resource.render(request)
-
-
-class OperatorGuard(HTTPAuthSessionWrapper):
-    """HTTPAuthSessionWrapper with a wrapper class made once, not per request."""
-
-    def _loginSucceeded(self, args: tuple[Any, Any, Any]) -> _LoggedIn:
-        _interface, avatar, logout = args
-        return _LoggedIn(avatar, logout)
-
-
-def guarded_root(portal: Any, credential_factories: list[Any]) -> IResource:
-    return PublicRoot(OperatorGuard(portal, credential_factories))

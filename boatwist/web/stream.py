@@ -24,19 +24,24 @@ what ``TCP_USER_TIMEOUT`` needs to fire.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any
+from typing import Iterator
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from boatwist.config import EventSettings
 from boatwist.events import Event, EventHub
+from boatwist.net.backlog import Backlog
+from boatwist.net.tracking import ConnectionTracker, TrackedConnection
+from boatwist.presence import Kind, Presence
+from boatwist.reasons import Reason
+from boatwist.web.errors import refusal_page
 
-#: Kinds of event sent to browsers.
-STREAMED = ("presence", "chat", "control")
+#: Kinds of event sent to browsers: all of them.
+STREAMED = ("presence", "chat", "control", "value", "floor")
 
 
 def format_event(event: Event) -> bytes:
@@ -50,14 +55,12 @@ class EventStream:
 
     _log = Logger()
 
-    def __init__(self, request: Any, conn: Any, max_queued: int) -> None:
+    def __init__(self, request: Request, conn: TrackedConnection, max_queued: int) -> None:
         self.request = request
         self.conn = conn
-        self.max_queued = max_queued
         self.paused = False
         self.closed = False
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
+        self._queue = Backlog(max_queued)
 
     def send(self, data: bytes) -> None:
         if self.closed:
@@ -65,18 +68,11 @@ class EventStream:
         if not self.paused:
             self.request.write(data)
             return
-        self._queue.append(data)
-        self._queued += len(data)
-        if self._queued > self.max_queued:
-            self._log.warn("event stream of {user} to {peer} dropped: {n} bytes unread",
-                           user=getattr(self.conn, "user", None), peer=getattr(self.conn, "peer_host", None),
-                           n=self._queued)
+        if not self._queue.push(data):
+            self._log.warn("event stream of {user} to {peer} dropped: more than {n} bytes unread",
+                           user=self.conn.user, peer=self.conn.peer_host, n=self._queue.limit)
             self.closed = True
-            self._queue.clear()
-            if self.conn is not None:
-                self.conn.close("slow-reader")
-            else:
-                self.request.channel.transport.abortConnection()
+            self.conn.close(Reason.SLOW_READER)
 
     def event(self, event: Event) -> None:
         if event.kind in STREAMED:
@@ -93,9 +89,7 @@ class EventStream:
     def resumeProducing(self) -> None:
         self.paused = False
         while self._queue and not self.paused and not self.closed:
-            data = self._queue.popleft()
-            self._queued -= len(data)
-            self.request.write(data)
+            self.request.write(self._queue.pop())
 
     def stopProducing(self) -> None:
         self.closed = True
@@ -114,7 +108,7 @@ class StreamRegistry:
     def discard(self, stream: EventStream) -> None:
         self._streams.discard(stream)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[EventStream]:
         return iter(list(self._streams))
 
     def __len__(self) -> int:
@@ -126,44 +120,41 @@ class EventsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, app: Any, user: str) -> None:
+    def __init__(self, user: str, hub: EventHub, presence: Presence, tracker: ConnectionTracker,
+                 streams: StreamRegistry, settings: EventSettings) -> None:
         super().__init__()
-        self.app = app
         self.user = user
+        self.hub = hub
+        self.presence = presence
+        self.tracker = tracker
+        self.streams = streams
+        self.settings = settings
 
-    def render_GET(self, request: Any) -> Any:
-        app = self.app
-        conn = app.tracker.connection_for(request.channel) if app.tracker is not None else None
-        if conn is not None:
-            refusal = app.tracker.bind(conn, self.user, "web")
-            if refusal is not None:
-                return app.refuse(request, refusal)
-        else:
-            peer = getattr(request.getClientAddress(), "host", None) or "unknown"
-            refusal = app.presence.touch_http(self.user, peer)
-            if refusal is not None:
-                return app.refuse(request, refusal)
+    def render_GET(self, request: Request) -> bytes | int:
+        conn = self.tracker.connection_for(request.channel)
+        refusal = self.presence.admit(conn, self.user, Kind.WEB)
+        if refusal is not None:
+            return refusal_page(request, refusal)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
-        stream = EventStream(request, conn, app.settings.events.max_queued)
+        stream = EventStream(request, conn, self.settings.max_queued)
         request.registerProducer(stream, True)
         stream.send(b"retry: 2000\n\n")
-        self._replay(request, stream, app.hub)
-        unsubscribe = app.hub.subscribe(stream.event)
-        app.streams.add(stream)
-        if conn is not None:
-            conn.on_peer_eof = lambda: stream.comment("eof-probe")
+        self._replay(request, stream)
+        unsubscribe = self.hub.subscribe(stream.event)
+        self.streams.add(stream)
+        conn.on_peer_eof = lambda: stream.comment("eof-probe")
 
-        def finished(_: Any) -> None:
+        def finished(_: object) -> None:
             stream.closed = True
             unsubscribe()
-            app.streams.discard(stream)
+            self.streams.discard(stream)
 
         request.notifyFinish().addBoth(finished)
         return NOT_DONE_YET
 
-    def _replay(self, request: Any, stream: EventStream, hub: EventHub) -> None:
+    def _replay(self, request: Request, stream: EventStream) -> None:
         header = request.getHeader(b"last-event-id")
         if not header:
             return
@@ -171,7 +162,7 @@ class EventsResource(Resource):
             last = int(header)
         except ValueError:
             return
-        missed = hub.since(last)
+        missed = self.hub.since(last)
         if missed is None:
             # Too much was missed: tell the page to reload its state from /api/presence.
             stream.comment("missed-events")

@@ -582,7 +582,12 @@ def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: An
         assert re.fullmatch(r"\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}", match.group("time"))
     query = next(m for m in lines if m.group("agent") == f"{marker}-1")
     assert query.group("uri") == "/api/whoami?token=*"
-    presence = [m for m in map(ACCESS.search, d.log_text().splitlines()) if m and m.group("uri") == "/api/presence"]
+    def presence_lines() -> list[re.Match[str]]:
+        return [m for m in map(ACCESS.search, d.log_text().splitlines()) if m and m.group("uri") == "/api/presence"]
+
+    # The log reaches us through twistd's stdout: wait for the line, not a fixed time.
+    wait_until(lambda: len(presence_lines()) >= 2, 5, "the /api/presence access-log lines")
+    presence = presence_lines()
     assert [(m.group("status"), m.group("user")) for m in presence] == [("401", "-"), ("200", "alice")], presence
 
     d.stop()

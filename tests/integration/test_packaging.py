@@ -175,7 +175,7 @@ def test_installed_code_is_what_runs(install: Install) -> None:
         "import boatwist, twisted.plugins\n"
         "from twisted.plugin import getPlugins\n"
         "from twisted.application.service import IServiceMaker\n"
-        "from boatwist.web.resources import static_dir\n"
+        "from boatwist.web.static import static_dir\n"
         "makers = [p for p in getPlugins(IServiceMaker) if p.tapname == 'embweb']\n"
         "import sys\n"
         "print(boatwist.__file__)\n"

@@ -27,16 +27,9 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, c
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from boatwist.config import KeepaliveSettings
-from boatwist.net.sockets import (
-    RecordingSocket,
-    SocketRecord,
-    TcpInfo,
-    apply_keepalive,
-    find_socket,
-    find_tcp_transport,
-    install_recorder,
-    read_tcp_info,
-)
+from boatwist.net.recorder import RecordingSocket, SocketRecord, find_socket, find_tcp_transport, install_recorder
+from boatwist.net.sockopts import apply_keepalive
+from boatwist.net.tcpinfo import TcpInfo, read_tcp_info
 
 if not sys.platform.startswith("linux"):
     raise SkipTest("TCP_INFO and these socket options are Linux's")
@@ -451,7 +444,7 @@ def test_vitals_agree_with_the_full_tcp_info_on_a_real_socket() -> None:
     """The heartbeat's 72-byte read gives the same values as the full parser, field by field."""
     import socket as socketmodule
 
-    from boatwist.net.sockets import TcpVitals, read_tcp_info, read_tcp_vitals
+    from boatwist.net.tcpinfo import TcpVitals, read_tcp_info, read_tcp_vitals
 
     server = socketmodule.socket()
     server.bind(("127.0.0.1", 0))

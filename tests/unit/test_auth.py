@@ -26,9 +26,10 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from boatwist.auth.checkers import BcryptChecker, OperatorRealm, PeerAwareFactory, ThrottledChecker, basic_factory, peer_of
+from boatwist.auth.checkers import BcryptChecker, ThrottledChecker
+from boatwist.auth.portal import OperatorRealm, PeerAwareFactory, basic_factory, peer_of
 from boatwist.auth.passwords import UserDatabase, set_password
-from boatwist.store.service import SynchronousRunner
+from boatwist.workers import SynchronousRunner
 from boatwist.auth.throttle import LoginThrottle
 
 REALM = "boatwist"
@@ -487,7 +488,7 @@ def _request_with_agent(agent: bytes | None) -> Any:
 
 def test_browsers_and_curl_are_offered_the_stronger_algorithm_first() -> None:
     """Clients that take the first challenge they know get SHA-256 first."""
-    from boatwist.auth.checkers import digest_order
+    from boatwist.auth.portal import digest_order
 
     for agent in (b"Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", b"curl/7.88.1", None, b"Python-urllib/3.14"):
         assert digest_order(_request_with_agent(agent), ("SHA-256", "MD5")) == ("SHA-256", "MD5")
@@ -495,7 +496,7 @@ def test_browsers_and_curl_are_offered_the_stronger_algorithm_first() -> None:
 
 def test_old_urllib_is_offered_md5_first() -> None:
     """urllib before 3.14 reads only the first challenge and fails on SHA-256: it gets MD5 first."""
-    from boatwist.auth.checkers import digest_order
+    from boatwist.auth.portal import digest_order
 
     for agent in (b"Python-urllib/3.11", b"Python-urllib/3.9", b"Python-urllib/3.13"):
         assert digest_order(_request_with_agent(agent), ("SHA-256", "MD5")) == ("MD5", "SHA-256")
@@ -507,7 +508,7 @@ def test_digest_slots_follow_the_order_and_all_decode() -> None:
     """Each guard slot challenges with its algorithm for this client; decoding is shared."""
     from twisted.internet.task import Clock
 
-    from boatwist.auth.checkers import digest_factories
+    from boatwist.auth.portal import digest_factories
     from boatwist.auth.digest import DigestAuthority
 
     authority = DigestAuthority("boatwist", Clock(), 300)
@@ -591,7 +592,7 @@ def test_identical_parallel_basic_logins_count_once() -> None:
 
 def test_deleted_or_changed_users_lose_their_open_sessions(tmp_path: Any) -> None:
     """A user removed, or whose password changed, is kicked with reason revoked; others stay."""
-    from boatwist.auth.checkers import CredentialWatch
+    from boatwist.auth.watch import CredentialWatch
     from boatwist.auth.passwords import UserDatabase, delete_user, set_password
 
     users, digest = tmp_path / "u", tmp_path / "d"

@@ -1,11 +1,13 @@
 """
 The chat port, byte for byte: StringTransport for the socket, Clock for time,
-a real EventHub and ChatRoom, fakes for the store, presence, tracker and
-authenticate.
+a real EventHub, ChatRoom, Presence and ConnectionTracker (each connection is
+accepted through the tracker, as in the daemon); fakes for the store (to
+hold commits back or fill the disk) and for authenticate.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -13,15 +15,18 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from boatwist.chat.protocol import BINARY, ChatFactory, ChatProtocol, TelnetFilter
 from boatwist.chat.room import ChatRoom
-from boatwist.config import ChatSettings
+from boatwist.config import AdmissionSettings, ChatSettings, KeepaliveSettings
 from boatwist.events import EventHub
-from boatwist.presence import Refusal
+from boatwist.net.tracking import ConnectionTracker, TrackedConnection
+from boatwist.presence import Kind, Presence
+from boatwist.reasons import Reason
 from boatwist.store.service import Message, StoreFull
 
 IAC, DONT, DO, WONT, WILL, SB, SE, ECHO = 255, 254, 253, 252, 251, 250, 240, 1
@@ -58,69 +63,6 @@ class FakeStore:
         return succeed(self.messages[-limit:])
 
 
-class FakePresence:
-    """Admits everyone (or answers with .refusal), records attach/detach, makes a snapshot."""
-
-    def __init__(self) -> None:
-        self.refusal: Refusal | None = None
-        self.attached: list[tuple[str, Any]] = []
-        self.detached: list[tuple[Any, str, float | None]] = []
-
-    def attach(self, user: str, conn: Any) -> Refusal | None:
-        if self.refusal is not None:
-            return self.refusal
-        self.attached.append((user, conn))
-        return None
-
-    def detach(self, conn: Any, reason: str, detected_after: float | None = None) -> None:
-        self.detached.append((conn, reason, detected_after))
-        self.attached = [(u, c) for u, c in self.attached if c is not conn]
-
-    def snapshot(self) -> dict[str, Any]:
-        users: dict[str, list[Any]] = {}
-        for user, conn in self.attached:
-            users.setdefault(user, []).append(conn)
-        return {
-            "seats": {"used": len(users), "limit": 10},
-            "users": [
-                {"user": u, "state": "unstable" if any(c.unstable for c in cs) else "online",
-                 "connections": [{"kind": c.kind, "rtt_ms": c.rtt_ms, "unstable": c.unstable} for c in cs]}
-                for u, cs in sorted(users.items())
-            ],
-        }
-
-
-class FakeConnection:
-    """A TrackedConnection as the tracker would hand it out."""
-
-    def __init__(self, transport: StringTransport) -> None:
-        self.kind = "chat"
-        self.user: str | None = None
-        self.rtt_ms: float | None = 0.4
-        self.unstable = False
-        self.closed: list[str] = []
-        self._transport = transport
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
-        self._transport.abortConnection()
-
-
-class FakeTracker:
-    def __init__(self, presence: FakePresence) -> None:
-        self.presence = presence
-        self.conns: dict[int, FakeConnection] = {}
-        self.bound: list[tuple[FakeConnection, str, str]] = []
-
-    def connection_for(self, protocol: Any) -> FakeConnection | None:
-        return self.conns.get(id(protocol))
-
-    def bind(self, conn: FakeConnection, user: str, kind: str) -> Refusal | None:
-        self.bound.append((conn, user, kind))
-        conn.user, conn.kind = user, kind
-        return self.presence.attach(user, conn)
-
-
 class FakeAuth:
     """authenticate(user, password, peer_host): immediate, or manual when .manual is set."""
 
@@ -142,35 +84,55 @@ class FakeAuth:
 
 
 class Harness:
-    def __init__(self, tracked: bool = True, **chat: Any) -> None:
+    def __init__(self, max_users: int = 10, **chat: Any) -> None:
         self.clock = Clock()
         self.hub = EventHub()
         self.store = FakeStore()
-        self.presence = FakePresence()
-        self.tracker = FakeTracker(self.presence)
-        self.tracked = tracked
+        admission = AdmissionSettings(max_users=max_users, networks=(ipaddress.ip_network("0.0.0.0/0"),))
+        self.presence = Presence(self.hub, admission, self.clock.seconds, lambda: 1_700_000_000.0)
+        self.tracker = ConnectionTracker(self.presence, admission, KeepaliveSettings(), self.clock, self.clock.seconds)
         self.auth = FakeAuth()
         self.settings = ChatSettings(**chat)
         self.room = ChatRoom(self.hub, self.store, self.presence, self.clock, self.settings)
         self.factory = ChatFactory(self.room, self.presence, self.tracker, self.auth, self.clock, self.settings)
+        self.listener = self.tracker.wrap(self.factory, Kind.CHAT)
+        self.transports: list[StringTransport] = []
         self._port = 40000
 
     def connect(self, host: str = "192.0.2.7") -> tuple[ChatProtocol, StringTransport]:
+        """A chat connection accepted through the real tracker."""
         self._port += 1
         peer = IPv4Address("TCP", host, self._port)
-        proto = self.factory.buildProtocol(peer)
+        wrapper = self.listener.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
-        if self.tracked:
-            self.tracker.conns[id(proto)] = FakeConnection(transport)
-        proto.makeConnection(transport)
+        wrapper.makeConnection(transport)
+        proto = wrapper.wrappedProtocol
+        assert isinstance(proto, ChatProtocol)
+        self.transports.append(transport)
         return proto, transport
+
+    def conn(self, proto: ChatProtocol) -> TrackedConnection:
+        return self.tracker.connection_for(proto)
+
+    def fill_seats(self) -> None:
+        """Every seat taken by someone else (plain requests from 192.0.2.200)."""
+        for n in range(self.presence.limit):
+            wrapper = self.tracker.wrap(Factory.forProtocol(Protocol), Kind.HTTP).buildProtocol(
+                IPv4Address("TCP", "192.0.2.200", 50000 + n))
+            wrapper.makeConnection(StringTransport())
+            assert self.presence.admit(wrapper.conn, f"other{n}", Kind.HTTP) is None
+
+    def events(self) -> list[Any]:
+        return list(self.hub.since(0) or [])
 
     def login(self, user: str = "alice", password: str | None = None) -> tuple[ChatProtocol, StringTransport]:
         proto, transport = self.connect()
         password = self.auth.passwords[user] if password is None else password
         proto.dataReceived(f"{user}\n{password}\n".encode())
         assert proto.user == user, transport.value()
-        transport.clear()
+        # The others were told "* user is online (...)": the tests look at what comes after.
+        for each in self.transports:
+            each.clear()
         return proto, transport
 
 
@@ -231,7 +193,7 @@ def test_wrong_password_reprompts_and_third_failure_closes() -> None:
     proto.dataReceived(b"alice\nwrong\n")
     assert take(transport) == b"password: login incorrect\r\ntoo many failed logins; goodbye\r\n"
     assert transport.disconnecting
-    assert h.presence.attached == []
+    assert not h.presence.is_online("alice")
 
 
 def test_empty_login_name_just_asks_again() -> None:
@@ -291,9 +253,9 @@ def test_one_address_cannot_take_every_pending_login_slot() -> None:
 
 
 def test_full_house_is_a_clear_line_and_a_close() -> None:
-    """The Refusal from bind is shown with its message() and the connection closed, unsubscribed."""
+    """The Refusal from presence is shown with its message() and the connection closed, unsubscribed."""
     h = Harness()
-    h.presence.refusal = Refusal("full", 10, 10, 30)
+    h.fill_seats()
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(b"alice\nsecret\n")
@@ -303,36 +265,35 @@ def test_full_house_is_a_clear_line_and_a_close() -> None:
     assert h.factory.pending_logins == 0
 
 
-def test_tracked_connection_is_bound_as_chat() -> None:
-    """With a tracker that knows the connection, the login is tracker.bind(conn, user, 'chat')."""
-    h = Harness(tracked=True)
+def test_login_makes_the_tracked_connection_the_users_chat_presence() -> None:
+    """A login admits the tracked connection to presence as a chat connection."""
+    h = Harness()
     proto, _ = h.login("bob")
-    conn = h.tracker.conns[id(proto)]
-    assert h.tracker.bound == [(conn, "bob", "chat")]
-    proto.connectionLost(Failure(ConnectionDone()))
-    assert h.presence.detached == []  # the tracker detaches tracked connections itself
+    conn = h.conn(proto)
+    assert (conn.user, conn.kind) == ("bob", "chat")
+    assert h.presence.snapshot()["users"][0]["connections"][0]["kind"] == "chat"
 
 
 @pytest.mark.parametrize("reason, word", [(ConnectionDone(), "closed"), (ConnectionLost(), "reset")])
-def test_untracked_connection_falls_back_to_presence(reason: Exception, word: str) -> None:
-    """No tracked connection: presence.attach gets a chat stand-in, detached with a reason when lost."""
-    h = Harness(tracked=False)
+def test_lost_chat_connection_ends_presence_with_the_trackers_reason(reason: Exception, word: str) -> None:
+    """When the chat connection ends, the tracker tells presence why: the user is offline with that reason."""
+    h = Harness()
     proto, _ = h.login("bob")
-    [(user, conn)] = h.presence.attached
-    assert (user, conn.kind, conn.peer_host, conn.user) == ("bob", "chat", "192.0.2.7", "bob")
-    proto.connectionLost(Failure(reason))
-    assert h.presence.detached == [(conn, word, None)]
+    proto.transport.connectionLost(Failure(reason))
+    assert not h.presence.is_online("bob")
+    last = [e.data for e in h.events() if e.kind == "presence"][-1]
+    assert (last["user"], last["state"], last["reason"]) == ("bob", "offline", word)
 
 
 def test_answer_arriving_after_the_connection_died_admits_nobody() -> None:
     """A slow authenticate firing after connectionLost must not attach a ghost to presence."""
-    h = Harness(tracked=False)
+    h = Harness()
     h.auth.manual = True
     proto, _ = h.connect()
     proto.dataReceived(b"alice\nsecret\n")
     proto.connectionLost(Failure(ConnectionLost()))
     h.auth.pending[0].callback("alice")
-    assert h.presence.attached == []
+    assert not h.presence.is_online("alice")
     assert h.factory.pending_logins == 0
     assert h.hub.subscriber_count == 0
 
@@ -553,8 +514,9 @@ def test_who_lists_users_state_front_end_and_rtt() -> None:
     h = Harness()
     alice, transport = h.login("alice")
     bob, _ = h.login("bob")
-    h.tracker.conns[id(bob)].unstable = True
-    h.tracker.conns[id(bob)].rtt_ms = None
+    h.conn(alice).rtt_ms = 0.4
+    h.presence.set_unstable(h.conn(bob), True, Reason.PROBES)
+    assert lines(transport) == ["* bob is unstable (keepalive probes unanswered)"]
     alice.dataReceived(b"/who\n")
     assert lines(transport) == [
         "2 online:",
@@ -637,19 +599,20 @@ def test_heartbeat_timeout_closes_with_reason_through_the_tracker() -> None:
     assert not transport.disconnecting
     h.clock.advance(0.1)
     assert lines(transport) == ["PING 1", "error: no PONG 1 within 3 s; closing"]
-    assert h.tracker.conns[id(alice)].closed == ["heartbeat-timeout"]
+    assert h.conn(alice).close_reason == "heartbeat-timeout"
     assert transport.disconnecting
 
 
-def test_heartbeat_timeout_untracked_loses_the_connection_and_tells_presence() -> None:
-    """Without a tracked connection the transport is closed and presence hears 'heartbeat-timeout'."""
-    h = Harness(tracked=False, ping_timeout=1.0)
+def test_heartbeat_timeout_tells_presence_why() -> None:
+    """The connection closed for a missed PONG is offline with reason 'heartbeat-timeout', timers gone."""
+    h = Harness(ping_timeout=1.0)
     alice, transport = h.login()
     alice.dataReceived(b"/heartbeat 1\n")
     h.clock.pump([1, 1])
     assert transport.disconnecting
-    alice.connectionLost(Failure(ConnectionLost()))
-    assert [(reason, after) for _, reason, after in h.presence.detached] == [("heartbeat-timeout", None)]
+    alice.transport.connectionLost(Failure(ConnectionLost()))
+    last = [e.data for e in h.events() if e.kind == "presence"][-1]
+    assert (last["state"], last["reason"]) == ("offline", "heartbeat-timeout")
     assert h.clock.getDelayedCalls() == []
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,8 +72,7 @@ class Rig:
         self.store = FakeStore()
         settings = ChatSettings(rate_messages=rate_messages, rate_period=rate_period, max_line=max_line)
         self.room = ChatRoom(self.hub, self.store, FakePresence(), self.clock, settings)
-        self.app = SimpleNamespace(store=self.store, room=self.room)
-        self.resource = ChatResource(self.app, "alice")
+        self.resource = ChatResource("alice", self.room)
 
     def get(self, **args: str) -> DummyRequest:
         request = DummyRequest([])

@@ -3,7 +3,7 @@ boatwist.net.tracking: the accept-time checks, tracking, and why a connection en
 
 Connections are built as the reactor builds them (C{factory.buildProtocol},
 then C{makeConnection} on a L{StringTransport}); time is a L{Clock}; the
-socket layer (L{boatwist.net.sockets}) is replaced by fakes where a test needs
+socket layer (L{boatwist.net.tcpinfo}, L{boatwist.net.recorder}) is replaced by fakes where a test needs
 C{TCP_INFO} or a socket, because test transports have none.
 """
 
@@ -22,7 +22,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from boatwist.net import sockets
 from boatwist.net import tracking as connections
 from boatwist.config import AdmissionSettings, KeepaliveSettings
 from boatwist.net.tracking import (
@@ -33,8 +32,10 @@ from boatwist.net.tracking import (
     peer_allowed,
 )
 from boatwist.events import EventHub
-from boatwist.presence import Presence, Refusal
-from boatwist.net.sockets import RecordingSocket, SocketRecord, TcpInfo
+from boatwist.presence import Kind, Presence, Refusal
+from boatwist.net.classify import classify
+from boatwist.net.recorder import RecordingSocket, SocketRecord
+from boatwist.net.tcpinfo import TcpInfo
 
 ESTABLISHED, CLOSE, CLOSE_WAIT = 1, 7, 8
 
@@ -90,9 +91,29 @@ class World:
         self.tracker = ConnectionTracker(self.presence, self.admission, keepalive or KeepaliveSettings(),
                                          self.clock, self.clock.seconds)
         self.inner = RecorderFactory()
-        self.wrapping = self.tracker.wrap(self.inner, "http")
+        self.wrapping = self.tracker.wrap(self.inner, Kind.HTTP)
+        #: What presence was told of ended connections: (conn, reason, detected_after).
         self.ended: list[tuple[Any, str, float | None]] = []
-        self.tracker.ended_listeners.append(lambda c, r, d: self.ended.append((c, r, d)))
+        real_detach = self.presence.detach
+
+        def detach(conn: Any, reason: Any, detected_after: float | None = None) -> None:
+            self.ended.append((conn, reason, detected_after))
+            real_detach(conn, reason, detected_after)
+
+        self.presence.detach = detach  # type: ignore[method-assign]
+
+    def bind(self, conn: Any, user: str, kind: Kind) -> Refusal | None:
+        """Admit conn to presence as user's event stream or chat connection."""
+        return self.presence.admit(conn, user, kind)
+
+    def touch_http(self, conn: Any, user: str) -> Refusal | None:
+        """A plain request by user on conn."""
+        return self.presence.admit(conn, user, Kind.HTTP)
+
+    def occupy(self, user: str, host: str = "10.0.0.9") -> None:
+        """user online through a plain request from another connection."""
+        _, _ = self.connect(host, 41000)
+        self.touch_http(self.tracker.connections()[-1], user)
 
     def connect(self, host: str = "10.1.2.3", port: int = 40000,
                 transport: StringTransport | None = None) -> tuple[Any, StringTransport]:
@@ -156,14 +177,14 @@ class SocketTransport(StringTransport):
 
 
 def fake_tcp_info(monkeypatch: pytest.MonkeyPatch, info: TcpInfo | None) -> list[Any]:
-    """Make sockets.read_tcp_info answer C{info}; returns the sockets it was asked about."""
+    """Make tcpinfo.read_tcp_info answer C{info}; returns the sockets it was asked about."""
     asked: list[Any] = []
 
     def read(sock: Any, platform: str | None = None) -> TcpInfo | None:
         asked.append(sock)
         return info
 
-    monkeypatch.setattr(sockets, "read_tcp_info", read)
+    monkeypatch.setattr(connections, "read_tcp_info", read)
     return asked
 
 
@@ -231,7 +252,7 @@ def test_address_inside_networks_reaches_the_application() -> None:
     proto.dataReceived(b"hello")
     assert app.events == ["makeConnection", ("data", b"hello")]
     [conn] = w.tracker.connections()
-    assert (conn.peer_host, conn.peer_port, conn.kind, conn.user, conn.bound) == ("10.9.8.7", 5555, "http", None, False)
+    assert (conn.peer_host, conn.peer_port, conn.kind, conn.user) == ("10.9.8.7", 5555, "http", None)
     assert not transport.disconnecting
 
 
@@ -343,7 +364,7 @@ def test_data_received_is_a_sign_of_life() -> None:
 
 
 def test_connection_for_walks_down_from_the_application_protocol() -> None:
-    """The tracked connection is found from the innermost protocol; an untracked one gives None."""
+    """The tracked connection is found from the innermost protocol; an untracked one is a LookupError."""
     w = World()
     proto, _ = w.connect()
     [app] = w.inner.built
@@ -351,8 +372,9 @@ def test_connection_for_walks_down_from_the_application_protocol() -> None:
     assert w.tracker.connection_for(proto) is proto.conn
     loose = Recorder()
     loose.makeConnection(StringTransport())
-    assert w.tracker.connection_for(loose) is None
-    assert w.tracker.connection_for(None) is None
+    for untracked in (loose, None):
+        with pytest.raises(LookupError):
+            w.tracker.connection_for(untracked)
 
 
 # -------------------------------------------------------------- close()
@@ -395,7 +417,7 @@ def test_classify_close_reason_wins_over_everything() -> None:
     conn = one_connection(w)
     conn.record = SocketRecord(errno=errno.ECONNRESET)
     conn.close_reason = "kicked"
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("kicked", None)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == ("kicked", None)
 
 
 def test_classify_keepalive_timeout_from_the_socket_record_with_final_idle() -> None:
@@ -409,7 +431,7 @@ def test_classify_keepalive_timeout_from_the_socket_record_with_final_idle() -> 
                                final_info=TcpInfo(state=CLOSE, probes=2, last_data_recv_ms=4000,
                                                   last_ack_recv_ms=3100))
     conn.last_alive = w.clock.seconds() - 60  # not used when the kernel says better
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("keepalive-timeout", 3.1)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == ("keepalive-timeout", 3.1)
 
 
 def test_classify_keepalive_timeout_without_final_info_uses_last_alive() -> None:
@@ -418,7 +440,7 @@ def test_classify_keepalive_timeout_without_final_info_uses_last_alive() -> None
     conn = one_connection(w)
     conn.record = SocketRecord(errno=errno.EHOSTUNREACH)
     conn.last_alive = w.clock.seconds() - 2.5
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("keepalive-timeout", 2.5)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == ("keepalive-timeout", 2.5)
 
 
 def test_classify_reset_from_the_socket_record() -> None:
@@ -426,23 +448,23 @@ def test_classify_reset_from_the_socket_record() -> None:
     w = World()
     conn = one_connection(w)
     conn.record = SocketRecord(errno=errno.ECONNRESET)
-    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("reset", None)
+    assert classify(conn, Failure(ConnectionDone()), w.clock.seconds()) == ("reset", None)
 
 
 def test_classify_connection_done_is_closed_with_zero_latency() -> None:
     """A clean close is 'closed', detected after 0 s: a goodbye is heard, not detected."""
     w = World()
     conn = one_connection(w)
-    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("closed", 0.0)
+    assert classify(conn, Failure(ConnectionDone()), w.clock.seconds()) == ("closed", 0.0)
     conn.record = SocketRecord()  # the socket saw nothing wrong
-    assert w.tracker.classify(conn, Failure(ConnectionDone())) == ("closed", 0.0)
+    assert classify(conn, Failure(ConnectionDone()), w.clock.seconds()) == ("closed", 0.0)
 
 
 def test_classify_bare_connection_lost_is_reset() -> None:
     """A non-clean loss with no recorded cause is a reset."""
     w = World()
     conn = one_connection(w)
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("reset", None)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == ("reset", None)
 
 
 def test_classify_reset_after_peer_eof_is_closed() -> None:
@@ -451,7 +473,7 @@ def test_classify_reset_after_peer_eof_is_closed() -> None:
     conn = one_connection(w)
     conn.peer_eof = True
     conn.record = SocketRecord(errno=errno.ECONNRESET)
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == ("closed", 0.0)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == ("closed", 0.0)
 
 
 @pytest.mark.parametrize("reason", ["heartbeat-timeout", "tcp-state"])
@@ -461,56 +483,65 @@ def test_classify_vanished_reasons_measure_from_last_alive(reason: str) -> None:
     conn = one_connection(w)
     conn.last_alive = w.clock.seconds() - 4.25
     conn.close_reason = reason
-    assert w.tracker.classify(conn, Failure(ConnectionLost())) == (reason, 4.25)
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds()) == (reason, 4.25)
 
 
-# ----------------------------------------------------- bind / touch_http
+# ------------------------------------------------- admission through presence
 
 
-def test_bind_admits_a_persistent_connection_to_presence() -> None:
-    """bind() makes the connection the user's presence, with its kind as 'via'."""
+def test_admitted_stream_becomes_the_users_presence() -> None:
+    """Admitted as WEB, the connection is the user's presence, with its kind as 'via'."""
     w = World()
     w.connect()
     [conn] = w.tracker.connections()
-    assert w.tracker.bind(conn, "alice", "web") is None
-    assert (conn.user, conn.kind, conn.bound) == ("alice", "web", True)
+    assert w.bind(conn, "alice", Kind.WEB) is None
+    assert (conn.user, conn.kind) == ("alice", "web")
     assert w.presence.is_online("alice")
     assert w.events[-1].data["via"] == "web"
 
 
-def test_bind_refused_leaves_the_connection_unbound_and_plain() -> None:
-    """A refused bind returns the Refusal; the connection is neither bound nor counted as a stream."""
+def test_refused_stream_leaves_the_connection_plain() -> None:
+    """A refused admission returns the Refusal; the connection is not counted as a stream."""
     w = World(max_users=1)
-    w.presence.touch_http("bob", "10.0.0.9")
+    w.occupy("bob")
     w.connect()
-    [conn] = w.tracker.connections()
-    refusal = w.tracker.bind(conn, "alice", "web")
+    conn = w.tracker.connections()[-1]
+    refusal = w.bind(conn, "alice", Kind.WEB)
     assert isinstance(refusal, Refusal) and refusal.reason == "full"
-    assert not conn.bound
+    assert conn.user is None
     assert conn.kind == "http"
     assert not w.presence.is_online("alice")
 
 
-def test_touch_http_marks_the_user_without_binding() -> None:
-    """A plain request names the connection's user and keeps them online for http_grace, unbound."""
+def test_plain_request_names_the_user_without_making_a_stream() -> None:
+    """A plain request names the connection's user and keeps them online for http_grace."""
     w = World()
     w.connect()
     [conn] = w.tracker.connections()
-    assert w.tracker.touch_http(conn, "alice", "10.1.2.3") is None
-    assert conn.user == "alice" and not conn.bound
+    assert w.touch_http(conn, "alice") is None
+    assert conn.user == "alice" and conn.kind == "http"
     assert w.presence.is_online("alice")
     assert w.presence.users()[0].via == "http"
-    assert w.tracker.touch_http(None, "carol", "10.1.2.4") is None
 
 
-def test_touch_http_refused_when_full() -> None:
-    """A new user on a full server gets the Refusal from touch_http."""
+def test_plain_request_refused_when_full() -> None:
+    """A new user on a full server gets the Refusal."""
     w = World(max_users=1)
-    w.presence.touch_http("bob", "10.0.0.9")
+    w.occupy("bob")
     w.connect()
-    [conn] = w.tracker.connections()
-    refusal = w.tracker.touch_http(conn, "alice", "10.1.2.3")
+    conn = w.tracker.connections()[-1]
+    refusal = w.touch_http(conn, "alice")
     assert refusal is not None and refusal.reason == "full"
+
+
+def test_connection_for_finds_the_tracked_connection_or_says_it_is_a_bug() -> None:
+    """Under a wrapped protocol the tracked connection is found; elsewhere LookupError."""
+    w = World()
+    proto, _ = w.connect()
+    [app] = w.inner.built
+    assert w.tracker.connection_for(app) is proto.conn
+    with pytest.raises(LookupError):
+        w.tracker.connection_for(object())
 
 
 # ---------------------------------------------------------------- ending
@@ -521,7 +552,7 @@ def test_bound_connection_end_detaches_with_the_classified_reason() -> None:
     w = World()
     proto, _ = w.connect()
     [conn] = w.tracker.connections()
-    w.tracker.bind(conn, "alice", "web")
+    w.bind(conn, "alice", Kind.WEB)
     conn.record = SocketRecord(errno=errno.ETIMEDOUT)
     conn.last_alive = w.clock.seconds() - 3.0
     proto.connectionLost(Failure(ConnectionLost()))
@@ -534,18 +565,18 @@ def test_bound_connection_end_detaches_with_the_classified_reason() -> None:
 def test_unbound_connection_end_does_not_touch_presence(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     A plain HTTP connection ending says nothing to presence (the user stays
-    for http_grace); the ended listeners still hear of it.
+    for http_grace).
     """
     w = World()
     detached: list[Any] = []
     monkeypatch.setattr(w.presence, "detach", lambda *a: detached.append(a))
     proto, _ = w.connect()
     [conn] = w.tracker.connections()
-    w.tracker.touch_http(conn, "alice", "10.1.2.3")
+    w.touch_http(conn, "alice")
     proto.connectionLost(Failure(ConnectionDone()))
     assert detached == []
     assert w.presence.is_online("alice")
-    assert w.ended == [(conn, "closed", 0.0)]
+    assert len(w.tracker) == 0
 
 
 def test_ended_connection_reaches_the_application_protocol_and_frees_its_address() -> None:
@@ -559,43 +590,23 @@ def test_ended_connection_reaches_the_application_protocol_and_frees_its_address
     assert not transport.disconnected
 
 
-def test_failing_listener_neither_keeps_the_user_online_nor_hides_the_loss(logged: list[dict[str, Any]]) -> None:
-    """
-    A broken ended-listener (metrics) is logged; presence is still told, the
-    other listeners still run, and the application protocol still hears of
-    the loss (else its timers and requests would leak).
-    """
-    w = World()
-
-    def broken(conn: Any, reason: str, after: float | None) -> None:
-        raise RuntimeError("metrics broke")
-
-    w.tracker.ended_listeners.insert(0, broken)
-    proto, _ = w.connect()
-    [app] = w.inner.built
-    [conn] = w.tracker.connections()
-    w.tracker.bind(conn, "alice", "chat")
-    proto.connectionLost(Failure(ConnectionDone()))
-    assert not w.presence.is_online("alice")
-    assert w.ended == [(conn, "closed", 0.0)]
-    assert app.events[-1] == ("lost", ConnectionDone)
-    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
-
-
 def test_failing_presence_still_lets_the_application_hear_of_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even if presence raises on detach, listeners run and the wrapped protocol gets connectionLost."""
+    """Even if presence raises on detach, the connection is forgotten and the wrapped protocol gets connectionLost."""
     w = World()
+    told: list[Any] = []
 
     def broken(*args: Any) -> None:
+        told.append(args)
         raise RuntimeError("presence broke")
 
     proto, _ = w.connect()
     [app] = w.inner.built
     [conn] = w.tracker.connections()
-    w.tracker.bind(conn, "alice", "web")
+    w.bind(conn, "alice", Kind.WEB)
     monkeypatch.setattr(w.presence, "detach", broken)
     proto.connectionLost(Failure(ConnectionDone()))
-    assert w.ended == [(conn, "closed", 0.0)]
+    assert told == [(conn, "closed", 0.0)]
+    assert len(w.tracker) == 0
     assert app.events[-1] == ("lost", ConnectionDone)
 
 
@@ -655,6 +666,7 @@ def test_peer_eof_probe_check_after_the_connection_ended_does_nothing(monkeypatc
     w = World()
     proto, _ = w.connect()
     [conn] = w.tracker.connections()
+    w.bind(conn, "alice", Kind.WEB)
     conn.sock = object()
     conn.on_peer_eof = lambda: None
     proto.readConnectionLost()
@@ -686,11 +698,6 @@ def test_tcp_info_reads_the_connections_socket(monkeypatch: pytest.MonkeyPatch) 
     conn.sock = sock = object()
     assert conn.tcp_info() is info
     assert asked == [sock]
-
-
-def test_module_uses_sockets_through_its_module() -> None:
-    """connections reaches the socket layer as boatwist.net.sockets (so it can be faked as above)."""
-    assert connections.sockets is sockets
 
 
 def test_held_writes_wait_and_are_released_in_order() -> None:
@@ -742,9 +749,9 @@ def test_timeout_after_a_closed_window_is_a_slow_reader() -> None:
     conn.record = SocketRecord(errno=110)
     conn.window_closed_at = w.clock.seconds()
     w.clock.advance(1)
-    assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "slow-reader"
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds())[0] == "slow-reader"
     w.clock.advance(5)
-    assert w.tracker.classify(conn, Failure(ConnectionLost()))[0] == "keepalive-timeout"
+    assert classify(conn, Failure(ConnectionLost()), w.clock.seconds())[0] == "keepalive-timeout"
 
 
 def test_shutdown_closes_every_connection_with_reason_shutdown_and_waits() -> None:
@@ -757,7 +764,7 @@ def test_shutdown_closes_every_connection_with_reason_shutdown_and_waits() -> No
     w = World()
     protocols = [w.connect(port=p)[0] for p in (1, 2)]
     for conn in w.tracker.connections():
-        w.tracker.bind(conn, f"user{conn.peer_port}", "chat")
+        w.bind(conn, f"user{conn.peer_port}", Kind.CHAT)
     service = ClosingService(w.tracker, timeout=2.0)
     service.startService()
     done = service.stopService()

@@ -14,9 +14,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from boatwist.config import HeartbeatSettings
+from boatwist.config import HeartbeatSettings, KeepaliveSettings
 from boatwist.heartbeat import HeartbeatService
-from boatwist.net.sockets import TcpInfo
+from boatwist.net.tcpinfo import TcpInfo
+from boatwist.presence import Kind
 
 ESTABLISHED, CLOSE, CLOSE_WAIT, FIN_WAIT1 = 1, 7, 8, 4
 
@@ -26,7 +27,7 @@ class FakeConn:
     id: int = 1
     info: TcpInfo | None = field(default_factory=lambda: TcpInfo(state=ESTABLISHED))
     user: str | None = "alice"
-    bound: bool = True
+    kind: Kind = Kind.WEB
     peer_eof: bool = False
     unstable: bool = False
     rtt_ms: float | None = None
@@ -109,7 +110,8 @@ class Rig:
         self.service = HeartbeatService(
             self.tracker, self.presence, self.streams,
             HeartbeatSettings(interval=interval, stream_interval=stream_interval),
-            self.clock, self.clock.seconds, watchdog=self._watchdog, cpu_time=self._cpu_time,
+            self.clock, self.clock.seconds, keepalive=KeepaliveSettings(), watchdog=self._watchdog,
+            cpu_time=self._cpu_time,
         )
 
     def _watchdog(self) -> None:
@@ -149,7 +151,7 @@ def test_close_wait_is_closed_with_tcp_state() -> None:
 
 def test_other_non_established_states_are_tcp_state_too() -> None:
     """Any state but ESTABLISHED and CLOSE ends the connection with 'tcp-state', bound or not."""
-    conn = FakeConn(info=TcpInfo(state=FIN_WAIT1), user=None, bound=False)
+    conn = FakeConn(info=TcpInfo(state=FIN_WAIT1), user=None, kind=Kind.HTTP)
     Rig([conn]).start().tick()
     assert conn.closed == ["tcp-state"]
 
@@ -242,10 +244,10 @@ def test_healthy_stable_connection_is_not_reported() -> None:
     assert rig.presence.unstable_calls == []
 
 
-@pytest.mark.parametrize("user, bound", [(None, False), ("alice", False)])
-def test_unbound_connections_are_not_marked(user: str | None, bound: bool) -> None:
-    """A plain HTTP connection (not bound to presence) is measured but never marked unstable."""
-    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=2, rtt_us=4000), user=user, bound=bound)
+@pytest.mark.parametrize("user, kind", [(None, Kind.HTTP), ("alice", Kind.HTTP), (None, Kind.CHAT)])
+def test_unbound_connections_are_not_marked(user: str | None, kind: Kind) -> None:
+    """A plain HTTP connection, or a chat one not logged in, is measured but never marked unstable."""
+    conn = FakeConn(info=TcpInfo(state=ESTABLISHED, probes=2, rtt_us=4000), user=user, kind=kind)
     rig = Rig([conn]).start()
     rig.tick()
     assert rig.presence.unstable_calls == []

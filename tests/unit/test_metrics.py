@@ -1,70 +1,42 @@
 """
 boatwist.metrics: /metrics in the Prometheus text format.
 
-Presence and the hub are real (on a L{Clock}); the tracker, heartbeat and
-stream registry are stand-ins with the attributes metrics reads.  The output
-is parsed with prometheus_client's own parser, as a scraper would.
+The whole core is real (tests/core_rig.py, on a L{Clock}); connections are
+real tracked ones on StringTransports.  The output is parsed with
+prometheus_client's own parser, as a scraper would.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.task import Clock
 
-from boatwist.config import AdmissionSettings
-from boatwist.events import EventHub
-from boatwist.metrics import Metrics
-from boatwist.presence import Presence
-
-
-@dataclass(eq=False)
-class Conn:
-    id: int
-    kind: str = "web"
-    peer_host: str = "10.0.0.1"
-    peer_port: int = 4000
-    rtt_ms: float | None = None
-    unstable: bool = False
-    closed: list[str] = field(default_factory=list)
-
-    def close(self, reason: str) -> None:
-        self.closed.append(reason)
+from boatwist.net.tracking import TrackedConnection
+from boatwist.presence import Kind
+from boatwist.reasons import Reason
+from core_rig import Rig as CoreRig
 
 
-class Tracker:
-    def __init__(self, conns: list[Conn]) -> None:
-        self.conns = conns
+class Rig(CoreRig):
+    def __init__(self, max_users: int = 3, ticks: list[float] | None = None, streams: int = 0) -> None:
+        super().__init__(max_users=max_users, max_connections_per_user=2)
+        self.presence = self.core.presence
+        self.hub = self.core.hub
+        self.metrics = self.core.metrics
+        self.core.heartbeat.tick_durations.extend(ticks or [])
+        for _ in range(streams):
+            self.core.streams.add(object())  # type: ignore[arg-type]  # only counted
 
-    def connections(self) -> list[Conn]:
-        return list(self.conns)
+    def conn(self, kind: Kind = Kind.WEB) -> TrackedConnection:
+        """A real tracked connection of kind."""
+        return self.connect(kind=Kind.CHAT if kind is Kind.CHAT else Kind.HTTP)[2]
 
-
-class Heartbeat:
-    def __init__(self, durations: list[float]) -> None:
-        self.tick_durations = durations
-
-
-class Streams:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class Rig:
-    def __init__(self, max_users: int = 3, heartbeat: Any = None, streams: Any = None) -> None:
-        self.clock = Clock()
-        self.hub = EventHub()
-        self.presence = Presence(self.hub, AdmissionSettings(max_users=max_users, max_connections_per_user=2),
-                                 self.clock.seconds, lambda: 1_700_000_000.0)
-        self.conns: list[Conn] = []
-        self.metrics = Metrics(self.presence, Tracker(self.conns), heartbeat, streams)
-        self.hub.subscribe(self.metrics.on_event)
+    def attach(self, user: str, kind: Kind = Kind.WEB) -> TrackedConnection:
+        conn = self.conn(kind)
+        assert self.presence.admit(conn, user, kind) is None
+        return conn
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         text = self.metrics.render().decode("utf-8")
@@ -85,11 +57,10 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
 def test_users_online_by_state_and_seats() -> None:
     """Users online and unstable, and seats used of the limit, are gauges read at scrape time."""
     rig = Rig(max_users=3)
-    a, b = Conn(1), Conn(2, kind="chat")
-    rig.presence.attach("alice", a)
-    rig.presence.attach("bob", b)
-    rig.presence.touch_http("carol", "10.0.0.3")
-    rig.presence.set_unstable(b, True, "probes")
+    rig.attach("alice")
+    b = rig.attach("bob", Kind.CHAT)
+    rig.attach("carol", Kind.HTTP)
+    rig.presence.set_unstable(b, True, Reason.PROBES)
     s = rig.samples()
     assert value(s, "boatwist_users_online", state="online") == 2
     assert value(s, "boatwist_users_online", state="unstable") == 1
@@ -101,7 +72,9 @@ def test_users_online_by_state_and_seats() -> None:
 def test_connections_by_kind() -> None:
     """Open connections are counted by kind, every kind present even at zero."""
     rig = Rig()
-    rig.conns.extend([Conn(1, "http"), Conn(2, "http"), Conn(3, "web"), Conn(4, "http")])
+    for _ in range(3):
+        rig.conn(Kind.HTTP)
+    rig.attach("alice", Kind.WEB)
     s = rig.samples()
     assert value(s, "boatwist_connections", kind="http") == 3
     assert value(s, "boatwist_connections", kind="web") == 1
@@ -112,10 +85,9 @@ def test_offline_events_by_reason() -> None:
     """Every offline event is counted by its reason."""
     rig = Rig()
     for n, reason in enumerate(["closed", "keepalive-timeout", "closed"], 1):
-        conn = Conn(n)
-        rig.presence.attach(f"user{n}", conn)
-        rig.presence.detach(conn, reason, 0.0 if reason == "closed" else 3.0)
-    rig.presence.touch_http("dave", "10.0.0.4")
+        conn = rig.attach(f"user{n}")
+        rig.presence.detach(conn, Reason(reason), 0.0 if reason == "closed" else 3.0)
+    rig.attach("dave", Kind.HTTP)
     rig.clock.advance(31)
     rig.presence.expire()
     s = rig.samples()
@@ -131,11 +103,10 @@ def test_refusals_are_not_offline_events() -> None:
     kind of refusal, not as users gone offline.
     """
     rig = Rig(max_users=1)
-    conn = Conn(1)
-    rig.presence.attach("alice", conn)
-    assert rig.presence.attach("bob", Conn(2)) is not None
-    rig.presence.attach("alice", Conn(3))
-    assert rig.presence.attach("alice", Conn(4)) is not None
+    rig.attach("alice")
+    assert rig.presence.admit(rig.conn(), "bob", Kind.WEB) is not None
+    rig.attach("alice")
+    assert rig.presence.admit(rig.conn(), "alice", Kind.WEB) is not None
     s = rig.samples()
     assert value(s, "boatwist_offline_events_total", reason="refused") is None
     assert value(s, "boatwist_refusals_total", refusal="full") == 1
@@ -148,13 +119,10 @@ def test_detection_histogram_observes_vanished_peers_only() -> None:
     close (nothing to detect) does not.
     """
     rig = Rig()
-    ghost, leaver, stale = Conn(1), Conn(2), Conn(3)
-    rig.presence.attach("ghost", ghost)
-    rig.presence.attach("leaver", leaver)
-    rig.presence.attach("stale", stale)
-    rig.presence.detach(ghost, "keepalive-timeout", 2.5)
-    rig.presence.detach(leaver, "closed", 0.0)
-    rig.presence.detach(stale, "tcp-state", 12.0)
+    ghost, leaver, stale = rig.attach("ghost"), rig.attach("leaver"), rig.attach("stale")
+    rig.presence.detach(ghost, Reason.KEEPALIVE_TIMEOUT, 2.5)
+    rig.presence.detach(leaver, Reason.CLOSED, 0.0)
+    rig.presence.detach(stale, Reason.TCP_STATE, 12.0)
     s = rig.samples()
     assert value(s, "boatwist_detection_seconds_count") == 2
     assert value(s, "boatwist_detection_seconds_sum") == 14.5
@@ -168,9 +136,8 @@ def test_detection_histogram_observes_vanished_peers_only() -> None:
 def test_detection_without_a_measure_is_not_observed() -> None:
     """An offline event whose detected_after is unknown (null) adds nothing to the histogram."""
     rig = Rig()
-    conn = Conn(1)
-    rig.presence.attach("ghost", conn)
-    rig.presence.detach(conn, "heartbeat-timeout", None)
+    conn = rig.attach("ghost")
+    rig.presence.detach(conn, Reason.HEARTBEAT_TIMEOUT, None)
     assert value(rig.samples(), "boatwist_detection_seconds_count") == 0
 
 
@@ -186,7 +153,7 @@ def test_chat_messages_by_front_end() -> None:
 
 def test_heartbeat_tick_summary_and_last_tick() -> None:
     """The heartbeat's recent tick CPU times are a summary (count, sum) and the last one a gauge."""
-    rig = Rig(heartbeat=Heartbeat([0.001, 0.002, 0.0005]))
+    rig = Rig(ticks=[0.001, 0.002, 0.0005])
     s = rig.samples()
     assert value(s, "boatwist_heartbeat_tick_seconds_count") == 3
     assert value(s, "boatwist_heartbeat_tick_seconds_sum") == pytest.approx(0.0035)
@@ -196,29 +163,20 @@ def test_heartbeat_tick_summary_and_last_tick() -> None:
 
 def test_heartbeat_before_its_first_tick() -> None:
     """Before any tick the summary is empty and the last tick is 0."""
-    s = Rig(heartbeat=Heartbeat([])).samples()
+    s = Rig().samples()
     assert value(s, "boatwist_heartbeat_tick_seconds_count") == 0
     assert value(s, "boatwist_heartbeat_last_tick_seconds") == 0.0
 
 
 def test_event_streams_gauge() -> None:
     """The number of open event streams is exported."""
-    assert value(Rig(streams=Streams(4)).samples(), "boatwist_event_streams") == 4
-
-
-def test_optional_parts_absent() -> None:
-    """Without heartbeat and stream registry their metrics are simply absent."""
-    names = set(Rig().families())
-    assert "boatwist_heartbeat_tick_seconds" not in names
-    assert "boatwist_event_streams" not in names
-    assert "boatwist_users_online" in names
+    assert value(Rig(streams=4).samples(), "boatwist_event_streams") == 4
 
 
 def test_each_instance_has_its_own_registry() -> None:
     """Two Metrics in one process do not collide (no global registry) and count separately."""
     one, two = Rig(), Rig()
-    conn = Conn(1)
-    one.presence.attach("alice", conn)
-    one.presence.detach(conn, "closed", 0.0)
+    conn = one.attach("alice")
+    one.presence.detach(conn, Reason.CLOSED, 0.0)
     assert value(one.samples(), "boatwist_offline_events_total", reason="closed") == 1
     assert value(two.samples(), "boatwist_offline_events_total", reason="closed") is None

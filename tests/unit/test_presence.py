@@ -8,21 +8,44 @@ from twisted.internet.task import Clock
 
 from boatwist.config import AdmissionSettings
 from boatwist.events import EventHub
-from boatwist.presence import Presence
+from boatwist.presence import Connection, Kind, Presence, Refusal
+from boatwist.reasons import Reason
 
 
 @dataclass(eq=False)
 class FakeConn:
+    """A connection as presence sees it (the Connection protocol); close() is recorded."""
+
     id: int
-    kind: str = "web"
+    kind: Kind = Kind.WEB
     peer_host: str = "127.0.0.1"
     peer_port: int = 5000
     rtt_ms: float | None = None
     unstable: bool = False
+    user: str | None = None
     closed: list[str] = field(default_factory=list)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: Reason) -> None:
         self.closed.append(reason)
+
+
+_checked: Connection = FakeConn(0)  # mypy: the fake is what presence needs
+_http_ids = iter(range(10_000, 20_000))
+
+
+def attach(p: Presence, user: str, conn: FakeConn) -> Refusal | None:
+    """A persistent connection (event stream or chat) admitted for user."""
+    return p.admit(conn, user, conn.kind)
+
+
+def touch_http(p: Presence, user: str, peer: str) -> Refusal | None:
+    """A plain request by user on a connection from peer."""
+    return p.admit(FakeConn(next(_http_ids), kind=Kind.HTTP, peer_host=peer), user, Kind.HTTP)
+
+
+def check(p: Presence, user: str) -> Refusal | None:
+    """Would a plain request by user be refused?  (Admits it when not.)"""
+    return touch_http(p, user, "127.0.0.1")
 
 
 def make(max_users: int = 2, per_user: int = 2, grace: float = 30.0) -> tuple[Presence, list, Clock, list]:
@@ -42,7 +65,7 @@ def presence_events(events: list) -> list[tuple[str, str, str]]:
 def test_first_connection_brings_a_user_online() -> None:
     """Attaching a persistent connection publishes online/login with the front end."""
     p, events, _, _ = make()
-    assert p.attach("alice", FakeConn(1)) is None
+    assert attach(p, "alice", FakeConn(1)) is None
     assert presence_events(events) == [("alice", "online", "login")]
     assert events[0].data["via"] == "web"
     assert p.seats_used == 1
@@ -51,9 +74,9 @@ def test_first_connection_brings_a_user_online() -> None:
 def test_last_connection_ending_is_offline_at_once_with_reason_and_latency() -> None:
     """The user goes offline when the last persistent connection ends, with detected_after."""
     p, events, _, _ = make()
-    a, b = FakeConn(1), FakeConn(2, kind="chat")
-    p.attach("alice", a)
-    p.attach("alice", b)
+    a, b = FakeConn(1), FakeConn(2, kind=Kind.CHAT)
+    attach(p, "alice", a)
+    attach(p, "alice", b)
     p.detach(a, "closed", 0.0)
     assert p.is_online("alice")
     p.detach(b, "keepalive-timeout", 3.04)
@@ -66,8 +89,8 @@ def test_recent_http_request_does_not_keep_a_vanished_stream_online() -> None:
     """http_grace covers plain requests only after the last stream: a pulled cable ends presence."""
     p, events, clock, _ = make()
     conn = FakeConn(1)
-    p.attach("alice", conn)
-    p.touch_http("alice", "127.0.0.1")  # a chat POST a moment before the pull
+    attach(p, "alice", conn)
+    touch_http(p, "alice", "127.0.0.1")  # a chat POST a moment before the pull
     p.detach(conn, "keepalive-timeout", 3.0)
     assert not p.is_online("alice")
 
@@ -75,11 +98,11 @@ def test_recent_http_request_does_not_keep_a_vanished_stream_online() -> None:
 def test_http_only_user_expires_after_grace() -> None:
     """A user seen only through plain requests is offline with reason idle after http_grace."""
     p, events, clock, _ = make(grace=30)
-    p.touch_http("bob", "127.0.0.1")
+    touch_http(p, "bob", "127.0.0.1")
     clock.advance(29)
     p.expire()
     assert p.is_online("bob")
-    p.touch_http("bob", "127.0.0.1")
+    touch_http(p, "bob", "127.0.0.1")
     clock.advance(29)
     p.expire()
     assert p.is_online("bob")
@@ -92,7 +115,7 @@ def test_http_only_user_expires_after_grace() -> None:
 def test_wall_clock_step_causes_no_false_offline() -> None:
     """Deadlines follow the monotonic clock: a one-hour NTP step of the wall clock changes nothing."""
     p, events, clock, wall = make(grace=30)
-    p.touch_http("bob", "127.0.0.1")
+    touch_http(p, "bob", "127.0.0.1")
     wall[0] += 3600
     p.expire()
     wall[0] -= 7200
@@ -104,15 +127,15 @@ def test_wall_clock_step_causes_no_false_offline() -> None:
 def test_full_house_refuses_a_new_user_but_not_an_online_one() -> None:
     """max_users distinct users: the next new one is refused, the present ones may add connections."""
     p, events, _, _ = make(max_users=2)
-    p.attach("alice", FakeConn(1))
-    p.attach("bob", FakeConn(2))
-    refusal = p.attach("carol", FakeConn(3))
+    attach(p, "alice", FakeConn(1))
+    attach(p, "bob", FakeConn(2))
+    refusal = attach(p, "carol", FakeConn(3))
     assert refusal is not None
     assert refusal.message() == "server full: 2 of 2 operators online"
     assert refusal.retry_after >= 1
-    assert p.attach("alice", FakeConn(4)) is None
-    assert p.touch_http("bob", "127.0.0.1") is None
-    assert p.check("carol") is not None
+    assert attach(p, "alice", FakeConn(4)) is None
+    assert touch_http(p, "bob", "127.0.0.1") is None
+    assert check(p, "carol") is not None
     refused = [e.data for e in events if e.data["reason"] == "refused"]
     assert refused and refused[0]["user"] == "carol" and refused[0]["refusal"] == "full"
     assert (refused[0]["used"], refused[0]["limit"]) == (2, 2)
@@ -122,31 +145,31 @@ def test_seat_frees_at_once_when_a_user_goes_offline() -> None:
     """The next login succeeds as soon as a seat's last connection ends."""
     p, _, _, _ = make(max_users=1)
     conn = FakeConn(1)
-    p.attach("alice", conn)
-    assert p.check("bob") is not None
+    attach(p, "alice", conn)
+    assert check(p, "bob") is not None
     p.detach(conn, "keepalive-timeout", 3.0)
-    assert p.attach("bob", FakeConn(2)) is None
+    assert attach(p, "bob", FakeConn(2)) is None
 
 
 def test_per_user_connection_limit() -> None:
     """An online user may not open more than max_connections_per_user persistent connections."""
     p, _, _, _ = make(per_user=2)
-    p.attach("alice", FakeConn(1))
-    p.attach("alice", FakeConn(2))
-    refusal = p.attach("alice", FakeConn(3))
+    attach(p, "alice", FakeConn(1))
+    attach(p, "alice", FakeConn(2))
+    refusal = attach(p, "alice", FakeConn(3))
     assert refusal is not None and refusal.reason == "too-many-connections"
 
 
 def test_repeated_refusals_are_announced_once_per_quiet_period() -> None:
     """A refused browser retrying every second does not flood everyone with events."""
     p, events, clock, _ = make(max_users=1)
-    p.attach("alice", FakeConn(1))
+    attach(p, "alice", FakeConn(1))
     for _ in range(4):
-        p.check("carol")
+        check(p, "carol")
         clock.advance(1)
     assert len([e for e in events if e.data["reason"] == "refused"]) == 1
     clock.advance(5)
-    p.check("carol")
+    check(p, "carol")
     assert len([e for e in events if e.data["reason"] == "refused"]) == 2
 
 
@@ -154,7 +177,7 @@ def test_unstable_and_recovered() -> None:
     """A troubled link makes the user unstable; when it recovers they are online again."""
     p, events, _, _ = make()
     conn = FakeConn(1)
-    p.attach("alice", conn)
+    attach(p, "alice", conn)
     p.set_unstable(conn, True, "probes")
     p.set_unstable(conn, True, "probes")
     p.set_unstable(conn, False, "recovered")
@@ -169,8 +192,8 @@ def test_kick_closes_every_connection_with_reason_kicked() -> None:
     """Kicking a user closes their connections; the tracker reports them with reason kicked."""
     p, _, _, _ = make()
     a, b = FakeConn(1), FakeConn(2)
-    p.attach("alice", a)
-    p.attach("alice", b)
+    attach(p, "alice", a)
+    attach(p, "alice", b)
     assert p.kick("alice")
     assert a.closed == ["kicked"] and b.closed == ["kicked"]
     assert not p.kick("nobody")
@@ -179,9 +202,9 @@ def test_kick_closes_every_connection_with_reason_kicked() -> None:
 def test_snapshot_lists_seats_users_and_connections() -> None:
     """/api/presence: seats used and limit, users with state, since and connections."""
     p, _, _, wall = make()
-    conn = FakeConn(1, kind="chat", rtt_ms=0.25)
-    p.attach("alice", conn)
-    p.touch_http("bob", "::1")
+    conn = FakeConn(1, kind=Kind.CHAT, rtt_ms=0.25)
+    attach(p, "alice", conn)
+    touch_http(p, "bob", "::1")
     snap = p.snapshot()
     assert snap["seats"] == {"used": 2, "limit": 2}
     alice, bob = snap["users"]
@@ -196,14 +219,14 @@ def test_retry_after_is_when_a_seat_may_free() -> None:
     from boatwist.presence import RETRY_AFTER
 
     p, _, clock, _ = make(max_users=2, grace=30)
-    p.attach("alice", FakeConn(1))
-    p.touch_http("bob", "127.0.0.1")
-    assert p.check("carol").retry_after == RETRY_AFTER
+    attach(p, "alice", FakeConn(1))
+    touch_http(p, "bob", "127.0.0.1")
+    assert check(p, "carol").retry_after == RETRY_AFTER
     clock.advance(27.5)
-    assert p.check("dave").retry_after == 3
+    assert check(p, "dave").retry_after == 3
     p2, _, _, _ = make(max_users=1)
-    p2.attach("alice", FakeConn(1))
-    assert p2.check("carol").retry_after == RETRY_AFTER
+    attach(p2, "alice", FakeConn(1))
+    assert check(p2, "carol").retry_after == RETRY_AFTER
 
 
 def test_an_event_id_from_before_a_restart_means_missed_events() -> None:

@@ -1,16 +1,16 @@
 """
-boatwist.web.resources (the resource tree) and boatwist.app (the 503 a
-refused user sees, the audit of presence).
+boatwist.web.resources (the resource tree), the 503 a refused user sees
+(boatwist.web.errors.refusal_page) and the audit of presence (boatwist.core).
 
 Trees are served by a real C{twisted.web} L{Site} behind the real
-L{ConnectionTracker}, fed raw HTTP on a L{StringTransport}; presence is real,
-on a L{Clock}.  The guard is the real L{HTTPAuthSessionWrapper} with Basic.
+L{ConnectionTracker}, fed raw HTTP on a L{StringTransport}; the core is real
+(tests/core_rig.py), on a L{Clock}.  The guard is the real
+L{HTTPAuthSessionWrapper} with Basic.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,17 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from boatwist import __version__
-from boatwist.app import App, audit_presence
-from boatwist.auth.checkers import OperatorRealm
-from boatwist.config import AdmissionSettings, Settings
-from boatwist.net.tracking import ConnectionTracker
+from boatwist.auth.portal import OperatorRealm
+from boatwist.core import audit_presence
 from boatwist.events import Event, EventHub
-from boatwist.presence import Presence, Refusal
-from boatwist.web.chat_api import ChatResource
-from boatwist.web.resources import OperatorRoot, StaticFiles, guarded_root, static_dir
+from boatwist.presence import Kind, Refusal
+from boatwist.reasons import RefusalReason
+from boatwist.web import resources
+from boatwist.web.errors import refusal_page
+from boatwist.web.guard import OperatorGuard, guarded_root
+from boatwist.web.resources import ApiRoot, OperatorRoot
+from boatwist.web.static import StaticFiles, static_dir
+from core_rig import Rig
 
 PEER = IPv4Address("TCP", "10.0.0.7", 52000)
 
@@ -75,38 +78,25 @@ def render_file(root: Any, path: bytes, channel: Any = None) -> tuple[int, dict[
     return request.responseCode or 200, headers, b"".join(request.written)
 
 
-class FakeMetrics:
-    def render(self) -> bytes:
-        return b"# HELP boatwist_up 1\nboatwist_up 1\n"
+class World(Rig):
+    """A real core on a Clock, serving OperatorRoot trees through the real tracker."""
 
+    def __init__(self, max_users: int = 10) -> None:
+        super().__init__(max_users=max_users, http_grace=30)
+        self.presence = self.core.presence
+        self.tracker = self.core.tracker
 
-class World:
-    def __init__(self, max_users: int = 10, tracked: bool = True, metrics: bool = True) -> None:
-        self.clock = Clock()
-        self.clock.advance(100)
-        self.hub = EventHub()
-        self.events: list[Event] = []
-        self.hub.subscribe(self.events.append)
-        admission = AdmissionSettings(max_users=max_users, http_grace=30,
-                                      networks=(ipaddress.ip_network("10.0.0.0/8"),))
-        settings = Settings(admission=admission)
-        self.presence = Presence(self.hub, admission, self.clock.seconds, lambda: 1_700_000_000.0)
-        self.tracker = ConnectionTracker(self.presence, admission, settings.keepalive, self.clock, self.clock.seconds)
-        self.app = App(settings=settings, hub=self.hub, presence=self.presence,
-                       tracker=self.tracker if tracked else None, clock=self.clock, monotonic=self.clock.seconds)
-        self.app.metrics = FakeMetrics() if metrics else None
-        self.app.store = SimpleStore()
-        self.tracked = tracked
+    def factory(self, user: str = "alice") -> Any:
+        return Site(OperatorRoot(self.core, user), reactor=self.clock)
 
-    def factory(self, user: str = "alice", extra: dict[bytes, Any] | None = None) -> Any:
-        site = Site(OperatorRoot(self.app, user, extra if extra is not None else {b"chat": ChatResource}),
-                    reactor=self.clock)
-        return self.tracker.wrap(site, "http") if self.tracked else site
+    def channel(self) -> Any:
+        """A tracked connection's protocol, standing in for a DummyRequest's channel."""
+        proto, _, _ = self.connect()
+        return proto
 
-
-class SimpleStore:
-    def history(self, before: Any = None, after: Any = None, limit: int = 50) -> Any:
-        return succeed([])
+    def http(self, user: str, path: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """One request through the real tracker from 10.0.0.7."""
+        return http(self.core.tracker.wrap(self.factory(user), Kind.HTTP), path)
 
 
 # --------------------------------------------------------------- PublicRoot
@@ -164,8 +154,8 @@ def test_guard_hands_the_whole_path_to_the_users_tree(public_site: Site) -> None
 
 def test_ui_is_served_and_counts_as_a_plain_request() -> None:
     """/ serves the UI's index.html; the user is online through plain HTTP from the client address."""
-    w = World(tracked=False)
-    status, headers, body = render_file(OperatorRoot(w.app, "alice"), b"/")
+    w = World()
+    status, headers, body = render_file(OperatorRoot(w.core, "alice"), b"/", w.channel())
     assert status == 200
     assert headers[b"content-type"].startswith(b"text/html")
     assert body == (static_dir() / "index.html").read_bytes()
@@ -176,17 +166,17 @@ def test_ui_is_served_and_counts_as_a_plain_request() -> None:
 
 def test_static_asset_is_served() -> None:
     """A file of the UI is served with its type."""
-    w = World(tracked=False)
-    status, headers, body = render_file(OperatorRoot(w.app, "alice"), b"/style.css")
+    w = World()
+    status, headers, body = render_file(OperatorRoot(w.core, "alice"), b"/style.css", w.channel())
     assert status == 200
     assert headers[b"content-type"].startswith(b"text/css")
     assert body == (static_dir() / "style.css").read_bytes()
 
 
 def test_api_children() -> None:
-    """/api/whoami, /api/presence and the extra /api/chat are there; an unknown one is 404."""
+    """/api/whoami, /api/presence and /api/chat are there; an unknown one is 404."""
     w = World()
-    factory = w.factory()
+    factory = w.core.tracker.wrap(w.factory(), Kind.HTTP)
     status, headers, body = http(factory, b"/api/whoami")
     assert (status, json.loads(body)) == (200, {"user": "alice"})
     assert headers[b"content-type"] == b"application/json"
@@ -198,50 +188,43 @@ def test_api_children() -> None:
     assert http(factory, b"/api/")[0] == 404
 
 
-def test_tree_names_the_user_on_the_request() -> None:
+def test_tree_names_the_user_on_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     """The request carries boatwist_user, for the access log."""
     seen: list[str] = []
 
     class Spy(Resource):
         isLeaf = True
 
-        def __init__(self, app: Any, user: str) -> None:
-            super().__init__()
-
         def render_GET(self, request: Any) -> bytes:
             seen.append(request.boatwist_user)
             return b"{}"
 
+    monkeypatch.setitem(resources.API, b"spy", lambda user, core: Spy())
     w = World()
-    http(w.factory(extra={b"spy": Spy}), b"/api/spy")
+    w.http("alice", b"/api/spy")
     assert seen == ["alice"]
 
 
 def test_metrics_is_served() -> None:
-    """/metrics is the Prometheus text of app.metrics."""
+    """/metrics is the Prometheus text of the core's metrics."""
     w = World()
-    status, headers, body = http(w.factory(), b"/metrics")
+    status, headers, body = w.http("alice", b"/metrics")
     assert status == 200
-    assert body == FakeMetrics().render()
+    assert b'boatwist_seats{kind="used"} 1.0' in body
     assert headers[b"content-type"].startswith(b"text/plain")
-
-
-def test_metrics_absent_is_404() -> None:
-    """Without metrics (and no such file) /metrics is not found."""
-    w = World(metrics=False)
-    assert http(w.factory(), b"/metrics")[0] == 404
 
 
 def full_world() -> World:
     w = World(max_users=1)
-    w.presence.touch_http("bob", "10.0.0.9")
+    _, _, conn = w.connect(host="10.0.0.9")
+    w.presence.admit(conn, "bob", Kind.HTTP)
     return w
 
 
 def test_refused_user_gets_503_html_for_pages() -> None:
     """On a full server a new user's page request is a 503 page saying how many seats, with Retry-After."""
     w = full_world()
-    status, headers, body = http(w.factory(), b"/")
+    status, headers, body = w.http("alice", b"/")
     assert status == 503
     assert headers[b"content-type"] == b"text/html; charset=utf-8"
     assert headers[b"retry-after"] == b"5"
@@ -253,7 +236,7 @@ def test_refused_user_gets_503_html_for_pages() -> None:
 def test_refused_user_gets_503_json_for_the_api(path: bytes) -> None:
     """On a full server the API answers 503 JSON (reason, used, limit, retry_after) with Retry-After."""
     w = full_world()
-    status, headers, body = http(w.factory(), path)
+    status, headers, body = w.http("alice", path)
     assert status == 503
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"retry-after"] == b"5"
@@ -264,32 +247,26 @@ def test_refused_user_gets_503_json_for_the_api(path: bytes) -> None:
 def test_user_already_online_is_served_when_full() -> None:
     """A user who holds a seat is not refused when the server is full."""
     w = full_world()
-    assert http(w.factory("bob"), b"/api/whoami")[0] == 200
+    assert w.http("bob", b"/api/whoami")[0] == 200
 
 
 def test_event_stream_path_does_not_touch_http(monkeypatch: pytest.MonkeyPatch) -> None:
-    """/api/events is admitted by binding the connection, not as a plain request."""
+    """/api/events is admitted by binding the connection (WEB), not as a plain request (HTTP)."""
     w = World()
-    touched: list[Any] = []
-    monkeypatch.setattr(w.tracker, "touch_http", lambda *a: touched.append(a))
-    monkeypatch.setattr(w.presence, "touch_http", lambda *a: touched.append(a))
-    proto = w.factory().buildProtocol(PEER)
+    admitted: list[Kind] = []
+    real_admit = w.presence.admit
+    monkeypatch.setattr(w.presence, "admit", lambda conn, user, kind: admitted.append(kind) or real_admit(conn, user, kind))
+    proto = w.core.tracker.wrap(w.factory(), Kind.HTTP).buildProtocol(PEER)
     transport = StringTransport(peerAddress=PEER)
     proto.makeConnection(transport)
     proto.dataReceived(b"GET /api/events HTTP/1.1\r\nHost: device\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200")
-    assert touched == []
+    assert admitted == [Kind.WEB]
     [conn] = w.tracker.connections()
-    assert conn.bound and conn.kind == "web"
-    http(w.factory(), b"/api/whoami")
-    assert len(touched) == 1
-
-
-def test_untracked_tree_uses_presence_directly() -> None:
-    """Without a tracker, plain requests go to presence.touch_http with the client address."""
-    w = World(tracked=False)
-    assert http(w.factory(), b"/api/whoami")[0] == 200
-    assert w.presence.snapshot()["users"][0]["connections"] == [{"kind": "http", "peer": "10.0.0.7"}]
+    assert conn.kind == "web" and conn.user == "alice"
+    w.http("alice", b"/api/whoami")
+    assert admitted == [Kind.WEB, Kind.HTTP]
+    assert w.presence.snapshot()["users"][0]["connections"][0]["kind"] == "web"
 
 
 # -------------------------------------------------------------- StaticFiles
@@ -333,13 +310,12 @@ def test_directories_are_not_listed(files: Site, path: bytes) -> None:
 
 
 def refuse(path: bytes, refusal: Refusal) -> tuple[DummyRequest, bytes]:
-    w = World()
     request = DummyRequest([])
     request.path = path
-    return request, w.app.refuse(request, refusal)
+    return request, refusal_page(request, refusal)
 
 
-FULL = Refusal("full", 10, 10, 30)
+FULL = Refusal(RefusalReason.FULL, 10, 10, 30)
 
 
 @pytest.mark.parametrize("path", [b"/api/presence", b"/api", b"/api/", b"/%61pi/chat", b"/api/events?x=1"])
@@ -366,7 +342,7 @@ def test_refuse_pages_answer_html(path: bytes) -> None:
 
 def test_refuse_too_many_connections() -> None:
     """A per-user connection limit is explained as such."""
-    _, body = refuse(b"/api/events", Refusal("too-many-connections", 8, 8, 5))
+    _, body = refuse(b"/api/events", Refusal(RefusalReason.TOO_MANY_CONNECTIONS, 8, 8, 5))
     assert json.loads(body)["error"] == "too many connections: 8 of 8 allowed per operator"
 
 
@@ -429,8 +405,6 @@ def test_guard_wrapper_calls_logout_once_per_rendered_request() -> None:
     from twisted.web.resource import Resource
     from twisted.web.test.requesthelper import DummyRequest
 
-    from boatwist.web.resources import OperatorGuard
-
     class Leaf(Resource):
         isLeaf = True
 
@@ -456,11 +430,9 @@ def test_unknown_api_path_is_a_json_404() -> None:
 
     from twisted.web.test.requesthelper import DummyRequest
 
-    from boatwist.web.resources import ApiRoot
-
     request = DummyRequest([b"api", b"nope"])
     request.path = b"/api/nope"
-    body = ApiRoot(None, "alice", {}).getChild(b"nope", request).render(request)
+    body = ApiRoot(World().core, "alice").getChild(b"nope", request).render(request)
     assert request.responseCode == 404
     assert json.loads(body)["error"]
 

@@ -30,17 +30,11 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from boatwist.config import HttpSettings
-from boatwist.web.site import (
-    CONTENT_SECURITY_POLICY,
-    BoatwistChannel,
-    BoatwistSite,
-    ErrorResource,
-    HttpsRedirect,
-    cross_site_reason,
-    error_page,
-    host_allowed,
-    is_api_path,
-)
+from boatwist.web.channel import BoatwistChannel
+from boatwist.web.errors import ErrorResource, error_page
+from boatwist.web.headers import CONTENT_SECURITY_POLICY, cross_site_reason, host_allowed, is_api_path
+from boatwist.web.redirect import HttpsRedirect
+from boatwist.web.site import BoatwistSite
 
 HEADER_TIMEOUT = 9.0
 IDLE_TIMEOUT = 60.0
@@ -833,7 +827,7 @@ def test_access_log_file_gets_one_line_per_request_and_nothing_through_the_logge
     tmp_path: Any, access_log: list[dict[str, Any]]
 ) -> None:
     """With [http] access_log set, lines go to that file (buffered until flush), not to twisted.logger."""
-    from boatwist.web.site import AccessLogFile
+    from boatwist.web.accesslog import AccessLogFile
 
     log_file = AccessLogFile(str(tmp_path / "access.log"))
     world = build_world(access_log=log_file)
@@ -850,7 +844,7 @@ def test_access_log_file_gets_one_line_per_request_and_nothing_through_the_logge
 
 def test_access_log_file_errors_are_reported_once(tmp_path: Any) -> None:
     """A full or broken log disk is logged once, and requests keep being served."""
-    from boatwist.web.site import AccessLogFile
+    from boatwist.web.accesslog import AccessLogFile
 
     class Broken:
         def write(self, data: bytes) -> None:

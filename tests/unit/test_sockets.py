@@ -1,5 +1,5 @@
 """
-boatwist.net.sockets with fake sockets: keepalive options per platform, the
+boatwist.net.sockopts, tcpinfo and recorder with fake sockets: keepalive options per platform, the
 struct tcp_info parser, finding the socket under a transport, and the
 recorder that recovers why a connection ended.
 
@@ -27,25 +27,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from boatwist.net import sockets
+from boatwist.net import tcpinfo
 
 try:
     from twisted.internet._newtls import _BypassTLS
 except ImportError:  # private to Twisted: may move
     _BypassTLS = None
 from boatwist.config import KeepaliveSettings
-from boatwist.net.sockets import (
-    TCP_STATES,
-    RecordingSocket,
-    SocketRecord,
-    TcpInfo,
-    apply_keepalive,
-    find_socket,
-    find_tcp_transport,
-    install_recorder,
-    parse_tcp_info,
-    read_tcp_info,
-)
+from boatwist.net.recorder import RecordingSocket, SocketRecord, find_socket, find_tcp_transport, install_recorder
+from boatwist.net.sockopts import apply_keepalive
+from boatwist.net.tcpinfo import TCP_STATES, TcpInfo, parse_tcp_info, read_tcp_info
 
 ON_LINUX = sys.platform.startswith("linux")
 
@@ -770,14 +761,14 @@ class CauseTests(SynchronousTestCase):
 
 class ModuleHygieneTests(SynchronousTestCase):
     def test_no_reactor_imported(self) -> None:
-        """Importing boatwist.net.sockets does not install or import the global reactor."""
+        """Importing the socket modules does not install or import the global reactor."""
         import subprocess
 
-        code = "import sys, boatwist.net.sockets; print('twisted.internet.reactor' in sys.modules)"
+        code = "import sys, boatwist.net.sockopts, boatwist.net.tcpinfo, boatwist.net.recorder; print('twisted.internet.reactor' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "False")
 
     def test_struct_and_fields_agree(self) -> None:
         """The precompiled struct yields exactly one value per TcpInfo field."""
-        self.assertEqual(len(sockets._TCP_INFO.unpack(bytes(104))), len(fields(TcpInfo)))
-        self.assertEqual(sockets._TCP_INFO.size, 104)
+        self.assertEqual(len(tcpinfo._TCP_INFO.unpack(bytes(104))), len(fields(TcpInfo)))
+        self.assertEqual(tcpinfo._TCP_INFO.size, 104)

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from boatwist.workers import SynchronousRunner
 from boatwist.store.service import (
     COMMIT_TIMINGS_KEPT,
     SCHEMA_VERSION,
@@ -25,7 +26,6 @@ from boatwist.store.service import (
     StoreError,
     StoreFull,
     StoreVersionError,
-    SynchronousRunner,
     _translate,
     prepare_schema,
     read_schema,

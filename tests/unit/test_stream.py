@@ -9,25 +9,23 @@ binding, headers, replay and the end of the stream are what a browser gets.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Site
 
-from boatwist.app import App
-from boatwist.config import AdmissionSettings, EventSettings, Settings
-from boatwist.net.tracking import ConnectionTracker
-from boatwist.events import Event, EventHub
-from boatwist.presence import Presence
+from boatwist.config import EventSettings, Settings
+from boatwist.core import Core
+from boatwist.events import Event
+from boatwist.presence import Kind
 from boatwist.web.stream import STREAMED, EventsResource, EventStream, format_event
+from core_rig import Rig
 
 PEER = IPv4Address("TCP", "10.0.0.7", 51000)
 
@@ -155,15 +153,6 @@ def test_slow_reader_is_dropped_and_its_queue_freed() -> None:
     assert len(stream._queue) == 0
 
 
-def test_slow_reader_without_tracked_connection_aborts_the_transport() -> None:
-    """Untracked (no TrackedConnection): the channel's transport is aborted instead."""
-    request = FakeRequest()
-    stream = EventStream(request, None, max_queued=3)
-    stream.pauseProducing()
-    stream.send(b"abcd")
-    assert request.channel.transport.disconnected
-
-
 def test_comment_is_a_comment_line() -> None:
     """comment() writes an SSE comment, which EventSource ignores but TCP must acknowledge."""
     request = FakeRequest()
@@ -182,7 +171,7 @@ def test_only_streamed_kinds_are_sent() -> None:
     for n, kind in enumerate(STREAMED, 2):
         stream.event(Event(n, kind, {}))
     assert len(request.written) == len(STREAMED)
-    assert set(STREAMED) == {"presence", "chat", "control"}
+    assert set(STREAMED) == {"presence", "chat", "control", "value", "floor"}
 
 
 def test_stop_producing_ends_the_stream() -> None:
@@ -203,34 +192,26 @@ def test_stop_producing_ends_the_stream() -> None:
 class Root(Resource):
     """/api/events for the user named in the test's X-User header; nothing else."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, core: Core) -> None:
         super().__init__()
-        self.app = app
+        self.core = core
 
     def getChildWithDefault(self, path: bytes, request: Any) -> Any:
         if path == b"api" and request.postpath[:1] == [b"events"]:
             user = (request.getHeader(b"x-user") or b"alice").decode()
-            return EventsResource(self.app, user)
+            core = self.core
+            return EventsResource(user, core.hub, core.presence, core.tracker, core.streams, core.settings.events)
         return NoResource()
 
 
-class World:
-    def __init__(self, max_users: int = 10, buffer: int = 1000, max_queued: int = 262144,
-                 tracked: bool = True) -> None:
-        self.clock = Clock()
-        self.clock.advance(100)
-        self.hub = EventHub(buffer)
-        self.events: list[Event] = []
-        self.hub.subscribe(self.events.append)
-        admission = AdmissionSettings(max_users=max_users,
-                                      networks=(ipaddress.ip_network("10.0.0.0/8"),))
-        settings = Settings(admission=admission, events=EventSettings(buffer=buffer, max_queued=max_queued))
-        self.presence = Presence(self.hub, admission, self.clock.seconds, lambda: 1_700_000_000.0)
-        self.tracker = ConnectionTracker(self.presence, admission, settings.keepalive, self.clock, self.clock.seconds)
-        self.app = App(settings=settings, hub=self.hub, presence=self.presence,
-                       tracker=self.tracker if tracked else None, clock=self.clock, monotonic=self.clock.seconds)
-        site = Site(Root(self.app), reactor=self.clock)
-        self.factory: Any = self.tracker.wrap(site, "http") if tracked else site
+class World(Rig):
+    def __init__(self, max_users: int = 10, buffer: int = 1000, max_queued: int = 262144) -> None:
+        super().__init__(Settings(events=EventSettings(buffer=buffer, max_queued=max_queued)), max_users=max_users)
+        self.hub = self.core.hub
+        self.presence = self.core.presence
+        self.tracker = self.core.tracker
+        self.streams = self.core.streams
+        self.factory: Any = self.tracker.wrap(Site(Root(self.core), reactor=self.clock), Kind.HTTP)
 
     def open(self, user: str = "alice", headers: bytes = b"") -> tuple[Any, StringTransport]:
         proto = self.factory.buildProtocol(PEER)
@@ -239,9 +220,6 @@ class World:
         proto.dataReceived(b"GET /api/events HTTP/1.1\r\nHost: device\r\nX-User: " + user.encode()
                            + b"\r\n" + headers + b"\r\n")
         return proto, transport
-
-    def presence_events(self) -> list[tuple[str, str, str]]:
-        return [(e.data["user"], e.data["state"], e.data["reason"]) for e in self.events if e.kind == "presence"]
 
 
 def response(transport: StringTransport) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -285,10 +263,11 @@ def test_events_resource_headers_and_binding() -> None:
     assert headers[b"cache-control"] == b"no-store"
     assert body.startswith(b"retry: 2000\n\n")
     [conn] = w.tracker.connections()
-    assert (conn.user, conn.kind, conn.bound) == ("alice", "web", True)
+    assert (conn.user, conn.kind) == ("alice", "web")
+    assert w.presence.snapshot()["users"][0]["connections"][0]["kind"] == "web"
     assert w.presence_events() == [("alice", "online", "login")]
     assert w.events[-1].data["via"] == "web"
-    assert len(w.app.streams) == 1
+    assert len(w.streams) == 1
 
 
 def test_live_events_are_streamed() -> None:
@@ -303,7 +282,8 @@ def test_live_events_are_streamed() -> None:
 def test_refusal_is_a_503_json_and_nothing_is_subscribed() -> None:
     """A new user on a full server gets 503 JSON with Retry-After; no stream, not bound."""
     w = World(max_users=1)
-    w.presence.touch_http("bob", "10.0.0.9")
+    _, _, bob = w.connect(host="10.0.0.9")
+    w.presence.admit(bob, "bob", Kind.HTTP)
     subscribers = w.hub.subscriber_count
     _, transport = w.open("alice")
     status, headers, body = response(transport)
@@ -312,9 +292,9 @@ def test_refusal_is_a_503_json_and_nothing_is_subscribed() -> None:
     assert int(headers[b"retry-after"]) >= 1
     assert json.loads(body)["reason"] == "full"
     assert w.hub.subscriber_count == subscribers
-    assert len(w.app.streams) == 0
-    [conn] = w.tracker.connections()
-    assert not conn.bound
+    assert len(w.streams) == 0
+    [conn] = [c for c in w.tracker.connections() if c is not bob]
+    assert (conn.user, conn.kind) == (None, "http")  # left as it was: not an event stream
     assert not w.presence.is_online("alice")
 
 
@@ -362,7 +342,7 @@ def test_stream_end_unsubscribes_and_frees_the_seat() -> None:
     assert w.hub.subscriber_count == subscribers + 1
     proto.connectionLost(Failure(ConnectionDone()))
     assert w.hub.subscriber_count == subscribers
-    assert len(w.app.streams) == 0
+    assert len(w.streams) == 0
     assert w.presence_events()[-1] == ("alice", "offline", "closed")
     before = transport.value()
     w.hub.publish("chat", {"user": "bob", "text": "after", "at": 1.0})
@@ -409,17 +389,7 @@ def test_registered_stream_takes_heartbeat_comments() -> None:
     """The open stream is in app.streams, where the heartbeat's comment reaches the browser."""
     w = World()
     _, transport = w.open()
-    [stream] = list(w.app.streams)
+    [stream] = list(w.streams)
     stream.comment("heartbeat")
     _, _, body = response(transport)
     assert body.endswith(b": heartbeat\n\n")
-
-
-def test_untracked_stream_counts_as_plain_http_from_the_client_address() -> None:
-    """Without a tracker the user is kept present through touch_http, from the real client address."""
-    w = World(tracked=False)
-    _, transport = w.open()
-    status, _, _ = response(transport)
-    assert status == 200
-    snapshot = w.presence.snapshot()
-    assert snapshot["users"][0]["connections"] == [{"kind": "http", "peer": "10.0.0.7"}]

@@ -1,0 +1,196 @@
+"""
+The realm, the credential factories and the portal: how the HTTP guard
+and the chat port reach the checkers.
+
+One L{twisted.cred.portal.Portal} and one set of credential factories exist
+for the process (a Digest factory signs its nonces with a private key; one
+per request would break Digest).  ``HTTPAuthSessionWrapper`` logs in on
+every request and calls ``logout`` after each, so nothing here counts
+sessions: presence does (L{boatwist.presence}).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.guard import BasicCredentialFactory
+from twisted.web.iweb import ICredentialFactory
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from boatwist.auth.checkers import BcryptChecker, ThrottledChecker
+from boatwist.auth.digest import DigestAuthority, DigestChecker
+from boatwist.auth.passwords import UserDatabase
+from boatwist.auth.throttle import LoginThrottle
+from boatwist.config import AuthSettings
+
+__all__ = [
+    "Authentication", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory", "build_authentication",
+    "digest_factories", "digest_order", "peer_of",
+]
+
+
+def peer_of(request: Any) -> str:
+    """The source address of C{request}, for throttling and logs."""
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or "unknown"
+
+
+@implementer(ICredentialFactory)
+class PeerAwareFactory:
+    """
+    Wraps a credential factory so that the credentials it decodes carry the
+    peer's address: a cred checker never sees the request, yet brute-force
+    throttling and the login log need the address.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+
+    def getChallenge(self, request: Any) -> Any:
+        return self.inner.getChallenge(request)
+
+    def decode(self, response: bytes, request: Any) -> Any:
+        creds = self.inner.decode(response, request)
+        creds.peer_host = peer_of(request)
+        return creds
+
+
+@implementer(IRealm)
+class OperatorRealm:
+    """Hands each authenticated user the resource tree made for them."""
+
+    def __init__(self, avatar_factory: Callable[[str], IResource]) -> None:
+        self._avatar_factory = avatar_factory
+
+    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+        if IResource not in interfaces:
+            raise NotImplementedError("only IResource avatars exist")
+        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+        return IResource, self._avatar_factory(user), lambda: None
+
+
+def basic_factory(realm: str) -> PeerAwareFactory:
+    return PeerAwareFactory(BasicCredentialFactory(realm.encode("utf-8")))
+
+
+
+#: User agents known to take the first Digest challenge and to know no
+#: SHA-256: Python's urllib before 3.14.
+_MD5_ONLY_AGENTS = re.compile(rb"^Python-urllib/3\.(?:[0-9]|1[0-3])(?:\D|$)")
+
+
+def digest_order(request: Any, preferred: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    The Digest algorithms to offer C{request}, best first.
+
+    Browsers and curl take the first challenge they understand, so the
+    stronger algorithm goes first -- except for clients known to read only
+    the first challenge and to fail on SHA-256 (urllib before Python 3.14),
+    which would otherwise be locked out.
+    """
+    agent = request.getHeader(b"user-agent") or b""
+    if isinstance(agent, str):
+        agent = agent.encode("latin-1", "replace")
+    if "MD5" in preferred and _MD5_ONLY_AGENTS.match(agent):
+        return ("MD5",) + tuple(a for a in preferred if a != "MD5")
+    return preferred
+
+
+@implementer(ICredentialFactory)
+class OrderedDigestFactory:
+    """
+    One of the Digest challenge slots of the guard.  The guard sends one
+    WWW-Authenticate header per factory, in list order; slot N answers with
+    the N-th algorithm L{digest_order} picks for this request, so the order
+    can follow the client.  All slots decode alike (the Digest authority
+    handles every algorithm it issued).
+    """
+
+    scheme = b"digest"
+
+    def __init__(self, by_algorithm: dict[str, Any], slot: int, preferred: tuple[str, ...]) -> None:
+        self._by_algorithm = by_algorithm
+        self._slot = slot
+        self._preferred = preferred
+
+    def getChallenge(self, request: Any) -> Any:
+        algorithm = digest_order(request, self._preferred)[self._slot]
+        return self._by_algorithm[algorithm].getChallenge(request)
+
+    def decode(self, response: bytes, request: Any) -> Any:
+        return next(iter(self._by_algorithm.values())).decode(response, request)
+
+
+def digest_factories(authority: Any, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
+    """The Digest credential factories for the guard, one per offered algorithm."""
+    from boatwist.auth.digest import DigestChallengeFactory
+
+    by_algorithm = {algorithm: DigestChallengeFactory(authority, algorithm) for algorithm in preferred}
+    return [PeerAwareFactory(OrderedDigestFactory(by_algorithm, slot, preferred)) for slot in range(len(preferred))]
+
+
+
+
+#: Runs a blocking function off the reactor thread (bcrypt), returning a Deferred.
+ThreadRun = Callable[..., "Deferred[Any]"]
+#: Writes one audit entry: (kind, user, address, detail).
+Audit = Callable[[str, str, str, str], None]
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """What the front ends use to log people in."""
+
+    #: For the HTTP guard: the schemes of C{[auth] schemes}.
+    portal: Portal
+    factories: list[ICredentialFactory]
+    #: User name and password (the chat port): bcrypt, throttled and logged like HTTP.
+    passwords: ThrottledChecker
+
+    def check_password(self, user: str, password: str, peer: str, via: str) -> Deferred[str]:
+        """The user name when C{password} is right; fails with UnauthorizedLogin otherwise."""
+        credentials = PeerCredentials(user.encode("utf-8"), password.encode("utf-8"), peer, via)
+        d = self.passwords.requestAvatarId(credentials)
+        return d.addCallback(lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else str(avatar))
+
+
+@implementer(IUsernamePassword)
+class PeerCredentials(UsernamePassword):
+    """A user name and password, with where they came from (throttling, the login log)."""
+
+    def __init__(self, username: bytes, password: bytes, peer_host: str, via: str) -> None:
+        super().__init__(username, password)
+        self.peer_host = peer_host
+        self.via = via
+
+
+def build_authentication(settings: AuthSettings, database: UserDatabase, clock: IReactorTime,
+                         monotonic: Callable[[], float], run_in_thread: ThreadRun, audit: Audit,
+                         avatar: Callable[[str], IResource]) -> Authentication:
+    """
+    One throttle, one Digest authority, one bcrypt checker (with its cache)
+    for the process; the portal offers the schemes C{settings} names.
+    """
+    throttle = LoginThrottle(monotonic, settings.max_failures, settings.failure_window, settings.failure_delay)
+    checkers: list[ICredentialsChecker] = []
+    factories: list[ICredentialFactory] = []
+    if "digest" in settings.schemes:
+        authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime, algorithms=settings.digest_algorithms)
+        factories += digest_factories(authority, settings.digest_algorithms)
+        checkers.append(ThrottledChecker(DigestChecker(database, settings.realm), throttle, clock, audit))
+    # The chat port checks the same bcrypt users, through the same throttle.
+    passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.cache_ttl),
+                                 throttle, clock, audit)
+    if "basic" in settings.schemes:
+        factories.append(basic_factory(settings.realm))
+        checkers.append(passwords)
+    return Authentication(Portal(OperatorRealm(avatar), checkers), factories, passwords)

@@ -1,0 +1,111 @@
+"""
+The typed parts of one running boatwist, built once.
+
+L{build_core} makes every part in the order data flows (events, presence,
+connections, the store and the room, the heartbeat, metrics) and returns
+them in a frozen L{Core}: nothing in it is filled in later, nothing is
+optional.  L{boatwist.tap.makeService} builds one and wires the services and
+listeners around it; a test builds its own with a C{Clock} and an in-memory
+store.  Each resource, the heartbeat, the metrics and the chat take the
+parts they use, typed -- the core is handed whole only to the resource tree
+that distributes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.interfaces import IReactorTime
+
+from boatwist.chat.room import ChatRoom
+from boatwist.config import AdmissionSettings, Settings
+from boatwist.events import Event, EventHub
+from boatwist.heartbeat import HeartbeatService
+from boatwist.metrics import Metrics
+from boatwist.net.tracking import ConnectionTracker
+from boatwist.presence import Presence
+from boatwist.reasons import Reason
+from boatwist.store.service import Store
+from boatwist.web.static import StaticFiles, static_dir
+from boatwist.web.stream import StreamRegistry
+
+__all__ = ["Core", "audit_presence", "build_core"]
+
+
+@dataclass(frozen=True)
+class Core:
+    settings: Settings
+    clock: IReactorTime
+    #: Monotonic seconds: deadlines (the reactor's own clock, made monotonic).
+    monotonic: Callable[[], float]
+    #: Wall-clock seconds: only for what people read (C{at}, log lines).
+    wall: Callable[[], float]
+    hub: EventHub
+    presence: Presence
+    tracker: ConnectionTracker
+    streams: StreamRegistry
+    store: Store
+    room: ChatRoom
+    heartbeat: HeartbeatService
+    metrics: Metrics
+    #: The UI's files, read once.
+    static: StaticFiles
+
+
+def build_core(
+    settings: Settings,
+    clock: IReactorTime,
+    store: Store,
+    *,
+    admission: AdmissionSettings | None = None,
+    watchdog: Callable[[], object] | None = None,
+    wall: Callable[[], float] = time.time,
+    first_event_id: int | None = None,
+) -> Core:
+    """
+    Every part, in the order data flows.  C{store} is made by the caller
+    (a thread runner in the daemon, C{:memory:} in tests); C{admission}
+    replaces C{settings.admission} (the daemon lowers the connection cap to
+    fit the file-descriptor limit).
+    """
+    monotonic = clock.seconds
+    # Event ids continue from the time of day (unless told otherwise), so a
+    # browser reconnecting after a restart with an old Last-Event-ID is told it
+    # missed events.
+    hub = EventHub(settings.events.buffer, first_id=int(wall() * 1000) if first_event_id is None else first_event_id)
+    admission = admission or settings.admission
+    presence = Presence(hub, admission, monotonic, wall)
+    tracker = ConnectionTracker(presence, admission, settings.keepalive, clock, monotonic,
+                                max_held=settings.events.max_queued)
+    room = ChatRoom(hub, store, presence, clock, settings.chat)
+    hub.subscribe(audit_presence(store))
+    streams = StreamRegistry()
+    heartbeat = HeartbeatService(tracker, presence, streams, settings.heartbeat, clock, monotonic,
+                                 keepalive=settings.keepalive, watchdog=watchdog)
+    metrics = Metrics(presence, tracker, heartbeat, streams)
+    hub.subscribe(metrics.on_event)
+    return Core(settings=settings, clock=clock, monotonic=monotonic, wall=wall, hub=hub, presence=presence,
+                tracker=tracker, streams=streams, store=store, room=room, heartbeat=heartbeat, metrics=metrics,
+                static=StaticFiles(str(static_dir())))
+
+
+def audit_presence(store: Store) -> Callable[[Event], None]:
+    """An event-hub subscriber writing logouts (with their reasons) and refusals to the audit log."""
+
+    def on_event(event: Event) -> None:
+        if event.kind != "presence":
+            return
+        data = event.data
+        if data.get("reason") == Reason.REFUSED:
+            kind = "refused"
+            detail = f"{data.get('refusal')} {data.get('used')}/{data.get('limit')}"
+        elif data.get("state") == "offline":
+            kind = "logout"
+            detail = str(data["reason"])
+        else:
+            return
+        store.audit(kind, data.get("user"), None, f"{detail} via {data.get('via')}").addErrback(lambda _: None)
+
+    return on_event

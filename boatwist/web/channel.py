@@ -1,0 +1,405 @@
+"""
+The HTTP front door: a C{twisted.web} L{Site} hardened for a device on a LAN.
+
+Wire behaviour (what a client sees), in the order a request meets it::
+
+    connection accepted
+      header deadline armed: header_timeout s from connection start, from the
+      first byte of a later request on a keep-alive connection, or from the
+      end of the previous response when the next request was pipelined.
+      Bytes arriving do NOT extend it (stock twisted.web restarts its idle
+      timer on every byte: one byte every 50 s held a connection forever).
+      Deadline passes, something received   -> 408, Connection: close
+      Deadline passes, nothing received     -> closed silently
+      Idle keep-alive connection            -> closed after idle_timeout s
+    request line + headers complete
+      Host not in secure_hosts (if given)   -> 421, closed, body unread
+      unsafe method (not GET/HEAD/OPTIONS) with Origin naming another
+      origin, Origin: null, or Sec-Fetch-Site cross-site / same-site
+                                            -> 403, closed, body unread
+      Content-Length > max_body             -> 413, closed, body unread
+      Expect: 100-continue                  -> no "100 Continue", ever: the
+                                               body is not invited before
+                                               authentication has happened
+    body
+      must be complete within header_timeout + expected / min_body_rate s
+      (expected = Content-Length, or max_body when chunked); else 408, or 417
+      when the client sent Expect: 100-continue and no body byte at all
+      (it is waiting for a 100 that will not come; 417 tells it to retry
+      without the expectation).  A chunked body passing max_body -> 413,
+      closed.  Bodies are kept in memory (they are bounded), never spooled
+      to a temporary file.
+    response (every one: 2xx, 3xx, 400, 401, 403, 404, 408, 413, 417, 5xx)
+      Content-Security-Policy, X-Content-Type-Options: nosniff,
+      X-Frame-Options: DENY, Referrer-Policy: no-referrer, Server: boatwist;
+      Cache-Control: no-store under /api and on 401;
+      Strict-Transport-Security over TLS.
+    access log
+      one combined-log-format line per response, namespace boatwist.access;
+      user from request.boatwist_user only; query values replaced by "*".
+
+HTTP/2 is not offered over TLS (ALPN): the deadlines and limits above live
+in the HTTP/1.1 channel, and twisted's H2Connection would bypass them.
+"""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from typing import Callable, Optional, Union
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+
+from boatwist.config import HttpSettings
+from boatwist.web.errors import error_page
+from boatwist.web.headers import security_headers
+
+__all__ = ["BoatwistChannel", "BoatwistRequest", "DEFAULT_MIN_BODY_RATE", "Rejection", "Screen"]
+
+#: Bytes per second a request body must at least average (32 kbit/s, slower
+#: than any link a device is operated over); see BoatwistChannel.
+DEFAULT_MIN_BODY_RATE = 4096.0
+
+_HTTP_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+
+#: (status code, message) the channel answers with instead of the resource.
+Rejection = tuple[int, str]
+Screen = Callable[[http.Request], Optional[Rejection]]
+
+
+# ------------------------------------------------------------------ request
+
+
+class BoatwistRequest(server.Request):
+    """
+    A request whose every response carries the security headers, whose body
+    stays in memory and is counted against the channel's limit.
+
+    @ivar boatwist_user: the authenticated user name, set by whoever
+        authenticated the request (the realm's avatar resource); the access
+        log shows it.  None: C{-} in the log.
+    """
+
+    boatwist_user: Optional[Union[str, bytes]] = None
+    _log = Logger()
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Always a L{BytesIO}: bodies are bounded by C{max_body}, and Twisted's
+        temporary file above 100 kB would write request bodies to the
+        device's flash.
+        """
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """Store a piece of the body, unless the channel says it is one too many."""
+        channel = getattr(self, "channel", None)
+        if self.finished or channel is None or self.content is None:
+            return  # already refused (413): the decoder may still be draining
+        admit = getattr(channel, "admitBody", None)
+        if admit is not None and not admit(len(data)):
+            return
+        self.content.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Add the security headers just before the status line goes out."""
+        if not self.startedWriting:
+            self._prepareHeaders()
+        super().write(data)
+
+    def _prepareHeaders(self) -> None:
+        """Security headers, our Server name, and a Date from the site's reactor."""
+        for name, value in security_headers(self.path, self.code, self.isSecure()):
+            self.responseHeaders.setRawHeaders(name, [value])
+        # process() set Date from time.time(); the site's reactor is the
+        # clock this server is told to use (a Clock in tests), and refusals
+        # never went through process() at all.
+        reactor = getattr(getattr(getattr(self, "channel", None), "site", None), "reactor", None)
+        if reactor is not None:
+            self.responseHeaders.setRawHeaders(b"Date", [http.datetimeToString(reactor.seconds())])
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        A 500 in the project's error format (JSON under /api), and no
+        traceback to the client.  If the response had already started,
+        there is no honest way to say so but dropping the connection.
+        """
+        self._log.failure("rendering {path!r} failed", failure=reason, path=self.path)
+        if self.finished or self._disconnected:
+            return reason
+        if self.startedWriting:
+            self.loseConnection()
+            return reason
+        body = error_page(self, http.INTERNAL_SERVER_ERROR, "internal server error")
+        self.setHeader(b"Content-Length", b"%d" % (len(body),))
+        self.write(body)
+        self.finish()
+        return reason
+
+
+# ------------------------------------------------------------------ channel
+
+
+class BoatwistChannel(http.HTTPChannel):
+    """
+    An L{http.HTTPChannel} with a header deadline, a body deadline, a body
+    limit, header-time screening and no C{100 Continue}.
+
+    Everything the channel refuses is answered through a L{BoatwistRequest}
+    (so it is logged and carries the security headers) with
+    C{Connection: close}, and the connection is then closed: the unread body
+    would otherwise have to be read and thrown away.
+
+    Timers use C{self.callLater}, which L{http.HTTPFactory.buildProtocol}
+    sets to the site's reactor: a L{Clock} drives them in tests.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        screen: Screen | None = None,
+        min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._screen = screen
+        self._minBodyRate = min_body_rate
+        self._headerCall: IDelayedCall | None = None
+        self._bodyCall: IDelayedCall | None = None
+        self._abortCall: IDelayedCall | None = None
+        #: True once the channel has decided to end the connection: every
+        #: later byte is dropped and no further request is dispatched.
+        self._closing = False
+        self._bodyBytes = 0
+        self._expectContinue = False
+
+    # -- deadlines
+
+    def _armHeaderDeadline(self) -> None:
+        """Start the header clock, unless it already runs: bytes never extend it."""
+        if self._headerCall is None and not self._closing:
+            self._headerCall = self.callLater(self._settings.header_timeout, self._headerDeadlinePassed)
+
+    def _cancel(self, call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+    def _cancelDeadlines(self) -> None:
+        self._cancel(self._headerCall)
+        self._cancel(self._bodyCall)
+        self._headerCall = self._bodyCall = None
+
+    def _headerDeadlinePassed(self) -> None:
+        """The request line and headers did not all arrive in time."""
+        self._headerCall = None
+        if self._closing:
+            return
+        peer = self.transport.getPeer() if self.transport is not None else None
+        if self.requests or self._buffer:
+            self._log.info("{peer}: request headers incomplete after {timeout} s: 408", peer=peer,
+                           timeout=self._settings.header_timeout)
+            self._refuse(http.REQUEST_TIMEOUT, "the request headers took too long")
+        else:
+            self._log.debug("{peer}: no request within {timeout} s: closing", peer=peer,
+                            timeout=self._settings.header_timeout)
+            self._close()
+
+    def _bodyDeadlinePassed(self) -> None:
+        """The body did not arrive at min_body_rate."""
+        self._bodyCall = None
+        if self._closing:
+            return
+        if self._expectContinue and self._bodyBytes == 0:
+            # It waits for a 100 Continue we never send (before authentication).
+            self._refuse(http.EXPECTATION_FAILED, "100 Continue is not sent; send the request without Expect")
+        else:
+            self._refuse(http.REQUEST_TIMEOUT, "the request body took too long")
+
+    # -- closing
+
+    def _close(self) -> None:
+        """End the connection without a response; abort it if it will not close."""
+        self._closing = True
+        self._cancelDeadlines()
+        self.setTimeout(None)
+        self.loseConnection()
+        self._scheduleAbort()
+
+    def _scheduleAbort(self) -> None:
+        """
+        A client that does not read (slowloris does not) can keep a closing
+        connection open while our response waits to be sent: abort after
+        C{abortTimeout}, as stock L{http.HTTPChannel.timeoutConnection} does.
+        """
+        if self.abortTimeout is not None and self._abortCall is None and self.transport is not None:
+            self._abortCall = self.callLater(self.abortTimeout, self._abort)
+
+    def _abort(self) -> None:
+        self._abortCall = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _requestForRefusal(self) -> BoatwistRequest | None:
+        """
+        The request to answer a refusal with: the one being received, or a
+        new one when not even its request line is complete.  None when a
+        response is already under way (there is no status line left to send).
+        """
+        if self.requests:
+            request = self.requests[-1]
+            if request is not self.requests[0] or request.startedWriting or request.finished:
+                return None
+        else:
+            request = self.requestFactory(self)
+            self.requests.append(request)
+        if request.content is None:
+            request.content = BytesIO()
+        self._fillRequestLine(request)
+        return request  # type: ignore[no-any-return]
+
+    def _fillRequestLine(self, request: http.Request) -> None:
+        """
+        Give a request that was not dispatched what L{http.Request.requestReceived}
+        would have set, so a refusal is logged and routed (JSON under /api) like
+        any response.  An unparsed request line shows as C{-} in the log.
+        """
+        command = getattr(self, "_command", None)
+        uri = getattr(self, "_path", None)
+        version = getattr(self, "_version", None)
+        request.method = command or b"-"
+        request.uri = uri or b"-"
+        request.path = request.uri.split(b"?", 1)[0]
+        if request.args is None:
+            request.args = {}
+        request.clientproto = version if version and _HTTP_VERSION.match(version) else b"HTTP/1.1"
+
+    def _refuse(self, code: int, message: str) -> None:
+        """
+        Answer the request being received with C{code} and close.
+
+        Goes through the request (not raw bytes) so the refusal has the
+        security headers, is in the access log, and is JSON under /api.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._cancelDeadlines()
+        self.setTimeout(None)
+        self.persistent = False
+        request = self._requestForRefusal()
+        if request is None:
+            self.loseConnection()
+        else:
+            body = error_page(request, code, message)
+            request.setHeader(b"Connection", b"close")
+            request.setHeader(b"Content-Length", b"%d" % (len(body),))
+            request.write(body)
+            request.finish()  # logs it; requestDone() closes: not persistent
+        self._scheduleAbort()
+
+    # -- HTTPChannel overrides
+
+    def connectionMade(self) -> None:
+        """Start the header clock at once: accept-and-say-nothing is a slowloris too."""
+        super().connectionMade()
+        self._armHeaderDeadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        """The first byte of a request starts its header clock; nothing restarts it."""
+        if self._closing:
+            return
+        if data and self.line_mode and not self._handlingRequest:
+            self._armHeaderDeadline()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        """
+        Replaces the stock method (same steps) without its automatic
+        C{100 Continue}, and decides here, before any body byte is read,
+        what the site refuses outright.
+        """
+        if self._closing:
+            return
+        self._cancel(self._headerCall)
+        self._headerCall = None
+        request = self.requests[-1]
+        request.parseCookies()
+        self.persistent = self.checkPersistence(request, self._version)
+        self._fillRequestLine(request)
+        refusal = self._screen(request) if self._screen is not None else None
+        if refusal is None and self.length is not None and self.length > self._settings.max_body:
+            refusal = (http.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {self._settings.max_body} bytes")
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        request.gotLength(self.length)
+        self._bodyBytes = 0
+        expect = request.requestHeaders.getRawHeaders(b"expect")
+        self._expectContinue = (
+            bool(expect) and expect[0].lower() == b"100-continue" and self._version == b"HTTP/1.1"
+        )
+        if self.length != 0:
+            expected = self.length if self.length is not None else self._settings.max_body
+            allowed = self._settings.header_timeout + expected / self._minBodyRate
+            self._bodyCall = self.callLater(allowed, self._bodyDeadlinePassed)
+
+    def admitBody(self, size: int) -> bool:
+        """
+        Count C{size} more body bytes of the request being received; refuse it
+        with 413 (and return False) once the total passes C{max_body}.  This
+        is what bounds a chunked body, whose length nobody announced.
+        """
+        if self._closing:
+            return False
+        self._bodyBytes += size
+        if self._bodyBytes > self._settings.max_body:
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {self._settings.max_body} bytes")
+            return False
+        return True
+
+    def allContentReceived(self) -> None:
+        if self._closing:
+            return
+        self._cancel(self._bodyCall)
+        self._bodyCall = None
+        super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        """
+        After a response on a keep-alive connection: if the next request is
+        already (partly) here, pipelined, its header clock starts now.
+        """
+        super().requestDone(request)
+        if self.persistent and not self._closing and self.line_mode and not self._handlingRequest and self._buffer:
+            self._armHeaderDeadline()
+
+    def _send100Continue(self) -> None:
+        """Never: a 100 would invite the body before authentication (belt and braces)."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """Twisted's bare 400 gets the security headers and a log line like any response."""
+        self._refuse(http.BAD_REQUEST, "bad request")
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._closing = True
+        self._cancelDeadlines()
+        self._cancel(self._abortCall)
+        self._abortCall = None
+        super().connectionLost(reason)
+
+

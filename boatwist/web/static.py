@@ -1,0 +1,83 @@
+"""
+The UI's files, read once into memory and served from there.
+
+They are a handful of small, immutable files shipped in the package:
+keeping them in memory spares every request an open, a stat, reads and
+Twisted's file producer, which cost more than the request itself.  A strong
+ETag lets the browser revalidate cheaply (C{Cache-Control: no-cache}), so
+after a firmware upgrade it never runs an old app.js.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources as importlib_resources
+from pathlib import Path
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from boatwist.web.errors import ErrorResource
+
+__all__ = ["StaticFiles", "static_dir"]
+
+
+def static_dir() -> Path:
+    return Path(str(importlib_resources.files("boatwist.web") / "static"))
+
+
+class StaticFiles(Resource):
+    """
+    The files under a directory, in memory.  Names starting with a dot are
+    never loaded, and there are no directory listings: a directory serves
+    its index.html or is a 404.
+    """
+
+    isLeaf = True
+    #: Largest file kept; the UI's files are a few kB.
+    MAX_FILE = 1 << 20
+    TYPES = {
+        ".html": b"text/html; charset=utf-8",
+        ".js": b"text/javascript; charset=utf-8",
+        ".css": b"text/css; charset=utf-8",
+        ".svg": b"image/svg+xml",
+        ".png": b"image/png",
+        ".ico": b"image/x-icon",
+        ".json": b"application/json",
+        ".txt": b"text/plain; charset=utf-8",
+    }
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self._files: dict[tuple[bytes, ...], tuple[bytes, bytes, bytes]] = {}
+        root = Path(directory)
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+                continue
+            if path.stat().st_size > self.MAX_FILE:
+                continue
+            body = path.read_bytes()
+            kind = self.TYPES.get(path.suffix.lower(), b"application/octet-stream")
+            etag = b'"' + hashlib.sha256(body).hexdigest()[:20].encode() + b'"'
+            key = tuple(part.encode("utf-8") for part in relative.parts)
+            self._files[key] = (body, kind, etag)
+            if relative.name == "index.html":
+                self._files[key[:-1] + (b"",)] = (body, kind, etag)
+
+    def render_GET(self, request: Request) -> bytes:
+        key = tuple(request.postpath) or (b"",)
+        found = self._files.get(key)
+        if found is None:
+            return ErrorResource(404, "no such page").render(request)
+        body, kind, etag = found
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"etag", etag)
+        match = request.getHeader(b"if-none-match")
+        if match is not None and etag in [tag.strip() for tag in match.split(b",")]:
+            request.setResponseCode(304)
+            return b""
+        return body
+
+
