@@ -91,6 +91,11 @@ _MAX_CONFIRM = 200
 _MAX_CHOICE = 64
 
 
+def _a(kind: ControlType) -> str:
+    """C{a switch}, C{an action}."""
+    return f"{'an' if kind.value[0] in 'aeiou' else 'a'} {kind}"
+
+
 class _Bad(Exception):
     """A value is wrong; the message says what was expected."""
 
@@ -274,7 +279,7 @@ def _argv(text: str) -> tuple[str, ...]:
         argv = tuple(shlex.split(text))
     except ValueError as e:
         raise _Bad(f"a command line, quoted as a shell would ({str(e).lower()})") from None
-    if not argv:
+    if not argv or not argv[0]:
         raise _Bad("a command line: the program and its arguments")
     if VALUE_PLACEHOLDER in argv[0]:
         raise _Bad("{value} in an argument, not in the program name")
@@ -443,7 +448,7 @@ def parse_control(name: str, items: Items, source: str, section_line: int) -> Co
     for key, (_, line) in items.items():
         if key not in known:
             raise ConfigError(
-                f"{source}:{line}: {s.header} {key}: unknown key for a {kind} on the {backend} backend "
+                f"{source}:{line}: {s.header} {key}: unknown key for {_a(kind)} on the {backend} backend "
                 f"(known: {', '.join(known)})"
             )
 
@@ -548,7 +553,7 @@ def _modbus_spec(s: _Section, kind: ControlType, low: float | None, high: float 
     if register not in allowed:
         names = " or ".join(f"{r}:N" for r in allowed)
         why = "read-only in Modbus" if not register.writable else "a single bit"
-        raise s.error("register", f"{names} for a {kind} ({register} is {why})")
+        raise s.error("register", f"{names} for {_a(kind)} ({register} is {why})")
     if register.is_bit:
         for key in ("scale", "signed"):
             if s.has(key):
