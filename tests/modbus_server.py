@@ -32,7 +32,7 @@ DEVICES = (1, 17)
 def _context() -> object:
     from pymodbus import datastore
 
-    device_context = getattr(datastore, "ModbusDeviceContext", None) or getattr(datastore, "ModbusSlaveContext")
+    device_context = getattr(datastore, "ModbusDeviceContext", None) or datastore.ModbusSlaveContext
     block = datastore.ModbusSequentialDataBlock
 
     def device() -> object:

@@ -1,4 +1,4 @@
-"""
+r"""
 ``[control:NAME]`` sections turned into L{ControlSpec}s, or one line saying what is wrong.
 
 An integrator declares a pump, a valve or a temperature in the INI and
@@ -30,7 +30,9 @@ Which keys go with what (any other key is refused as unknown, listing these):
     command  read (not for actions), write (not for sensors): argv split like
              a shell would (shlex) but never run by one; {value} in an
              argument of write is the value, required for switch/number/choice,
-             refused in the program name and for an action
+             refused in the program name and for an action.  In the INI a
+             ";" or "#" after white space starts a comment: write \; (shlex
+             turns it into ;), as in  find ... -exec CMD {} \;
     modbus   modbus = tcp:HOST[:PORT] | rtu:DEVICE:BAUD:8N1 (bytesize 7/8,
              parity N/E/O, stopbits 1/2), modbus_device (default 1, 0..247;
              1..247 on a serial bus, where 0 is broadcast and never answers),

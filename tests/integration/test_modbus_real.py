@@ -23,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from modbus_tools import (
+    PtyPair,
+    ServerProcess,
+    SilentServer,
+    free_port,
+    pymodbus_present,
+    require,
+)
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
@@ -31,7 +39,6 @@ from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.config import parse_control
 from boatwist.controls.spec import ControlSpec
 from boatwist.workers import TimedOut
-from modbus_tools import PtyPair, ServerProcess, SilentServer, free_port, pymodbus_present, require
 
 pytestmark = pytest.mark.integration
 

@@ -214,13 +214,17 @@ REFUSED = {
     "range does not fit the register": (S + "type = number\nbackend = modbus\nmodbus = tcp:h\nregister = holding:1\nmin = -5\nmax = 5\n", "dev.ini:6: [control:x] min = '-5': expected a value that fits the register: -5 / scale 1 = -5, outside 0..65535; signed = yes allows -32768..32767"),
     "range does not fit after scale": (S + "type = number\nbackend = modbus\nmodbus = tcp:h\nregister = holding:1\nmin = 0\nmax = 100\nscale = 0.001\n", "[control:x] max = '100': expected a value that fits the register: 100 / scale 0.001 = 100000, outside 0..65535"),
     "same register twice": (
-        "[control:a]\ntype = switch\nbackend = modbus\nmodbus = tcp:plc:502\nregister = coil:4\n"
-        "[control:b]\ntype = sensor\nbackend = modbus\nmodbus = tcp:plc:502\nregister = coil:4\n",
+        (
+            "[control:a]\ntype = switch\nbackend = modbus\nmodbus = tcp:plc:502\nregister = coil:4\n"
+            "[control:b]\ntype = sensor\nbackend = modbus\nmodbus = tcp:plc:502\nregister = coil:4\n"
+        ),
         "dev.ini:10: [control:b] register = 'coil:4': expected a register no other control uses on modbus tcp:plc:502 device 1 ([control:a] at dev.ini:1 uses it)",
     ),
     "one serial port, two speeds": (
-        "[control:a]\ntype = sensor\nbackend = modbus\nmodbus = rtu:/dev/ttyS0:9600:8N1\nregister = input:4\n"
-        "[control:b]\ntype = sensor\nbackend = modbus\nmodbus = rtu:/dev/ttyS0:19200:8N1\nregister = input:5\n",
+        (
+            "[control:a]\ntype = sensor\nbackend = modbus\nmodbus = rtu:/dev/ttyS0:9600:8N1\nregister = input:4\n"
+            "[control:b]\ntype = sensor\nbackend = modbus\nmodbus = rtu:/dev/ttyS0:19200:8N1\nregister = input:5\n"
+        ),
         "dev.ini:9: [control:b] modbus = 'rtu:/dev/ttyS0:19200:8N1': expected rtu:/dev/ttyS0:9600:8N1: the line settings [control:a] at dev.ini:1 gives /dev/ttyS0 (one serial port, one speed)",
     ),
 }

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -260,5 +260,5 @@ class CommandBackend:
                 pass  # already gone, or not a group leader yet: kill the process below
         try:
             transport.signalProcess("KILL")
-        except Exception:  # ProcessExitedAlready, OSError: it ended on its own
-            pass
+        except (ProcessExitedAlready, OSError):
+            pass  # it ended on its own meanwhile

@@ -21,10 +21,22 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import (
+    IReactorFromThreads,
+    IReactorProcess,
+    IReactorTime,
+)
 
 from ...workers import Runner, ThreadRunner
-from ..spec import CommandSpec, ControlSpec, FileSpec, MemorySpec, ModbusBus, ModbusSpec, Value
+from ..spec import (
+    CommandSpec,
+    ControlSpec,
+    FileSpec,
+    MemorySpec,
+    ModbusBus,
+    ModbusSpec,
+    Value,
+)
 from .base import Backend
 from .command import CommandBackend
 from .file import FileBackend

@@ -229,7 +229,11 @@ class PymodbusConnection:
             self._execute("write_register", timeout, address, raw, **{self._keyword: device})
 
     def _execute(self, name: str, timeout: float, *args: object, **kwargs: object) -> Any:
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+        from pymodbus.exceptions import (
+            ConnectionException,
+            ModbusException,
+            ModbusIOException,
+        )
 
         self.open(timeout)
         client = self._client
