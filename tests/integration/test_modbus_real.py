@@ -62,6 +62,13 @@ def independent_client(port: int) -> Any:
     return client
 
 
+def pymodbus_version() -> tuple[int, int]:
+    import pymodbus
+
+    major, minor = pymodbus.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def device_kw() -> str:
     from boatwist.controls.backends.modbus import device_keyword
 
@@ -132,23 +139,35 @@ class ModbusTcpTests(TestCase):
         self.assertIs((yield pump.read()), False)
 
     @defer.inlineCallbacks
-    def test_input_register_discrete_and_signed_values_are_read(self) -> _Gen:
-        """Read-only tables: an input register × scale, a signed one, a discrete input as a sensor."""
+    def test_input_register_and_discrete_input_are_read(self) -> _Gen:
+        """Read-only tables: an input register × scale, a discrete input as a sensor."""
         temperature = self.factory.build(self.spec("t", "type = sensor\nunit = °C\nscale = 0.1\nregister = input:2"))
-        offset = self.factory.build(self.spec("o", "type = sensor\nsigned = yes\nregister = input:3"))
         door = self.factory.build(self.spec("door", "type = sensor\nregister = discrete:5"))
         self.assertEqual((yield temperature.read()), 21.5)
-        self.assertEqual((yield offset.read()), -10.0)
         self.assertEqual((yield door.read()), 1.0)
+
+    @defer.inlineCallbacks
+    def test_signed_register_round_trip(self) -> _Gen:
+        """signed = yes writes -10 as 65526 on the wire (an independent client reads 65526) and reads it back as -10."""
+        offset = self.factory.build(self.spec("o", "type = number\nmin = -100\nmax = 100\nsigned = yes\nregister = holding:20"))
+        yield offset.write(-10.0)
+        self.assertEqual((yield offset.read()), -10.0)
+        client = independent_client(self.port)
+        try:
+            self.assertEqual(client.read_holding_registers(20, count=1, **{device_kw(): 1}).registers, [65526])
+        finally:
+            client.close()
 
     @defer.inlineCallbacks
     def test_modbus_exception_is_named(self) -> _Gen:
         """An address the device does not have: BackendError naming the register and the exception."""
         ghost = self.factory.build(self.spec("ghost", "type = sensor\nregister = holding:500"))
         error = yield self.assertFailure(ghost.read(), BackendError)
-        self.assertEqual(
-            str(error), f"modbus {self.bus} device 1 holding:500: illegal data address (exception 2)"
-        )
+        where = f"modbus {self.bus} device 1 holding:500: "
+        # pymodbus's server answers exception 2 from 3.11 on; 3.9 and 3.10 send an empty answer.
+        self.assertIn(str(error), (where + "illegal data address (exception 2)", where + "the answer holds no value"))
+        if pymodbus_version() >= (3, 11):
+            self.assertEqual(str(error), where + "illegal data address (exception 2)")
 
     @defer.inlineCallbacks
     def test_server_killed_fails_fast_then_recovers_by_itself(self) -> _Gen:

@@ -218,9 +218,12 @@ class PymodbusConnection:
             RegisterKind.INPUT: "read_input_registers",
         }[register]
         response = self._execute(call, timeout, address, count=1, **{self._keyword: device})
+        values = response.bits if register.is_bit else response.registers
+        if not values:  # seen from pymodbus 3.9's own server for an address it does not have
+            raise Refused("the answer holds no value")
         if register.is_bit:
-            return 1 if response.bits[0] else 0
-        return int(response.registers[0])
+            return 1 if values[0] else 0
+        return int(values[0])
 
     def write(self, register: RegisterKind, address: int, device: int, raw: int, timeout: float) -> None:
         if register is RegisterKind.COIL:
