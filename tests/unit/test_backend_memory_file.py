@@ -221,11 +221,12 @@ class FileBackendTests(SynchronousTestCase):
         self.path.write_text("1\n")
         runner = ManualRunner()
         led = self.backend("type = switch\ntimeout = 1\n", runner)
-        led.read()
+        reading = led.read()
         closing = led.close()
         self.assertNoResult(closing)
         self.clock.advance(2)
         self.successResultOf(closing)
+        self.failureResultOf(reading, TimedOut)
         self.assertFalse(runner.stopped)
 
 
