@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .controls.spec import ControlSpec
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -149,6 +151,8 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    #: The device's controls, [control:NAME] sections in INI order (boatwist.controls.config).
+    controls: tuple[ControlSpec, ...] = ()
     #: Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -415,12 +419,20 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
     except configparser.Error as e:
         message = " ".join(str(e).split())
         raise ConfigError(f"{source}: {message}")
+    # Imported here: boatwist.controls.config raises this module's ConfigError.
+    from .controls.config import CONTROL_PREFIX, parse_controls
+
     where = _key_lines(text)
     sections: dict[str, dict[str, object]] = {}
+    controls: list[tuple[str, dict[str, tuple[str, int]], int]] = []
     for section in parser.sections():
         line = where.get((section, ""), 0)
+        if section.startswith(CONTROL_PREFIX):
+            items = {key: (raw, where.get((section, key), 0)) for key, raw in parser.items(section, raw=True)}
+            controls.append((section[len(CONTROL_PREFIX) :], items, line))
+            continue
         if section not in _SCHEMA:
-            known = ", ".join(f"[{name}]" for name in _SCHEMA)
+            known = ", ".join([f"[{name}]" for name in _SCHEMA] + [f"[{CONTROL_PREFIX}NAME]"])
             raise ConfigError(f"{source}:{line}: unknown section [{section}] (known: {known})")
         values: dict[str, object] = {}
         for key, raw in parser.items(section, raw=True):
@@ -435,7 +447,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
                 raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}")
         sections[section] = values
     built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
-    settings = Settings(source=source, **built)  # type: ignore[arg-type]
+    settings = Settings(source=source, controls=parse_controls(controls, source), **built)  # type: ignore[arg-type]
     _check_consistency(settings)
     return settings
 

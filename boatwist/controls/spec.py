@@ -27,10 +27,14 @@ The backends' own keys:
     command  read, write                      argv, shlex-split; {value} in an
                                               argument of write is replaced by
                                               the value (one argument, no shell)
-    modbus   modbus, modbus_device, register, scale
+    modbus   modbus, modbus_device, register, scale, signed
              modbus = tcp:HOST:PORT | rtu:DEVICE:BAUD:8N1
              register = coil:N | discrete:N | holding:N | input:N
              (N: the 0-based protocol address, as pymodbus and Wireshark show it)
+             signed = yes: a register holds -32768..32767 (two's complement)
+
+L{boatwist.controls.config} documents which key goes with which type and
+backend, and refuses the rest.
 """
 
 from __future__ import annotations
@@ -163,6 +167,8 @@ class ModbusSpec:
     address: int
     #: A register is multiplied by it when read, divided when written.
     scale: float = 1.0
+    #: A register is a two's-complement int16 (-32768..32767), not 0..65535.
+    signed: bool = False
 
 
 BackendSpec = Union[MemorySpec, FileSpec, CommandSpec, ModbusSpec]
