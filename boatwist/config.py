@@ -15,7 +15,10 @@ import configparser
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
+
+from .controls.floor import FloorSettings, parse_floor_mode
+from .controls.roles import RoleSettings, parse_role_setting, parse_user_list, role_lists_conflict
 
 from .controls.spec import ControlSpec
 
@@ -151,6 +154,8 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    roles: RoleSettings = field(default_factory=RoleSettings)
+    floor: FloorSettings = field(default_factory=FloorSettings)
     #: The device's controls, [control:NAME] sections in INI order (boatwist.controls.config).
     controls: tuple[ControlSpec, ...] = ()
     #: Where the settings came from, for messages.
@@ -203,6 +208,24 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "no", "false", "off"):
         return False
     raise ConfigError("expected yes or no")
+
+
+def _expecting(parse: Callable[[str], object]) -> Parser:
+    """
+    A parser kept next to the settings it fills (L{boatwist.controls}) raises
+    ValueError("expected ..."), so that module needs nothing from this one;
+    here it becomes the ConfigError that names file, line and key.
+    """
+
+    def wrapped(text: str) -> object:
+        try:
+            return parse(text)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    return wrapped
 
 
 def _text(text: str) -> str:
@@ -366,6 +389,22 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "buffer": _integer(0, 1000000),
         "max_queued": _integer(1024, 1 << 30),
     },
+    "roles": {
+        "default": _expecting(parse_role_setting),
+        "viewer": _expecting(parse_user_list),
+        "operator": _expecting(parse_user_list),
+        "admin": _expecting(parse_user_list),
+    },
+    "floor": {
+        "mode": _expecting(parse_floor_mode),
+        "idle_release": _seconds(0, 86400),
+        "handover_timeout": _seconds(0, 3600),
+    },
+}
+
+#: Checks of a whole section, after each key parsed: (key to name, what was expected) or None.
+_SECTION_CHECKS: dict[str, Callable[[Mapping[str, object]], tuple[str, str] | None]] = {
+    "roles": role_lists_conflict,
 }
 
 _SECTION_TYPES = {
@@ -378,6 +417,8 @@ _SECTION_TYPES = {
     "chat": ChatSettings,
     "store": StoreSettings,
     "events": EventSettings,
+    "roles": RoleSettings,
+    "floor": FloorSettings,
 }
 
 
@@ -435,16 +476,23 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             known = ", ".join([f"[{name}]" for name in _SCHEMA] + [f"[{CONTROL_PREFIX}NAME]"])
             raise ConfigError(f"{source}:{line}: unknown section [{section}] (known: {known})")
         values: dict[str, object] = {}
+        texts: dict[str, str] = {}
         for key, raw in parser.items(section, raw=True):
             line = where.get((section, key), 0)
             if key not in _SCHEMA[section]:
                 known = ", ".join(_SCHEMA[section])
                 raise ConfigError(f"{source}:{line}: [{section}] {key}: unknown key (known: {known})")
-            value = raw.strip()
+            value = texts[key] = raw.strip()
             try:
                 values[key] = _SCHEMA[section][key](value)
             except ConfigError as e:
                 raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}")
+        check = _SECTION_CHECKS.get(section)
+        problem = check(values) if check is not None else None
+        if problem is not None:
+            key, expected = problem
+            line = where.get((section, key), 0)
+            raise ConfigError(f"{source}:{line}: [{section}] {key} = {texts[key]!r}: {expected}")
         sections[section] = values
     built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
     settings = Settings(source=source, controls=parse_controls(controls, source), **built)  # type: ignore[arg-type]
