@@ -16,7 +16,10 @@ wall clock.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
 
 
 def use_monotonic_time(reactor: Any) -> bool:
@@ -39,6 +42,7 @@ def use_monotonic_time(reactor: Any) -> bool:
     return True
 
 
+@implementer(IReactorTime)
 class WallClockView:
     """
     The reactor as seen by code that reads C{seconds()} as the time of day
@@ -47,11 +51,14 @@ class WallClockView:
     Timers still go through the reactor's own, monotonic, clock.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
 
     def seconds(self) -> float:
         return time.time()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: object, **kw: object) -> IDelayedCall:
+        return self._reactor.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]:
+        return self._reactor.getDelayedCalls()

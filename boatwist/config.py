@@ -180,7 +180,7 @@ def _integer(low: int, high: int) -> Parser:
         try:
             value = int(text, 10)
         except ValueError:
-            raise ConfigError(f"expected a whole number from {low} to {high}")
+            raise ConfigError(f"expected a whole number from {low} to {high}") from None
         if not low <= value <= high:
             raise ConfigError(f"expected a whole number from {low} to {high}")
         return value
@@ -193,7 +193,7 @@ def _seconds(low: float, high: float) -> Parser:
         try:
             value = float(text)
         except ValueError:
-            raise ConfigError(f"expected seconds from {low:g} to {high:g}")
+            raise ConfigError(f"expected seconds from {low:g} to {high:g}") from None
         if not (low <= value <= high):  # also refuses nan
             raise ConfigError(f"expected seconds from {low:g} to {high:g}")
         return value
@@ -280,7 +280,7 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(part, strict=True))
         except ValueError as e:
-            raise ConfigError(f"expected networks in CIDR form like 192.168.1.0/24 ({e})")
+            raise ConfigError(f"expected networks in CIDR form like 192.168.1.0/24 ({e})") from None
     if not networks:
         raise ConfigError("expected at least one network in CIDR form")
     return tuple(networks)
@@ -320,7 +320,7 @@ def check_endpoint(description: str) -> None:
         serverFromString(MemoryReactor(), description)
     except Exception as e:  # Twisted raises ValueError, TypeError, KeyError, OSError ...
         reason = str(e) or type(e).__name__
-        raise ConfigError(f"{expected} ({reason})")
+        raise ConfigError(f"{expected} ({reason})") from None
 
 
 #: section -> key -> (field name, parser); the whitelist of what may be written.
@@ -459,7 +459,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
         parser.read_string(text, source=source)
     except configparser.Error as e:
         message = " ".join(str(e).split())
-        raise ConfigError(f"{source}: {message}")
+        raise ConfigError(f"{source}: {message}") from None
     # Imported here: boatwist.controls.config raises this module's ConfigError.
     from .controls.config import CONTROL_PREFIX, parse_controls
 
@@ -486,7 +486,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             try:
                 values[key] = _SCHEMA[section][key](value)
             except ConfigError as e:
-                raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}")
+                raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}") from None
         check = _SECTION_CHECKS.get(section)
         problem = check(values) if check is not None else None
         if problem is not None:
@@ -495,7 +495,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             raise ConfigError(f"{source}:{line}: [{section}] {key} = {texts[key]!r}: {expected}")
         sections[section] = values
     built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
-    settings = Settings(source=source, controls=parse_controls(controls, source), **built)  # type: ignore[arg-type]
+    settings = Settings(source=source, controls=parse_controls(controls, source), **built)
     _check_consistency(settings)
     return settings
 
@@ -523,9 +523,9 @@ def load_config(path: str | Path) -> Settings:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file")
+        raise ConfigError(f"{path}: no such configuration file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the configuration file ({e})")
+        raise ConfigError(f"{path}: cannot read the configuration file ({e})") from None
     return parse_config(text, source=str(path))
 
 

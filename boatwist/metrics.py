@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from boatwist.events import Event
 from boatwist.heartbeat import HeartbeatService
 from boatwist.net.tracking import ConnectionTracker
-from boatwist.presence import Presence
+from boatwist.presence import Kind, Presence
 from boatwist.reasons import VANISHED, Reason
 
 
@@ -41,7 +41,7 @@ class Metrics:
             registry=self.registry,
         )
         # A custom collector: prometheus_client calls collect() at each scrape.
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
 
     def on_event(self, event: Event) -> None:
         data = event.data
@@ -68,8 +68,8 @@ class Metrics:
         yield seats
         conns = GaugeMetricFamily("boatwist_connections", "Open connections, by kind", labels=["kind"])
         kinds = Counter(c.kind for c in self.tracker.connections())
-        for kind in ("http", "web", "chat"):
-            conns.add_metric([kind], kinds.get(kind, 0))
+        for kind in Kind:
+            conns.add_metric([kind.value], kinds.get(kind, 0))
         yield conns
         offline = CounterMetricFamily("boatwist_offline_events", "Users gone offline, by reason", labels=["reason"])
         for reason, n in sorted(self.offline_reasons.items()):

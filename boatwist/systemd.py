@@ -184,13 +184,12 @@ class SystemdNotifyService(Service):
     while the listeners are still closing.
     """
 
-    name = "systemd-notify"
-
     def __init__(self, notifier: Notifier, status: str = "") -> None:
         """
         @param status: if given, sent as C{STATUS=} with C{READY=1}, in the
             same datagram, for ``systemctl status`` to show.
         """
+        self.setName("systemd-notify")
         self._notifier = notifier
         self._status = " ".join(status.splitlines())
 

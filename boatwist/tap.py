@@ -54,7 +54,7 @@ class Options(usage.Options):
         try:
             self["settings"] = load_config(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(str(e)) from None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """
@@ -67,7 +67,7 @@ class Options(usage.Options):
             if "settings" in self or not str(e).startswith(str(self["config"])):
                 raise
             sys.stderr.write(f"embweb: {e}\n")
-            raise SystemExit(2)
+            raise SystemExit(2) from None
 
 
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:

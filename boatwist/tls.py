@@ -187,7 +187,7 @@ def server_tls_options(cert_path: Path, key_path: Path) -> CertificateOptions:
         # weak for the system's security level, say) surface here.
         options.getContext()
     except (SSL.Error, ValueError, TypeError) as e:
-        raise TLSConfigError(f"{cert_path}: OpenSSL refuses this certificate and key ({_one_line(e)})")
+        raise TLSConfigError(f"{cert_path}: OpenSSL refuses this certificate and key ({_one_line(e)})") from None
     except MemoryError as e:
         # Twisted always installs pyOpenSSL's ALPN callback, a cffi callback
         # that needs writable+executable memory; MemoryDenyWriteExecute=yes
@@ -197,7 +197,7 @@ def server_tls_options(cert_path: Path, key_path: Path) -> CertificateOptions:
         raise TLSConfigError(
             f"{cert_path}: cannot set up TLS: pyOpenSSL needs write+execute memory for its callbacks"
             " (is MemoryDenyWriteExecute=yes set in the systemd unit?)"
-        )
+        ) from None
     return options
 
 
@@ -268,7 +268,7 @@ class _SelfSigned:
             except FileNotFoundError:
                 continue
             except OSError as e:
-                raise TLSConfigError(f"{path}: cannot read the automatic TLS {path.stem} ({e.strerror})")
+                raise TLSConfigError(f"{path}: cannot read the automatic TLS {path.stem} ({e.strerror})") from None
         if not contents:
             return ""
         if len(contents) == 1:
@@ -491,18 +491,19 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise TLSConfigError(f"{path}: no such {what} file")
+        raise TLSConfigError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
-        raise TLSConfigError(f"{path}: is a directory, expected a PEM {what} file")
+        raise TLSConfigError(f"{path}: is a directory, expected a PEM {what} file") from None
     except OSError as e:
-        raise TLSConfigError(f"{path}: cannot read the {what} file ({e.strerror})")
+        raise TLSConfigError(f"{path}: cannot read the {what} file ({e.strerror})") from None
 
 
 def _parse_certificates(data: bytes, path: Path) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as e:
-        raise TLSConfigError(f"{path}: expected PEM certificates (-----BEGIN CERTIFICATE-----) ({_one_line(e)})")
+        raise TLSConfigError(
+            f"{path}: expected PEM certificates (-----BEGIN CERTIFICATE-----) ({_one_line(e)})") from None
     if not certs:
         raise TLSConfigError(f"{path}: expected PEM certificates (-----BEGIN CERTIFICATE-----)")
     return certs
@@ -512,9 +513,10 @@ def _parse_private_key(data: bytes, path: Path) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise TLSConfigError(f"{path}: the private key is encrypted; expected an unencrypted PEM key")
+        raise TLSConfigError(f"{path}: the private key is encrypted; expected an unencrypted PEM key") from None
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise TLSConfigError(f"{path}: expected a PEM private key (-----BEGIN PRIVATE KEY-----) ({_one_line(e)})")
+        raise TLSConfigError(
+            f"{path}: expected a PEM private key (-----BEGIN PRIVATE KEY-----) ({_one_line(e)})") from None
     if not isinstance(key, _SIGNING_KEY_TYPES):
         raise TLSConfigError(f"{path}: a {type(key).__name__} cannot sign TLS handshakes")
     return key

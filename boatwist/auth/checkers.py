@@ -35,7 +35,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from boatwist.auth.digest import StaleNonce
+from boatwist.auth.digest import AvatarId, StaleNonce
 from boatwist.logs import NamespacedLogger
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
@@ -102,7 +102,7 @@ class BcryptChecker:
         # An unknown user costs what a known one does: one bcrypt at the users' cost.
         self._dummy_cost = _usual_cost(database)
 
-    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
+    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[AvatarId]":
         user = credentials.username
         password = credentials.password
         if isinstance(user, str):
@@ -215,7 +215,7 @@ class ThrottledChecker:
         #: Guesses being checked right now, by key: how many requests share each.
         self._guesses: dict[Any, int] = {}
 
-    def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[bytes]":
+    def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[AvatarId]":
         peer = getattr(credentials, "peer_host", "unknown")
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)

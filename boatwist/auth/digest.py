@@ -52,7 +52,7 @@ import re
 import secrets
 import struct
 import weakref
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, Union
 
 from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
@@ -76,6 +76,10 @@ __all__ = [
 ALGORITHMS = ("SHA-256", "MD5")
 
 _HASHES = {"MD5": "md5", "SHA-256": "sha256"}
+
+#: What cred's checkers answer (ICredentialsChecker.requestAvatarId): the user
+#: name as bytes (an empty tuple would be the anonymous avatar, never used here).
+AvatarId = Union[bytes, tuple[()]]
 _HEX_LENGTH = {"MD5": 32, "SHA-256": 64}
 
 _TIME = struct.Struct(">Q")
@@ -93,7 +97,7 @@ FUTURE_SLACK = 5.0
 
 # auth-param = token BWS "=" BWS ( token / quoted-string ), RFC 7235 section 2.1
 _PARAM = re.compile(
-    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'
+    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'  # noqa: E501
 )
 _ESCAPE = re.compile(rb"\\(.)", re.S)
 _SEPARATORS = re.compile(rb"[ \t,]+")
@@ -160,7 +164,7 @@ def _b64decode(text: bytes, size: int) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(text)
     except (binascii.Error, ValueError):
-        raise error.LoginFailed("malformed Digest value")
+        raise error.LoginFailed("malformed Digest value") from None
     if len(raw) != size or base64.urlsafe_b64encode(raw) != text:
         raise error.LoginFailed("malformed Digest value")
     return raw
@@ -370,7 +374,7 @@ class DigestAuthority:
         try:
             username = params["username"].decode("utf-8")
         except UnicodeDecodeError:
-            raise error.LoginFailed("Digest username is not UTF-8")
+            raise error.LoginFailed("Digest username is not UTF-8") from None
         self.check_nonce(params["nonce"], params["opaque"], request)
         return DigestCredentials(
             authority=self,
@@ -496,13 +500,13 @@ class DigestChecker:
         self.realm = realm
         self._dummy = {name: secrets.token_hex(size // 2) for name, size in _HEX_LENGTH.items()}
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[AvatarId]:
         try:
             return defer.succeed(self._check(credentials))
         except error.UnauthorizedLogin:
             return defer.fail()
 
-    def _check(self, credentials: Any) -> str:
+    def _check(self, credentials: Any) -> bytes:
         reload = getattr(self._database, "reload_if_changed", None)
         if reload is not None:
             reload()
@@ -522,8 +526,8 @@ class DigestChecker:
         if isinstance(username, str) and realm == self.realm:
             ha1 = self._database.ha1(username, self.realm, algorithm)
         matched = credentials.checkHash(ha1 if ha1 is not None else self._dummy[algorithm])
-        if ha1 is not None and matched is True:
-            return username  # type: ignore[return-value]
+        if ha1 is not None and matched is True and isinstance(username, str):
+            return username.encode("utf-8")
         if getattr(credentials, "stale", False):
             raise StaleNonce("Digest nonce count already used")
         raise error.UnauthorizedLogin("Digest login failed")

@@ -84,7 +84,7 @@ def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
         try:
             settings = load_config(config)
         except ConfigError as e:
-            raise _Failure(str(e))
+            raise _Failure(str(e)) from None
         users = users or settings.users_file
         digest = digest or settings.digest_users_file
         realm = realm if realm is not None else settings.auth.realm
@@ -94,7 +94,7 @@ def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
     try:
         check_realm(realm)
     except PasswordFileError as e:
-        raise _Usage(str(e))
+        raise _Usage(str(e)) from None
     return users, digest, realm
 
 
@@ -112,7 +112,7 @@ def _read_password(from_stdin: bool, stdin: TextIO) -> str:
         first = getpass.getpass("New password: ")
         second = getpass.getpass("Retype new password: ")
     except (EOFError, KeyboardInterrupt):
-        raise _Failure("no password given")
+        raise _Failure("no password given") from None
     if first != second:
         raise _Failure("the passwords differ")
     if not first:
@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         try:
             check_user_name(args.user)
         except PasswordFileError as e:
-            raise _Usage(str(e))
+            raise _Usage(str(e)) from None
     if not 4 <= args.rounds <= 31:
         raise _Usage("--rounds: expected 4 to 31")
     users, digest, realm = _locations(args)
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         verb = "added" if args.command == "add" else "changed the password of"
         stdout.write(f"{verb} {user} in {users} and {digest} (realm {realm})\n")
     except PasswordFileError as e:
-        raise _Failure(str(e))
+        raise _Failure(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None,

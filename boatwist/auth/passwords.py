@@ -137,12 +137,12 @@ def _read_lines(path: Path) -> list[str] | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})")
+        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise PasswordFileError(f"{path}:{line}: not valid UTF-8")
+        raise PasswordFileError(f"{path}:{line}: not valid UTF-8") from None
     # Split on \n only: str.splitlines() also splits on \x0b, \x1c, \u2028 ...,
     # which must stay inside a line (and then be refused) rather than make one.
     lines = text.split("\n")
@@ -168,7 +168,7 @@ def _parse_htpasswd(path: Path, lines: list[str]) -> dict[str, bytes]:
         try:
             check_user_name(user)
         except PasswordFileError as e:
-            raise PasswordFileError(f"{path}:{number}: {e}")
+            raise PasswordFileError(f"{path}:{number}: {e}") from None
         if not _BCRYPT.fullmatch(hashed):
             kind = next((name for prefix, name in _KNOWN_WEAK if hashed.startswith(prefix)), None)
             what = f"{kind} hash refused" if kind else "not a bcrypt hash"
@@ -209,7 +209,7 @@ def _parse_htdigest(path: Path, lines: list[str], realm: str | None) -> dict[tup
         try:
             check_user_name(user)
         except PasswordFileError as e:
-            raise PasswordFileError(f"{path}:{number}: {e}")
+            raise PasswordFileError(f"{path}:{number}: {e}") from None
         if algorithm == "MD5" and line.count(":") == 3:
             # "user:realm:MD5:hex" is not a form htdigest writes; refuse rather than guess.
             raise PasswordFileError(f"{path}:{number}: user {user!r}: expected user:realm:HA1 for MD5")
@@ -243,7 +243,7 @@ def _signature(path: Path) -> _Signature:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})")
+        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})") from None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
@@ -390,12 +390,12 @@ def _atomic_write(path: Path, lines: Iterable[str]) -> None:
     except FileNotFoundError:
         previous = None
     except OSError as e:
-        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})")
+        raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})") from None
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise PasswordFileError(f"{path}: cannot write in {directory} ({e.strerror or e})")
+        raise PasswordFileError(f"{path}: cannot write in {directory} ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -410,7 +410,7 @@ def _atomic_write(path: Path, lines: Iterable[str]) -> None:
             os.unlink(temporary)
         except OSError:
             pass
-        raise PasswordFileError(f"{path}: cannot write ({e.strerror or e})")
+        raise PasswordFileError(f"{path}: cannot write ({e.strerror or e})") from None
     try:  # make the rename itself durable (power loss on a device is routine)
         dir_fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -444,7 +444,8 @@ def _htdigest_user(line: str, realm: str) -> str | None:
     return parsed[0]
 
 
-def _replace_user(lines: list[str], owner: Callable[[str], str | None], user: str, new: list[str]) -> tuple[list[str], bool]:
+def _replace_user(lines: list[str], owner: Callable[[str], str | None], user: str,
+                  new: list[str]) -> tuple[list[str], bool]:
     """
     C{lines} with every line owned by C{user} removed and C{new} put where
     the first of them was (appended if there was none); and whether any
@@ -583,7 +584,7 @@ def ensure_initial_admin(users_path: str | os.PathLike[str], digest_path: str | 
         users_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         digest_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
-        raise PasswordFileError(f"{state}: cannot create the state directory ({e.strerror or e})")
+        raise PasswordFileError(f"{state}: cannot create the state directory ({e.strerror or e})") from None
     password = secrets.token_urlsafe(12)
     secret_file = state / INITIAL_PASSWORD_FILE
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -597,7 +598,7 @@ def ensure_initial_admin(users_path: str | os.PathLike[str], digest_path: str | 
             os.unlink(secret_file)
             fd = os.open(secret_file, flags, 0o600)
     except OSError as e:
-        raise PasswordFileError(f"{secret_file}: cannot create ({e.strerror or e})")
+        raise PasswordFileError(f"{secret_file}: cannot create ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(password + "\n")

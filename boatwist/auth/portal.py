@@ -23,10 +23,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from boatwist.auth.checkers import BcryptChecker, ThrottledChecker
-from boatwist.auth.digest import DigestAuthority, DigestChecker
+from boatwist.auth.digest import AvatarId, DigestAuthority, DigestChecker
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
 from boatwist.config import AuthSettings
@@ -71,10 +71,11 @@ class OperatorRealm:
     def __init__(self, avatar_factory: Callable[[str], IResource]) -> None:
         self._avatar_factory = avatar_factory
 
-    def requestAvatar(self, avatarId: bytes, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
-        if IResource not in interfaces:
-            raise NotImplementedError("only IResource avatars exist")
-        user = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
+    def requestAvatar(self, avatarId: AvatarId, mind: object,
+                      *interfaces: type[Interface]) -> tuple[type[Interface], IResource, Callable[[], None]]:
+        if IResource not in interfaces or not isinstance(avatarId, bytes):
+            raise NotImplementedError("only IResource avatars of named users exist")
+        user = avatarId.decode("utf-8")
         return IResource, self._avatar_factory(user), lambda: None
 
 
@@ -184,7 +185,8 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []
     if "digest" in settings.schemes:
-        authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime, algorithms=settings.digest_algorithms)
+        authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime,
+                                    algorithms=settings.digest_algorithms)
         factories += digest_factories(authority, settings.digest_algorithms)
         checkers.append(ThrottledChecker(DigestChecker(database, settings.realm), throttle, clock, audit))
     # The chat port checks the same bcrypt users, through the same throttle.

@@ -355,35 +355,35 @@ class ChatProtocol(LineReceiver):
             # The client speaks telnet: ask for 8-bit clean lines both ways.
             self._binary_offered = True
             self._answered.update({(WILL, BINARY), (DO, BINARY)})
-            self.transport.write(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
+            self._send(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
         if verb == DO and option == ECHO and self._echo_off:
             return  # the client agrees to our WILL ECHO
         if verb not in (WILL, DO) or (verb, option) in self._answered:
             return  # WONT / DONT need no answer; each option is answered once
         self._answered.add((verb, option))
         if option == BINARY:
-            self.transport.write(bytes((IAC, DO if verb == WILL else WILL, BINARY)))
+            self._send(bytes((IAC, DO if verb == WILL else WILL, BINARY)))
         else:
-            self.transport.write(bytes((IAC, DONT if verb == WILL else WONT, option)))
+            self._send(bytes((IAC, DONT if verb == WILL else WONT, option)))
 
     # ----------------------------------------------------------- login
 
     def _prompt(self) -> None:
         if self._state == self._LOGIN:
-            self.transport.write(LOGIN_PROMPT)
+            self._send(LOGIN_PROMPT)
         elif self._state == self._PASSWORD:
             if self._telnet.spoken:
                 # Only a telnet client gets this: nc would print the bytes.
-                self.transport.write(PASSWORD_PROMPT + bytes((IAC, WILL, ECHO)))
+                self._send(PASSWORD_PROMPT + bytes((IAC, WILL, ECHO)))
                 self._echo_off = True
             else:
-                self.transport.write(PASSWORD_PROMPT)
+                self._send(PASSWORD_PROMPT)
 
     def _restore_echo(self) -> None:
         if self._echo_off:
             self._echo_off = False
             # The Enter the user pressed was not echoed either: end the prompt line.
-            self.transport.write(bytes((IAC, WONT, ECHO)) + b"\r\n")
+            self._send(bytes((IAC, WONT, ECHO)) + b"\r\n")
 
     def _got_name(self, text: str) -> None:
         name = text.strip()
@@ -511,7 +511,7 @@ class ChatProtocol(LineReceiver):
         self._write_line(f"{len(entries)} online:")
         names = [clean_message(str(e["user"])) for e in entries]
         width = max((len(n) for n in names), default=0)
-        for name, entry in zip(names, entries):
+        for name, entry in zip(names, entries, strict=True):
             rtt = entry.get("rtt_ms")
             link = f"rtt {rtt:.1f} ms" if isinstance(rtt, (int, float)) else "rtt unknown"
             via = ", ".join(entry.get("kinds", ())) or "-"
@@ -640,9 +640,13 @@ class ChatProtocol(LineReceiver):
         )
         return f"welcome, {clean_message(user)}. online: {names or '-'}. /help lists the commands."
 
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
     def _write_line(self, text: str) -> None:
         if not self._lost:
-            self.transport.write(text.encode("utf-8", "replace") + b"\r\n")
+            self._send(text.encode("utf-8", "replace") + b"\r\n")
 
     def _error(self, text: str) -> None:
         self._write_line(f"error: {text}")
@@ -665,14 +669,15 @@ class ChatProtocol(LineReceiver):
 
     def _finish(self) -> None:
         self._state = self._DONE
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _close(self, reason: Reason) -> None:
         """End the connection with C{reason} for everyone to read (a tracked close when we can)."""
         self._state = self._DONE
         if self._conn is not None:
             self._conn.close(reason)
-        else:
+        elif self.transport is not None:
             self.transport.loseConnection()
 
 
@@ -711,7 +716,7 @@ class ChatFactory(Factory):
         """Connections that have not logged in yet."""
         return self._pending_logins
 
-    def buildProtocol(self, addr: IAddress) -> ChatProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ChatProtocol:
         return ChatProtocol(self)
 
     def start_login(self, host: str = "") -> bool:

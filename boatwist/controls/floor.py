@@ -84,7 +84,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, TypedDict
+from typing import Any, Callable, Mapping, Protocol, TypedDict
 
 from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -256,6 +256,17 @@ class FloorEvent:
     request_dropped: str | None = None
     detected_after: float | None = None
     safe: bool = False
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> "FloorEvent":
+        """The event back from its published data (the chat port formats what it hears)."""
+        return cls(
+            state=FloorState(data["state"]), user=str(data.get("user") or ""), holder=data.get("holder"),
+            reason=str(data.get("reason") or ""), at=float(data.get("at") or 0.0), previous=data.get("previous"),
+            by=data.get("by"), requested_by=data.get("requested_by"), message=data.get("message"),
+            request_dropped=data.get("request_dropped"), detected_after=data.get("detected_after"),
+            safe=bool(data.get("safe")),
+        )
 
     def as_data(self) -> FloorEventData:
         return FloorEventData(

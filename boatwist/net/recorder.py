@@ -83,7 +83,7 @@ def find_socket(transport: object) -> socket.socket | None:
     found = owner.socket
     if isinstance(found, RecordingSocket):
         found = found.wrapped
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 # ------------------------------------------------- why a connection ended

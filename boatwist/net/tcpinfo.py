@@ -110,26 +110,42 @@ class TcpInfo:
 
     @property
     def state_name(self) -> str:
-        """C{"ESTABLISHED"}, C{"CLOSE_WAIT"}, ... as Linux names the state."""
-        return TCP_STATES.get(self.state) or f"UNKNOWN({self.state})"
+        return _state_name(self.state)
 
     @property
     def established(self) -> bool:
-        """Anything else (CLOSE_WAIT: the peer closed and we did not notice) is ending."""
         return self.state == TCP_ESTABLISHED
 
     @property
     def troubled(self) -> bool:
-        """
-        Keepalive probes unanswered or data being retransmitted: the peer may
-        be gone, and the kernel will say so within seconds if it is.
-        """
-        return self.probes > 0 or self.retransmits > 0 or self.backoff > 0
+        return _troubled(self)
 
     @property
     def idle_ms(self) -> int:
-        """Milliseconds since the peer's last sign of life: data or an ACK."""
-        return min(self.last_data_recv_ms, self.last_ack_recv_ms)
+        return _idle_ms(self)
+
+
+def _state_name(state: int) -> str:
+    """C{"ESTABLISHED"}, C{"CLOSE_WAIT"}, ... as Linux names the state."""
+    return TCP_STATES.get(state) or f"UNKNOWN({state})"
+
+
+# What both readings mean: TcpInfo and TcpVitals answer state_name (Linux's
+# name), established (anything else, e.g. CLOSE_WAIT, is ending), troubled
+# and idle_ms alike.
+
+
+def _idle_ms(info: "TcpInfo | TcpVitals") -> int:
+    """Milliseconds since the peer's last sign of life: data or an ACK."""
+    return min(info.last_data_recv_ms, info.last_ack_recv_ms)
+
+
+def _troubled(info: "TcpInfo | TcpVitals") -> bool:
+    """
+    Keepalive probes unanswered or data being retransmitted: the peer may be
+    gone, and the kernel will say so within seconds if it is.
+    """
+    return info.probes > 0 or info.retransmits > 0 or info.backoff > 0
 
 
 #: TcpInfo's fields in the order _TCP_INFO unpacks them (a test pins that).
@@ -144,7 +160,7 @@ def _tcp_info_from(values: tuple[int, ...], _new: Any = object.__new__) -> TcpIn
     gives the same object: same fields, equality, hash and repr.
     """
     info: TcpInfo = _new(TcpInfo)
-    info.__dict__.update(zip(_TCP_INFO_FIELDS, values))
+    info.__dict__.update(zip(_TCP_INFO_FIELDS, values, strict=True))
     return info
 
 
@@ -197,11 +213,22 @@ class TcpVitals(NamedTuple):
     last_ack_recv_ms: int
     rtt_us: int
 
+    # The same meaning under the same names as TcpInfo's (a NamedTuple takes no mixin).
+    @property
+    def state_name(self) -> str:
+        return _state_name(self.state)
 
-# The same meaning under the same names as TcpInfo's (a NamedTuple takes no mixin).
-for _name in ("state_name", "established", "troubled", "idle_ms"):
-    setattr(TcpVitals, _name, getattr(TcpInfo, _name))
-del _name
+    @property
+    def established(self) -> bool:
+        return self.state == TCP_ESTABLISHED
+
+    @property
+    def troubled(self) -> bool:
+        return _troubled(self)
+
+    @property
+    def idle_ms(self) -> int:
+        return _idle_ms(self)
 
 
 #: state, retransmits, probes, backoff @0..4; unacked @24; last_data_recv @52,

@@ -119,7 +119,8 @@ class TrackedConnection:
     def write(self, data: bytes) -> None:
         """Write C{data}, or hold it while the link is being probed (past the bound: slow reader)."""
         if self.held is None:
-            self._wrapper.transport.write(data)
+            if self._wrapper.transport is not None:
+                self._wrapper.transport.write(data)
         elif not self.held.push(data):
             self.held = None
             self.close(Reason.SLOW_READER)
@@ -194,10 +195,12 @@ class TrackingFactory(WrappingFactory):
         self.tracker = tracker
         self.kind = kind
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper:
+        # A refused peer gets a protocol that drops it on connect (Twisted's
+        # WrappingFactory declares ProtocolWrapper; _Refused is not one).
         host = getattr(addr, "host", None)
         if host is not None and not self.tracker.admit_peer(host):
-            return _Refused()
+            return _Refused()  # type: ignore[return-value]
         return super().buildProtocol(addr)
 
 
@@ -341,7 +344,13 @@ class ConnectionTracker:
             return done
         self._when_empty.append(done)
         timer = self.clock.callLater(timeout, self._give_up_waiting)
-        done.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+
+        def stop_timer(result: None) -> None:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(stop_timer)
         for conn in list(self._connections.values()):
             conn.close(reason)
         return done

@@ -225,7 +225,7 @@ def prepare_schema(
                 except FileNotFoundError:
                     raise StoreError(
                         f"{where}: no upgrade from schema v{version - 1} to v{version} is shipped; left at v{found}"
-                    )
+                    ) from None
                 for statement in _statements(script):
                     conn.execute(statement)
             conn.execute("UPDATE version SET version = ?", (target_version,))
@@ -417,7 +417,7 @@ class _Database:
         rows = self._read("reading the audit log", sql, (limit,))
         rows.reverse()
         keys = ("id", "at", "kind", "user", "address", "detail")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def integrity_check(self) -> str:
         rows = self._read("checking integrity", "PRAGMA integrity_check", ())

@@ -92,7 +92,7 @@ class BoatwistRequest(server.Request):
         temporary file above 100 kB would write request bodies to the
         device's flash.
         """
-        self.content = BytesIO()
+        self.content = BytesIO()  # Twisted declares it as starting None
 
     def handleContentChunk(self, data: bytes) -> None:
         """Store a piece of the body, unless the channel says it is one too many."""
@@ -242,7 +242,7 @@ class BoatwistChannel(http.HTTPChannel):
     def _abort(self) -> None:
         self._abortCall = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]  # every TCP transport has it
 
     def _requestForRefusal(self) -> BoatwistRequest | None:
         """
@@ -260,7 +260,7 @@ class BoatwistChannel(http.HTTPChannel):
         if request.content is None:
             request.content = BytesIO()
         self._fillRequestLine(request)
-        return request  # type: ignore[no-any-return]
+        return request
 
     def _fillRequestLine(self, request: http.Request) -> None:
         """
@@ -275,7 +275,7 @@ class BoatwistChannel(http.HTTPChannel):
         request.uri = uri or b"-"
         request.path = request.uri.split(b"?", 1)[0]
         if request.args is None:
-            request.args = {}
+            request.args = {}  # Twisted declares it as starting None
         request.clientproto = version if version and _HTTP_VERSION.match(version) else b"HTTP/1.1"
 
     def _refuse(self, code: int, message: str) -> None:
@@ -343,7 +343,7 @@ class BoatwistChannel(http.HTTPChannel):
         self._fillRequestLine(request)
         refusal = self._screen(request) if self._screen is not None else None
         if refusal is None and self.length is not None and self.length > self._settings.max_body:
-            refusal = (http.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {self._settings.max_body} bytes")
+            refusal = (http.REQUEST_ENTITY_TOO_LARGE, self._too_large())
         if refusal is not None:
             self._refuse(*refusal)
             return
@@ -358,6 +358,9 @@ class BoatwistChannel(http.HTTPChannel):
             allowed = self._settings.header_timeout + expected / self._minBodyRate
             self._bodyCall = self.callLater(allowed, self._bodyDeadlinePassed)
 
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self._settings.max_body} bytes"
+
     def admitBody(self, size: int) -> bool:
         """
         Count C{size} more body bytes of the request being received; refuse it
@@ -368,7 +371,7 @@ class BoatwistChannel(http.HTTPChannel):
             return False
         self._bodyBytes += size
         if self._bodyBytes > self._settings.max_body:
-            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, f"the request body is larger than {self._settings.max_body} bytes")
+            self._refuse(http.REQUEST_ENTITY_TOO_LARGE, self._too_large())
             return False
         return True
 

@@ -30,7 +30,7 @@ MAX_ID = 2**63 - 1
 
 def int_arg(request: Request, name: bytes) -> int | None:
     """A whole-number query argument (0 to 2**63-1), None when absent; ValueError names it."""
-    values = (request.args or {}).get(name)
+    values = request.args.get(name) if request.args is not None else None
     if not values:
         return None
     try:
@@ -65,8 +65,8 @@ class ChatResource(Resource):
             return json_body(request, {"error": "give before or after, not both"}, 400)
         limit = 50 if limit is None else max(1, min(limit, 500))
         d = self.room.page(before=before, after=after, limit=limit)
-        return answer_later(request, d.addCallback(lambda messages: {"messages": [m.as_event_data() for m in messages]}),
-                            200, self._failed)
+        d.addCallback(lambda messages: {"messages": [m.as_event_data() for m in messages]})
+        return answer_later(request, d, 200, self._failed)
 
     def render_POST(self, request: Request) -> bytes | int:
         try:

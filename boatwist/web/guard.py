@@ -44,8 +44,14 @@ class PublicRoot(Resource):
         if path == b"healthz" and not request.postpath:
             return self.healthz
         # Hand the whole path to the guard, which resolves it for the user.
-        request.postpath.insert(0, request.prepath.pop())
+        unconsume(request)
         return self.guard
+
+
+def unconsume(request: Request) -> None:
+    """Put the segment traversal just consumed back in front of postpath (it is resolved again below)."""
+    assert request.prepath is not None and request.postpath is not None  # set by Request.process
+    request.postpath.insert(0, request.prepath.pop())
 
 
 @implementer(IResource)
@@ -85,7 +91,7 @@ class OperatorGuard(HTTPAuthSessionWrapper):
     # Private Twisted API (HTTPAuthSessionWrapper._loginSucceeded): the one
     # hook between a successful login and the avatar; overriding it is the
     # only way to avoid the per-request class the stock one builds.
-    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> _LoggedIn:  # type: ignore[override]
+    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> _LoggedIn:
         _interface, avatar, logout = args
         return _LoggedIn(avatar, logout)
 

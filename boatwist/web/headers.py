@@ -14,7 +14,7 @@ Pure functions: the channel, the site and the error pages all call them.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from twisted.web import http
@@ -118,7 +118,7 @@ def _parse_origin(value: bytes) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname, port
 
 
-def _own_origin(host_values: list[bytes] | None, secure: bool) -> tuple[str, str, int] | None:
+def _own_origin(host_values: Sequence[bytes] | None, secure: bool) -> tuple[str, str, int] | None:
     """The request's own origin, from its one Host header and whether it came over TLS."""
     if not host_values or len(host_values) != 1:
         return None

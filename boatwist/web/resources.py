@@ -27,6 +27,7 @@ from boatwist.metrics import Metrics
 from boatwist.presence import Kind, Presence, Refusal
 from boatwist.web.chat_api import ChatResource
 from boatwist.web.errors import ErrorResource, refusal_page
+from boatwist.web.guard import unconsume
 from boatwist.web.jsonapi import json_body
 from boatwist.web.stream import EventsResource
 
@@ -93,7 +94,7 @@ class OperatorRoot(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         request.boatwist_user = self.user  # type: ignore[attr-defined]
         core = self.core
-        is_stream = path == b"api" and request.postpath[:1] == [b"events"]
+        is_stream = path == b"api" and (request.postpath or [])[:1] == [b"events"]
         if not is_stream:
             # An event stream is admitted as persistent presence by its resource.
             conn = core.tracker.connection_for(request.channel)
@@ -104,7 +105,7 @@ class OperatorRoot(Resource):
             return ApiRoot(core, self.user)
         if path == b"metrics" and not request.postpath:
             return MetricsResource(core.metrics)
-        request.postpath.insert(0, request.prepath.pop())
+        unconsume(request)
         return core.static
 
 

@@ -68,7 +68,7 @@ class BoatwistSite(server.Site):
             raise ValueError("min_body_rate must be positive")
         self._min_body_rate = min_body_rate
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
+    def protocol(self) -> _GenericHTTPChannelProtocol:
         """
         What L{Factory.buildProtocol} calls: our channel, in the wrapper
         HTTPFactory always uses (C{HTTPFactory.protocol} is that same kind of

@@ -66,7 +66,7 @@ class StaticFiles(Resource):
                 self._files[key[:-1] + (b"",)] = (body, kind, etag)
 
     def render_GET(self, request: Request) -> bytes:
-        key = tuple(request.postpath) or (b"",)
+        key = tuple(request.postpath or ()) or (b"",)
         found = self._files.get(key)
         if found is None:
             return ErrorResource(404, "no such page").render(request)

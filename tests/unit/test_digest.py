@@ -141,10 +141,12 @@ def sha256(authority: DigestAuthority) -> DigestChallengeFactory:
 
 
 def login(checker: ICredentialsChecker, credentials: Any) -> Any:
-    """The avatar id, or the Failure, of a synchronous requestAvatarId."""
+    """The avatar id (the user name, decoded), or the Failure, of a synchronous requestAvatarId."""
     results: list[Any] = []
     checker.requestAvatarId(credentials).addBoth(results.append)
     assert len(results) == 1
+    if isinstance(results[0], bytes):
+        return results[0].decode("utf-8")
     return results[0]
 
 
@@ -602,7 +604,7 @@ def guarded_site(authority: DigestAuthority, database: Any) -> HTTPAuthSessionWr
     class Realm:
         def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
             assert IResource in interfaces
-            return IResource, Hello(avatarId), lambda: None
+            return IResource, Hello(avatarId.decode("utf-8")), lambda: None
 
     portal = Portal(Realm(), [DigestChecker(database, REALM)])
     factories = [

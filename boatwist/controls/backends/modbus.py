@@ -284,7 +284,7 @@ def _make_client(bus: ModbusBus, timeout: float) -> Any:
 
         return _Tcp(bus.host, port=bus.port, timeout=timeout, retries=0)
 
-    import serial  # type: ignore[import-untyped]  # pyserial ships no annotations
+    import serial  # pyserial ships no annotations
 
     class _Serial(ModbusSerialClient):
         def connect(self) -> bool:
