@@ -31,7 +31,7 @@ import errno
 import sqlite3
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
@@ -42,6 +42,13 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from boatwist.store.operations import (
+    ControlValue,
+    OperationRecord,
+    insert_operation,
+    select_operations,
+    select_values,
+)
 from boatwist.workers import Runner, SynchronousRunner, ThreadRunner
 
 __all__ = [
@@ -60,8 +67,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: The schema version this code reads and writes (``boatwist/store/schema/v1.sql``).
-SCHEMA_VERSION = 1
+#: The schema version this code reads and writes (``boatwist/store/schema/v2.sql``).
+SCHEMA_VERSION = 2
 
 #: Where a chat message may come from (the ``via`` column's CHECK).
 VIAS = ("web", "chat")
@@ -84,7 +91,7 @@ BUSY_TIMEOUT_MS = 5000
 _SQLITE_FULL = 13
 
 #: The tables that retention applies to (a fixed list, never user input).
-_TABLES = ("messages", "audit")
+_TABLES = ("messages", "audit", "operations")
 
 _SECONDS_PER_DAY = 86400.0
 
@@ -371,6 +378,30 @@ class _Database:
 
         return self._in_transaction(conn, insert, "saving a chat message")
 
+    def record_operation(self, record: OperationRecord, keep_value: bool) -> int:
+        conn = self._require()
+
+        def insert() -> int:
+            operation_id = insert_operation(conn, record, keep_value)
+            self._prune(conn, "operations", operation_id, record.at)
+            return operation_id
+
+        return self._in_transaction(conn, insert, f"saving an operation on {record.control}")[0]
+
+    def operations(self, before: int | None, limit: int, control: str | None) -> list[OperationRecord]:
+        conn = self._require()
+        try:
+            return select_operations(conn, before, limit, control)
+        except sqlite3.Error as e:
+            raise _translate(e, f"{self.path}: reading the operations") from e
+
+    def control_values(self) -> dict[str, ControlValue]:
+        conn = self._require()
+        try:
+            return select_values(conn)
+        except sqlite3.Error as e:
+            raise _translate(e, f"{self.path}: reading the control values") from e
+
     def audit(self, kind: str, user: str | None, address: str | None, detail: str, at: float) -> None:
         conn = self._require()
 
@@ -632,6 +663,26 @@ class Store(Service):
             self._database.audit(kind, user, address, detail, at)
 
         return self._write(write)
+
+    def record_operation(self, record: OperationRecord, keep_value: bool) -> Deferred[OperationRecord]:
+        """
+        Save an operation (with C{keep_value}, also as its control's last
+        value, in the same transaction).  Fires with the record and its id
+        only after COMMIT: broadcast only then.  Fails like L{add_message}.
+        """
+        d = self._write(lambda: self._database.record_operation(record, keep_value))
+        return d.addCallback(lambda operation_id: replace(record, id=operation_id))
+
+    def operations(self, before: int | None = None, limit: int = 50,
+                   control: str | None = None) -> Deferred[list[OperationRecord]]:
+        """A page of operations, oldest first: the latest C{limit} (1..500) before id C{before}."""
+        limit = max(1, min(MAX_HISTORY_PAGE, int(limit)))
+        before = None if before is None else int(before)
+        return self._run(lambda: self._database.operations(before, limit, control))
+
+    def control_values(self) -> Deferred[dict[str, ControlValue]]:
+        """Every control's last recorded value (restored at start)."""
+        return self._run(self._database.control_values)
 
     def audit_log(self, limit: int = 100) -> Deferred[list[dict[str, Any]]]:
         """

@@ -478,3 +478,47 @@ class DiskFullTests(SynchronousTestCase):
             translated = _translate(other, "chat.db")
             self.assertIs(type(translated), StoreError)
             self.assertIn("chat.db", str(translated))
+
+
+class OperationsTests(SynchronousTestCase):
+    """Operations and control values (schema v2), on :memory: with a SynchronousRunner."""
+
+    def store(self) -> Store:
+        store = Store(":memory:", retention_count=3, retention_days=1, runner=SynchronousRunner(),
+                      wall_clock=lambda: 1000.0)
+        store.startService()
+        return store
+
+    def test_operation_and_its_value_are_committed_together(self) -> None:
+        """record_operation gives the id; with keep_value the control's last value is that operation's."""
+        from boatwist.store.operations import OperationRecord
+
+        store = self.store()
+        record = OperationRecord(at=1000.0, user="alice", control="pump", old=False, value=True, result="ok",
+                                 error=None, via="web")
+        saved = self.successResultOf(store.record_operation(record, keep_value=True))
+        self.assertEqual(saved.id, 1)
+        values = self.successResultOf(store.control_values())
+        self.assertEqual((values["pump"].value, values["pump"].changed_by, values["pump"].changed_at),
+                         (True, "alice", 1000.0))
+        failed = OperationRecord(at=1001.0, user="bob", control="pump", old=True, value=False, result="error",
+                                 error="timed out after 2 s", via="chat")
+        self.successResultOf(store.record_operation(failed, keep_value=False))
+        self.assertEqual(self.successResultOf(store.control_values())["pump"].value, True)
+        page = self.successResultOf(store.operations())
+        self.assertEqual([(o.user, o.result, o.error) for o in page],
+                         [("alice", "ok", None), ("bob", "error", "timed out after 2 s")])
+
+    def test_operations_are_paged_and_pruned_by_count(self) -> None:
+        """Newest last; before= pages back; only retention_count are kept; values are never pruned."""
+        from boatwist.store.operations import OperationRecord
+
+        store = self.store()
+        for n in range(5):
+            record = OperationRecord(at=1000.0 + n, user="alice", control=f"c{n}", old=None, value=n,
+                                     result="ok", error=None, via="api")
+            self.successResultOf(store.record_operation(record, keep_value=True))
+        self.assertEqual([o.id for o in self.successResultOf(store.operations())], [3, 4, 5])
+        self.assertEqual([o.id for o in self.successResultOf(store.operations(before=5, limit=1))], [4])
+        self.assertEqual([o.control for o in self.successResultOf(store.operations(control="c4"))], ["c4"])
+        self.assertEqual(len(self.successResultOf(store.control_values())), 5)
