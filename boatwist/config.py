@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .mqtt import settings as _mqtt
+from .mqtt.settings import MqttSettings
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -149,6 +152,7 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -362,6 +366,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "buffer": _integer(0, 1000000),
         "max_queued": _integer(1024, 1 << 30),
     },
+    "mqtt": _mqtt.PARSERS,
 }
 
 _SECTION_TYPES = {
@@ -374,6 +379,7 @@ _SECTION_TYPES = {
     "chat": ChatSettings,
     "store": StoreSettings,
     "events": EventSettings,
+    "mqtt": MqttSettings,
 }
 
 
@@ -431,12 +437,17 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             value = raw.strip()
             try:
                 values[key] = _SCHEMA[section][key](value)
-            except ConfigError as e:
+            except (ConfigError, _mqtt.SettingError) as e:
                 raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}")
         sections[section] = values
     built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
     settings = Settings(source=source, **built)  # type: ignore[arg-type]
     _check_consistency(settings)
+    try:
+        _mqtt.check(settings.mqtt)
+    except _mqtt.SettingError as e:
+        value = parser.get("mqtt", e.key, raw=True, fallback="").strip()
+        raise ConfigError(f"{source}:{where.get(('mqtt', e.key), 0)}: [mqtt] {e.key} = {value!r}: {e}")
     return settings
 
 
