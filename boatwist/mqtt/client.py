@@ -372,8 +372,7 @@ class BrokerLink:
         if reason.is_failure:
             # Bad credentials, unknown client id...: the broker closes; we retry later.
             self._log.warn("MQTT broker refused the connection: {reason}", reason=str(reason))
-            if self._protocol is not None and self._protocol.transport is not None:
-                self._protocol.transport.loseConnection()
+            self._reactor.callLater(0, self._end, self._protocol, False)
             return
         self._backoff.reset()
         protocol = self._protocol
@@ -390,13 +389,16 @@ class BrokerLink:
         # paho closed its socket (keepalive deadline, protocol error, our DISCONNECT):
         # end the transport too; its connectionLost does the rest.  Only our own
         # DISCONNECT deserves a graceful close: a dead link would hold it forever.
-        sock, protocol = self._socket, self._protocol
-        if sock is None or sock.ended or protocol is None or protocol.transport is None:
+        self._reactor.callLater(0, self._end, self._protocol, not self._stopping)
+
+    def _end(self, protocol: _BrokerProtocol | None, abort: bool) -> None:
+        """End C{protocol}'s connection if it is still the current one (outside paho's callbacks)."""
+        if protocol is None or protocol is not self._protocol or protocol.transport is None:
             return
-        if self._stopping:
-            protocol.transport.loseConnection()
-        else:
+        if abort:
             protocol.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            protocol.transport.loseConnection()
 
     def _on_publish(self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode,
                     properties: object) -> None:
