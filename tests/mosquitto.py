@@ -63,6 +63,9 @@ class Mosquitto:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "log_timestamp true\n"
+            # As root mosquitto drops to the user "mosquitto", who cannot write a test's
+            # private directory (persistence); stay who we are.
+            + ("user root\n" if os.geteuid() == 0 else "")
             + self.extra_config
         )
         log = open(self.log, "ab")

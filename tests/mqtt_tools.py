@@ -115,11 +115,13 @@ class Received:
 class Watcher:
     """A paho subscriber in a thread of its own; records everything it receives."""
 
-    def __init__(self, port: int, *topics: str) -> None:
+    def __init__(self, port: int, *topics: str, persistent: str = "") -> None:
+        """C{persistent}: a client id whose session (and QoS 1 queue) the broker keeps while we are away."""
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{os.getpid()}-{id(self)}")
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=persistent or f"watcher-{os.getpid()}-{id(self)}",
+                             clean_session=not persistent)
         client.on_message = self._on_message
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
