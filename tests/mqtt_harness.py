@@ -25,16 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from mqtt_fakes import FakeDeviceState, FakeOperator
 from twisted.internet import reactor as _reactor
 from twisted.internet import stdio
 from twisted.protocols.basic import LineReceiver
 
 from boatwist.events import EventHub
 from boatwist.mqtt.bridge import MqttBridgeService
-from boatwist.mqtt.interfaces import OperationOutcome
 from boatwist.mqtt.outbox import Backoff
 from boatwist.mqtt.settings import MqttSettings
-from mqtt_fakes import FakeDeviceState, FakeOperator
 
 reactor = _reactor
 

@@ -11,7 +11,11 @@ import struct
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.testing import StringTransportWithDisconnection
 from zope.interface import implementer
 
@@ -39,7 +43,7 @@ class Packet:
 
 def decode(data: bytes) -> tuple[list[Packet], bytes]:
     """The whole packets in C{data}, and what is left."""
-    packets = []
+    packets: list[Packet] = []
     while len(data) >= 2:
         length, mult, i = 0, 1, 1
         while True:

@@ -50,20 +50,38 @@ from typing import Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from boatwist.events import Event
 
 from .client import BrokerLink, broker_endpoint
-from .commands import CONTROL_NAME, CommandError, error_payload, parse_command, result_payload
+from .commands import (
+    CONTROL_NAME,
+    CommandError,
+    error_payload,
+    parse_command,
+    result_payload,
+)
 from .discovery import DeviceInfo, config_messages
 from .interfaces import DeviceState, EventSource, OperationOutcome, Operator
 from .outbox import Backoff, BridgeStats, Message, Outbox
 from .session import SessionCounter
 from .settings import MqttSettings
-from .topics import Topics, control_payload, dumps, event_payload, floor_payload, presence_payload, status_payload
+from .topics import (
+    Topics,
+    control_payload,
+    dumps,
+    event_payload,
+    floor_payload,
+    presence_payload,
+    status_payload,
+)
 
 __all__ = ["MqttBridgeService"]
 

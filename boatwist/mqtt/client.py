@@ -50,8 +50,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime, IStreamClientEndpoint, ITransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -164,7 +170,7 @@ class _BrokerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.link._data(self, data)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.link._transport_down(self, reason)
 
 

@@ -77,7 +77,7 @@ class Fleet:
 
     def _matches(self, prefix: str) -> bool:
         want, have = self.pattern.split("/"), prefix.split("/")
-        return len(want) == len(have) and all(w in ("+", h) for w, h in zip(want, have))
+        return len(want) == len(have) and all(w in ("+", h) for w, h in zip(want, have, strict=True))
 
     def update(self, topic: str, payload: bytes, retained: bool, now: float) -> bool:
         """Take one message; whether the view changed."""
@@ -202,7 +202,7 @@ def render_table(rows: Sequence[DeviceView], now: float) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = []
     for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths)] + [line[-1]]
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)] + [line[-1]]
         out.append("  ".join(cells).rstrip())
     if not rows:
         out.append("(no device seen)")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from mosquitto import Mosquitto
 from mqtt_tools import BridgeProcess, Watcher
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import paho.mqtt.client as paho_client
 import pytest
+from mqtt_memory import CONNACK, CONNACK_REFUSED, PINGRESP, MemoryEndpoint, puback
 from twisted.internet.task import Clock
 
 from boatwist.mqtt.client import BrokerLink, _ReactorClient
 from boatwist.mqtt.outbox import Backoff, Message
-from mqtt_memory import CONNACK, CONNACK_REFUSED, PINGRESP, MemoryEndpoint, puback
 
 
 class Handler:

@@ -16,11 +16,16 @@ import re
 
 import jinja2
 import pytest
+from mqtt_fakes import DEMO_CONTROLS, control
 
 from boatwist.mqtt.commands import parse_command
-from boatwist.mqtt.discovery import COMPONENTS_OF, DeviceInfo, component_for, config_messages
+from boatwist.mqtt.discovery import (
+    COMPONENTS_OF,
+    DeviceInfo,
+    component_for,
+    config_messages,
+)
 from boatwist.mqtt.topics import Topics, control_payload, status_payload
-from mqtt_fakes import DEMO_CONTROLS, control
 
 #: Keys every MQTT entity accepts (the "Configuration Variables" common to the pages).
 COMMON = {
@@ -108,7 +113,7 @@ def configs(commands: bool) -> dict[str, tuple[str, str, dict[str, object]]]:
 @pytest.mark.parametrize("commands", [True, False])
 def test_every_config_is_what_home_assistant_documents(commands: bool) -> None:
     """Required keys present, no key Home Assistant does not know, values in range."""
-    for name, (component, _, config) in configs(commands).items():
+    for component, _, config in configs(commands).values():
         check_documented(component, config)
         assert ("command_topic" in config) == (commands and component in ("switch", "number", "select", "button"))
 

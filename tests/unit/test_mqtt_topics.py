@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 
-from boatwist.events import Event
-from boatwist.mqtt.topics import Topics, control_payload, dumps, event_payload, presence_payload, status_payload
 from mqtt_fakes import control
+
+from boatwist.events import Event
+from boatwist.mqtt.topics import (
+    Topics,
+    control_payload,
+    dumps,
+    event_payload,
+    presence_payload,
+    status_payload,
+)
 
 
 def test_topic_layout() -> None:
