@@ -85,6 +85,14 @@ class Mosquitto:
                     raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
                 time.sleep(0.05)
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Until C{text} has appeared C{count} times in the broker's log (bounded)."""
+        deadline = time.monotonic() + timeout
+        while self.log.read_text(errors="replace").count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not {count} times in the broker's log within {timeout} s")
+            time.sleep(0.05)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mqtt_fakes import FakeDeviceState, FakeOperator
 from twisted.internet import reactor as _reactor
 from twisted.internet import stdio
+from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineReceiver
 
 from boatwist.events import EventHub
@@ -103,10 +104,16 @@ def main() -> None:
     parser.add_argument("--commands", action="store_true")
     parser.add_argument("--discovery", default="")
     parser.add_argument("--queue", type=int, default=1000)
+    parser.add_argument("--ca", default="")
+    parser.add_argument("--username", default="")
+    parser.add_argument("--password-file", default="")
     args = parser.parse_args()
     settings = MqttSettings(broker=args.broker, topic=args.topic, keepalive=args.keepalive,
                             commands=args.commands, user="mqtt-bot" if args.commands else "",
-                            discovery=args.discovery, queue=args.queue)
+                            discovery=args.discovery, queue=args.queue, ca=Path(args.ca) if args.ca else None,
+                            username=args.username,
+                            password_file=Path(args.password_file) if args.password_file else None)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     hub = EventHub()
     state = FakeDeviceState(args.device)
     operator = ReportingOperator()

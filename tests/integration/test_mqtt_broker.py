@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from typing import Iterator
 import pytest
 from mosquitto import Mosquitto
 from mqtt_tools import BridgeProcess, Watcher
+
+pytestmark = pytest.mark.integration
 
 P = "boatwist/press-7"
 FLEET = str(Path(sys.executable).parent / "embweb-fleet")
@@ -306,3 +309,115 @@ def test_fleet_lists_two_devices_up_and_down(broker: Mosquitto, bridges: list[Br
     oven = next(line for line in lines if line.startswith("boatwist/oven-2"))
     assert " up " in press and "alice set pump to true" in press and "1/10 alice" in press
     assert " down " in oven
+
+
+def test_a_silent_broker_never_holds_up_the_device(tmp_path: Path, bridges: list[BridgeProcess]) -> None:
+    """
+    A "broker" that accepts TCP and never answers: the bridge keeps answering at once (nothing waits on
+    the reactor thread), gives the connection up at paho's CONNACK deadline and tries again.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(15)
+    accepted = []
+    try:
+        bridge = BridgeProcess(tmp_path / "bridge", f"tcp:127.0.0.1:{listener.getsockname()[1]}",
+                               "--keepalive", "2")
+        bridges.append(bridge)
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            for _ in range(3):
+                asked = time.monotonic()
+                stats = bridge.stats()
+                assert time.monotonic() - asked < 1.0
+                assert stats["connected"] is False
+        assert accepted[0].recv(1) == b"\x10"  # it did send CONNECT, and got nothing back
+    finally:
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
+    """A CA, a server certificate for localhost signed by it, its key; and an unrelated CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        return cert, key
+
+    ca_cert, ca_key = ca("test plant CA")
+    other_cert, _ = ca("someone else's CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+              .issuer_name(ca_cert.subject).public_key(key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                          x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    paths = [directory / n for n in ("ca.pem", "server.pem", "server.key", "other-ca.pem")]
+    pem = serialization.Encoding.PEM
+    paths[0].write_bytes(ca_cert.public_bytes(pem))
+    paths[1].write_bytes(server.public_bytes(pem))
+    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    paths[3].write_bytes(other_cert.public_bytes(pem))
+    return paths[0], paths[1], paths[2], paths[3]
+
+
+def test_tls_broker_with_the_configured_ca(tmp_path: Path, bridges: list[BridgeProcess]) -> None:
+    """ssl:HOST:PORT with ca: the broker's certificate is checked; an unrelated CA never gets connected."""
+    ca, cert, key, other = _certificates(tmp_path)
+    broker = Mosquitto(tmp_path / "broker", extra_config=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+    broker.start()
+    try:
+        address = f"ssl:127.0.0.1:{broker.port}"
+        good = BridgeProcess(tmp_path / "good", address, "--ca", str(ca))
+        bridges.append(good)
+        session = good.expect(lambda m: "connected" in m)["connected"]
+        out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(ca),
+                              "-t", f"{P}/status", "-C", "1", "-W", "5"], capture_output=True, timeout=10)
+        assert json.loads(out.stdout)["session"] == session
+        fleet = subprocess.run([FLEET, "--broker", address, "--ca", str(ca), "--once", "--json"],
+                               capture_output=True, timeout=30, check=True)
+        assert json.loads(fleet.stdout)[0]["state"] == "online"
+
+        wrong = BridgeProcess(tmp_path / "wrong", address, "--ca", str(other), "--device", "oven-2")
+        bridges.append(wrong)
+        broker.wait_log("unknown ca", count=3)  # refused by the bridge, three attempts
+        assert wrong.stats()["connected"] is False
+        assert "connected" not in str(wrong.seen)
+    finally:
+        broker.stop()
+
+
+def test_the_password_is_sent_and_never_logged(broker: Mosquitto, bridges: list[BridgeProcess],
+                                               tmp_path: Path) -> None:
+    """username/password_file reach the broker's CONNECT; the password is nowhere in the bridge's log."""
+    secret = tmp_path / "mqtt.pw"
+    secret.write_text("Very-S3cret-Pw\n")
+    bridge = start_bridge(bridges, tmp_path, broker, "--username", "press7", "--password-file", str(secret))
+    bridge.expect(lambda m: "connected" in m)
+    broker.wait_log("as boatwist-press-7")
+    bridge.stop()
+    log = (tmp_path / "bridge0" / "bridge.log").read_text()
+    assert "MQTT connected" in log and "Very-S3cret-Pw" not in log
