@@ -262,3 +262,37 @@ def test_state_readers_that_fail_do_not_stop_events(tmp_path: Path, monkeypatch:
     rig.hub.publish("presence", {"user": "alice", "state": "online", "reason": "login", "at": 1.0})
     rig.turn()
     assert [t for t, *_ in rig.published(conn)] == [f"{P}/events/presence"]
+
+
+def test_events_in_flight_when_the_connection_drops_are_sent_again_first(tmp_path: Path) -> None:
+    """Unacknowledged events are re-sent (DUP) on the new connection before anything newer, in order."""
+    rig = Rig(tmp_path)
+    conn = rig.connect()
+    rig.ack_all(conn, rig.published(conn))
+    for n in range(5):
+        rig.hub.publish("chat", {"user": "alice", "text": str(n)})
+    rig.turn()
+    in_flight = [json.loads(p)["text"] for t, p, *_ in rig.published(conn) if t.endswith("/events/chat")]
+    assert in_flight == ["0", "1", "2"]  # the window; none acknowledged
+    conn.drop()
+    rig.turn()
+    rig.hub.publish("chat", {"user": "alice", "text": "5"})
+    rig.clock.advance(1.0)
+    rig.turn()
+    conn = rig.endpoint.last
+    conn.read()
+    conn.send(CONNACK)
+    rig.turn()
+    first = conn.read()
+    resent = [p for p in first if p.kind == 3 and p.publish[0].endswith("/events/chat")]
+    assert [json.loads(p.publish[1])["text"] for p in resent[:3]] == ["0", "1", "2"]
+    assert all(p.flags & 0x08 for p in resent[:3])  # DUP
+    assert first[0].kind == 3 and first[0].publish[0].endswith("/events/chat")  # before the new status
+    conn.packets += first
+    texts = [json.loads(p.publish[1])["text"] for p in resent]
+    rig.ack_all(conn, [p.publish for p in first if p.kind == 3])
+    for t, p, *_ in rig.drain(conn):
+        if t.endswith("/events/chat"):
+            texts.append(json.loads(p)["text"])
+    assert texts == ["0", "1", "2", "3", "4", "5"]
+    assert rig.bridge.stats.queued == 0
