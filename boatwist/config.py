@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .controls.floor import FloorSettings, parse_floor_mode
-from .controls.roles import RoleSettings, parse_role_setting, parse_user_list, role_lists_conflict
+from boatwist.controls.floor import FloorSettings, parse_floor_mode
+from boatwist.controls.roles import RoleSettings, parse_role_setting, parse_user_list, role_lists_conflict
 
-from .controls.spec import ControlSpec
+from boatwist.controls.spec import ControlSpec
+
+from boatwist.mqtt import settings as _mqtt
+from boatwist.mqtt.settings import MqttSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -158,6 +161,7 @@ class Settings:
     floor: FloorSettings = field(default_factory=FloorSettings)
     #: The device's controls, [control:NAME] sections in INI order (boatwist.controls.config).
     controls: tuple[ControlSpec, ...] = ()
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     #: Where the settings came from, for messages.
     source: str = "<defaults>"
 
@@ -400,6 +404,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "idle_release": _seconds(0, 86400),
         "handover_timeout": _seconds(0, 3600),
     },
+    "mqtt": _mqtt.PARSERS,
 }
 
 #: Checks of a whole section, after each key parsed: (key to name, what was expected) or None.
@@ -419,6 +424,7 @@ _SECTION_TYPES = {
     "events": EventSettings,
     "roles": RoleSettings,
     "floor": FloorSettings,
+    "mqtt": MqttSettings,
 }
 
 
@@ -461,7 +467,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
         message = " ".join(str(e).split())
         raise ConfigError(f"{source}: {message}") from None
     # Imported here: boatwist.controls.config raises this module's ConfigError.
-    from .controls.config import CONTROL_PREFIX, parse_controls
+    from boatwist.controls.config import CONTROL_PREFIX, parse_controls
 
     where = _key_lines(text)
     sections: dict[str, dict[str, object]] = {}
@@ -485,7 +491,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             value = texts[key] = raw.strip()
             try:
                 values[key] = _SCHEMA[section][key](value)
-            except ConfigError as e:
+            except (ConfigError, _mqtt.SettingError) as e:
                 raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}") from None
         check = _SECTION_CHECKS.get(section)
         problem = check(values) if check is not None else None
@@ -497,6 +503,11 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
     built = {name: kind(**sections.get(name, {})) for name, kind in _SECTION_TYPES.items()}
     settings = Settings(source=source, controls=parse_controls(controls, source), **built)
     _check_consistency(settings)
+    try:
+        _mqtt.check(settings.mqtt)
+    except _mqtt.SettingError as e:
+        value = parser.get("mqtt", e.key, raw=True, fallback="").strip()
+        raise ConfigError(f"{source}:{where.get(('mqtt', e.key), 0)}: [mqtt] {e.key} = {value!r}: {e}") from None
     return settings
 
 

@@ -56,9 +56,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from ..config import ConfigError
-from .roles import Role
-from .spec import (
+from boatwist.config import ConfigError
+from boatwist.controls.roles import Role
+from boatwist.controls.spec import (
     NAME_PATTERN,
     BackendSpec,
     CommandSpec,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
 
-from .spec import ControlSpec, Value
+from boatwist.controls.spec import ControlSpec, Value
 
 __all__ = [
     "CONFIRM_TTL",

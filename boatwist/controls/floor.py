@@ -90,11 +90,11 @@ from automat import TypeMachineBuilder
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ..events import Event
-from ..reasons import Reason, words_for
-from ..textsafe import clean_message
-from .roles import RolePolicy
-from .spec import ControlSpec, Value
+from boatwist.events import Event
+from boatwist.reasons import Reason, words_for
+from boatwist.textsafe import clean_message
+from boatwist.controls.roles import RolePolicy
+from boatwist.controls.spec import ControlSpec, Value
 
 __all__ = [
     "FLOOR_WORDS",

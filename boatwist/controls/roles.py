@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:  # spec imports Role from here: only the type is needed.
-    from .spec import ControlSpec
+    from boatwist.controls.spec import ControlSpec
 
 __all__ = [
     "INITIAL_ADMIN",

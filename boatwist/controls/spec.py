@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from .roles import Role
+from boatwist.controls.roles import Role
 
 __all__ = [
     "BackendSpec",

@@ -136,6 +136,7 @@ def test_wheel_contents(install: Install) -> None:
                      "boatwist/web/static/style.css"):
         assert required in names, (required, sorted(names))
     assert "embweb-passwd = boatwist.auth.passwd_cli:main" in entry_points, entry_points
+    assert "embweb-fleet = boatwist.mqtt.fleet:main" in entry_points, entry_points
     # Every module of the package is shipped (a sub-package missing from
     # [tool.setuptools] packages would silently drop out of the wheel).
     source = {str(p.relative_to(ROOT)) for p in (ROOT / "boatwist").rglob("*.py")}
@@ -213,6 +214,13 @@ def test_embweb_passwd_script(install: Install) -> None:
     assert out.stdout.startswith("usage: embweb-passwd")
     for command in ("add", "passwd", "delete", "list"):
         assert command in out.stdout
+
+
+def test_embweb_fleet_script(install: Install) -> None:
+    """The embweb-fleet console script is installed and answers --help (paho comes with the package)."""
+    out = install.run(str(install.venv / "bin" / "embweb-fleet"), "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: embweb-fleet") and "--once" in out.stdout
 
 
 def test_installed_daemon_serves(install: Install, tmp_path: Path) -> None:

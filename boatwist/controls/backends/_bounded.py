@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from ...workers import Runner, TimedOut, with_timeout
+from boatwist.workers import Runner, TimedOut, with_timeout
 
 __all__ = ["BoundedCalls"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
-from ..spec import ControlSpec, ControlType, Value
-from .base import BackendError
+from boatwist.controls.spec import ControlSpec, ControlType, Value
+from boatwist.controls.backends.base import BackendError
 
 __all__ = ["MAX_TEXT", "first_line", "format_number", "one_line", "parse_number", "parse_reading", "shown"]
 

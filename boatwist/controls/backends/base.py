@@ -25,7 +25,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from ..spec import Value
+from boatwist.controls.spec import Value
 
 __all__ = ["Backend", "BackendError"]
 

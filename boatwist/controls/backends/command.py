@@ -55,11 +55,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ...workers import TimedOut, with_timeout
-from ..config import VALUE_PLACEHOLDER
-from ..spec import CommandSpec, ControlSpec, ControlType, Value
-from ._text import first_line, format_number, one_line, parse_reading
-from .base import BackendError
+from boatwist.workers import TimedOut, with_timeout
+from boatwist.controls.config import VALUE_PLACEHOLDER
+from boatwist.controls.spec import CommandSpec, ControlSpec, ControlType, Value
+from boatwist.controls.backends._text import first_line, format_number, one_line, parse_reading
+from boatwist.controls.backends.base import BackendError
 
 __all__ = ["MAX_STDERR", "MAX_STDOUT", "SYSTEM_PATH", "CommandBackend", "Outcome"]
 

@@ -27,8 +27,8 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
-from ...workers import Runner, ThreadRunner
-from ..spec import (
+from boatwist.workers import Runner, ThreadRunner
+from boatwist.controls.spec import (
     CommandSpec,
     ControlSpec,
     FileSpec,
@@ -37,11 +37,11 @@ from ..spec import (
     ModbusSpec,
     Value,
 )
-from .base import Backend
-from .command import CommandBackend
-from .file import FileBackend
-from .memory import MemoryBackend
-from .modbus import ModbusBackend, ModbusBusPool, ModbusConnection, PymodbusConnection
+from boatwist.controls.backends.base import Backend
+from boatwist.controls.backends.command import CommandBackend
+from boatwist.controls.backends.file import FileBackend
+from boatwist.controls.backends.memory import MemoryBackend
+from boatwist.controls.backends.modbus import ModbusBackend, ModbusBusPool, ModbusConnection, PymodbusConnection
 
 __all__ = ["BackendFactory"]
 

@@ -43,11 +43,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ...workers import Runner
-from ..spec import ControlSpec, ControlType, FileSpec, Value
-from ._bounded import BoundedCalls
-from ._text import format_number, parse_reading
-from .base import BackendError
+from boatwist.workers import Runner
+from boatwist.controls.spec import ControlSpec, ControlType, FileSpec, Value
+from boatwist.controls.backends._bounded import BoundedCalls
+from boatwist.controls.backends._text import format_number, parse_reading
+from boatwist.controls.backends.base import BackendError
 
 __all__ = ["MAX_READ", "FileBackend", "describe_os_error"]
 

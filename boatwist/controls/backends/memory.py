@@ -16,7 +16,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from ..spec import ControlSpec, ControlType, MemorySpec, Value
+from boatwist.controls.spec import ControlSpec, ControlType, MemorySpec, Value
 
 __all__ = ["MemoryBackend", "allowed"]
 

@@ -74,11 +74,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ...workers import Runner, TimedOut
-from ..spec import ControlSpec, ControlType, ModbusBus, ModbusSpec, RegisterKind, Value
-from ._bounded import BoundedCalls
-from ._text import tidy
-from .base import BackendError
+from boatwist.workers import Runner, TimedOut
+from boatwist.controls.spec import ControlSpec, ControlType, ModbusBus, ModbusSpec, RegisterKind, Value
+from boatwist.controls.backends._bounded import BoundedCalls
+from boatwist.controls.backends._text import tidy
+from boatwist.controls.backends.base import BackendError
 
 __all__ = [
     "BACKOFF_MAX",
