@@ -2,7 +2,8 @@
 The typed parts of one running boatwist, built once.
 
 L{build_core} makes every part in the order data flows (events, presence,
-connections, the store and the room, the heartbeat, metrics) and returns
+connections, the store and the room, the device's controls with roles, the
+floor and the operation pipeline, the heartbeat, metrics) and returns
 them in a frozen L{Core}: nothing in it is filled in later, nothing is
 optional.  L{boatwist.tap.makeService} builds one and wires the services and
 listeners around it; a test builds its own with a C{Clock} and an in-memory
@@ -21,11 +22,18 @@ from twisted.internet.interfaces import IReactorTime
 
 from boatwist.chat.room import ChatRoom
 from boatwist.config import AdmissionSettings, Settings
+from boatwist.controls.backends.factory import BackendFactory
+from boatwist.controls.confirm import Confirmations
+from boatwist.controls.floor import Floor, LastOperatorTracker
+from boatwist.controls.pipeline import Pipeline
+from boatwist.controls.registry import Controls
+from boatwist.controls.roles import RolePolicy
 from boatwist.events import Event, EventHub
 from boatwist.heartbeat import HeartbeatService
 from boatwist.metrics import Metrics
 from boatwist.net.tracking import ConnectionTracker
 from boatwist.presence import Presence
+from boatwist.ratelimit import TokenBuckets
 from boatwist.reasons import Reason
 from boatwist.store.service import Store
 from boatwist.web.static import StaticFiles, static_dir
@@ -48,6 +56,11 @@ class Core:
     streams: StreamRegistry
     store: Store
     room: ChatRoom
+    roles: RolePolicy
+    floor: Floor
+    controls: Controls
+    #: Every operation of the device goes through it.
+    operations: Pipeline
     heartbeat: HeartbeatService
     metrics: Metrics
     #: The UI's files, read once.
@@ -58,6 +71,7 @@ def build_core(
     settings: Settings,
     clock: IReactorTime,
     store: Store,
+    backends: BackendFactory,
     *,
     admission: AdmissionSettings | None = None,
     watchdog: Callable[[], object] | None = None,
@@ -66,7 +80,8 @@ def build_core(
 ) -> Core:
     """
     Every part, in the order data flows.  C{store} is made by the caller
-    (a thread runner in the daemon, C{:memory:} in tests); C{admission}
+    (a thread runner in the daemon, C{:memory:} in tests), and so is
+    C{backends} (the reactor's threads and processes, or tests' fakes); C{admission}
     replaces C{settings.admission} (the daemon lowers the connection cap to
     fit the file-descriptor limit).
     """
@@ -79,15 +94,27 @@ def build_core(
     presence = Presence(hub, admission, monotonic, wall)
     tracker = ConnectionTracker(presence, admission, settings.keepalive, clock, monotonic,
                                 max_held=settings.events.max_queued)
-    room = ChatRoom(hub, store, presence, clock, settings.chat)
+    # One allowance per user for chat messages and operations alike.
+    rate = TokenBuckets(clock, settings.chat.rate_messages, settings.chat.rate_period)
+    room = ChatRoom(hub, store, presence, clock, settings.chat, rate)
     hub.subscribe(audit_presence(store))
+    roles = RolePolicy(settings.roles)
+    controls = Controls(settings.controls, backends, store, hub, clock, wall)
+    # The safe state follows the floor's "lost" event on the hub (the pipeline subscribes), not a callback.
+    floor = Floor(settings.floor, roles, hub, clock, lambda event: None, wall=wall)
+    pipeline = Pipeline(controls, roles, floor, Confirmations(clock), LastOperatorTracker(), rate, store, hub,
+                        clock, wall)
+    # Presence offline -> the floor lost -> the safe state: delivered in that order (EventHub).
+    hub.subscribe(floor.on_event)
+    hub.subscribe(pipeline.on_event)
     streams = StreamRegistry()
     heartbeat = HeartbeatService(tracker, presence, streams, settings.heartbeat, clock, monotonic,
                                  keepalive=settings.keepalive, watchdog=watchdog)
     metrics = Metrics(presence, tracker, heartbeat, streams)
     hub.subscribe(metrics.on_event)
     return Core(settings=settings, clock=clock, monotonic=monotonic, wall=wall, hub=hub, presence=presence,
-                tracker=tracker, streams=streams, store=store, room=room, heartbeat=heartbeat, metrics=metrics,
+                tracker=tracker, streams=streams, store=store, room=room, roles=roles, floor=floor,
+                controls=controls, operations=pipeline, heartbeat=heartbeat, metrics=metrics,
                 static=StaticFiles(str(static_dir())))
 
 

@@ -121,6 +121,8 @@ class Presence:
         self._wall = wall
         self._users: dict[str, UserState] = {}
         self._refused_at: dict[str, float] = {}
+        #: Who kicked a user whose connections are closing (named in their offline event).
+        self._kicked_by: dict[str, str] = {}
 
     # ------------------------------------------------------------ queries
 
@@ -232,11 +234,16 @@ class Presence:
             if not state.persistent and state.http_until is not None and state.http_until <= now:
                 self._go_offline(state, Reason.IDLE, None, Kind.HTTP)
 
-    def kick(self, user: str, reason: Reason = Reason.KICKED) -> bool:
-        """Remove C{user}: their connections are closed with C{reason} (C{kicked}, C{revoked})."""
+    def kick(self, user: str, reason: Reason = Reason.KICKED, by: str | None = None) -> bool:
+        """
+        Remove C{user}: their connections are closed with C{reason} (C{kicked},
+        C{revoked}); the offline event names C{by}, the admin who did it.
+        """
         state = self._users.get(user)
         if state is None:
             return False
+        if by is not None:
+            self._kicked_by[user] = by
         conns = list(state.connections)
         if not conns:
             self._go_offline(state, reason, None, state.via)
@@ -257,7 +264,10 @@ class Presence:
 
     def _go_offline(self, state: UserState, reason: Reason, detected_after: float | None, via: Kind) -> None:
         del self._users[state.name]
-        extra = {"detected_after": None if detected_after is None else round(detected_after, 3)}
+        extra: dict[str, Any] = {"detected_after": None if detected_after is None else round(detected_after, 3)}
+        by = self._kicked_by.pop(state.name, None)
+        if by is not None:
+            extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
         self._log.info("{user} is offline: {reason} (detected after {after})",
                        user=state.name, reason=reason, after=detected_after)

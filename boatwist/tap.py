@@ -8,6 +8,7 @@ the file, the key and what was expected (no usage text, no traceback).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,8 @@ from boatwist.auth.watch import CredentialWatch
 from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
 from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
+from boatwist.controls.backends.factory import BackendFactory
+from boatwist.controls.registry import ControlsService
 from boatwist.core import Core, build_core
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
@@ -125,7 +128,11 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
               f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
     store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
                   retention_days=settings.store.retention_days, reactor=reactor)
-    core = build_core(settings, reactor, store, admission=fit_connection_cap(settings.admission),
+    # pymodbus reports through the standard logging module, to stderr: its
+    # messages (a device not answering) reach people as our own quality lines.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    backends = BackendFactory(reactor, reactor, reactor)
+    core = build_core(settings, reactor, store, backends, admission=fit_connection_cap(settings.admission),
                       watchdog=notifier.watchdog if watchdog else None)
 
     # -- services.  On stop: close every connection (reason "shutdown"), then
@@ -135,6 +142,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     store.setServiceParent(closing)
     core.heartbeat.setServiceParent(top)
     core.heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, core.presence).check)
+    # After the store (the recorded values are read on its thread, after it opened).
+    ControlsService(core.controls).setServiceParent(closing)
 
     # -- authentication
     def audit(kind: str, user: str, address: str, detail: str) -> None:

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from boatwist.config import AdmissionSettings, Settings
+from boatwist.controls.backends.factory import BackendFactory
 from boatwist.core import Core, build_core
 from boatwist.events import Event
 from boatwist.net.tracking import TrackedConnection, TrackingProtocol
@@ -30,6 +31,20 @@ from boatwist.workers import SynchronousRunner
 WALL = 1_700_000_000.0
 #: What the rig's connections come from, and the network the rig allows.
 NETWORK = ipaddress.ip_network("10.0.0.0/8")
+
+
+class NoProcesses:
+    """The rig runs no programs: a command control in a unit test is a mistake, said loudly."""
+
+    def spawnProcess(self, *args: object, **kw: object) -> None:
+        raise AssertionError("unit tests run no processes: use a memory or file control")
+
+
+class NoThreads:
+    """The rig's backends run on SynchronousRunners: nothing comes back from a thread."""
+
+    def callFromThread(self, *args: object, **kw: object) -> None:
+        raise AssertionError("unit tests use no threads")
 
 
 class Rig:
@@ -47,7 +62,10 @@ class Rig:
                            retention_days=settings.store.retention_days, runner=SynchronousRunner(),
                            wall_clock=lambda: self.wall[0])
         self.store.startService()
-        self.core: Core = build_core(settings, self.clock, self.store, wall=lambda: self.wall[0], first_event_id=1)
+        self.backends = BackendFactory(self.clock, NoProcesses(), NoThreads(),
+                                       make_runner=lambda name: SynchronousRunner())
+        self.core: Core = build_core(settings, self.clock, self.store, self.backends, wall=lambda: self.wall[0],
+                                     first_event_id=1)
         self.events: list[Event] = []
         self.core.hub.subscribe(self.events.append)
         self._port = 40000

@@ -22,7 +22,6 @@ so the chat port and the web UI describe the same event the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -32,6 +31,7 @@ from twisted.python.failure import Failure
 
 from boatwist.config import ChatSettings
 from boatwist.events import Event
+from boatwist.ratelimit import OverRate, TokenBuckets
 from boatwist.reasons import WORDS
 from boatwist.store.service import StoreFull
 from boatwist.textsafe import clean_message
@@ -178,12 +178,6 @@ class _Presence(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
 # ----------------------------------------------------------------- room
 
 
@@ -203,13 +197,18 @@ class ChatRoom:
         presence: _Presence,
         clock: IReactorTime,
         settings: ChatSettings,
+        rate: TokenBuckets | None = None,
     ) -> None:
+        """
+        @param rate: the per-user allowance, shared with the operations of
+            the device; by default one of the room's own from C{settings}.
+        """
         self._hub = hub
         self._store = store
         self._presence = presence
         self._clock = clock
         self._settings = settings
-        self._buckets: dict[str, _Bucket] = {}
+        self._rate = rate or TokenBuckets(clock, settings.rate_messages, settings.rate_period)
 
     @property
     def settings(self) -> ChatSettings:
@@ -276,21 +275,11 @@ class ChatRoom:
     # -------------------------------------------------------- private
 
     def _spend_token(self, user: str) -> None:
-        """Take one message from C{user}'s bucket or raise L{RateLimited}."""
-        capacity = float(self._settings.rate_messages)
-        rate = capacity / self._settings.rate_period
-        now = self._clock.seconds()
-        bucket = self._buckets.get(user)
-        if bucket is None:
-            bucket = self._buckets[user] = _Bucket(capacity, now)
-        # A wall clock stepped back (reactor time, twisted #2424) must not
-        # drain the bucket: elapsed time is never negative.
-        bucket.tokens = min(capacity, bucket.tokens + max(0.0, now - bucket.stamp) * rate)
-        bucket.stamp = now
-        if bucket.tokens < 1.0 - 1e-9:
-            raise RateLimited((1.0 - bucket.tokens) / rate, self._settings.rate_messages,
-                              self._settings.rate_period)
-        bucket.tokens = max(0.0, bucket.tokens - 1.0)
+        """Take one message from C{user}'s allowance or raise L{RateLimited}."""
+        try:
+            self._rate.spend(user)
+        except OverRate as e:
+            raise RateLimited(e.retry_after, e.count, e.period) from None
 
     def _committed(self, message: Message) -> Message:
         self._hub.publish("chat", message.as_event_data())

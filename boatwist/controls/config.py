@@ -127,6 +127,8 @@ def _known_keys(kind: ControlType, backend: str) -> tuple[str, ...]:
             keys.append("on")
         if kind in (ControlType.NUMBER, ControlType.SENSOR):
             keys.append("scale")
+        if kind is ControlType.SENSOR:
+            keys.append("field")
     if backend == "command":
         if kind is not ControlType.ACTION:
             keys.append("read")
@@ -519,7 +521,8 @@ def _file_spec(s: _Section, kind: ControlType) -> FileSpec:
     if kind is ControlType.SWITCH and on == off:
         raise s.error("off" if s.has("off") else "on", f"a text other than on = {on!r}")
     scale = s.get("scale", _scale, 1.0)
-    return FileSpec(path=Path(path), on=on, off=off, scale=scale)
+    field: int | None = s.get("field", _integer(1, 64), 0) or None
+    return FileSpec(path=Path(path), on=on, off=off, scale=scale, field=field)
 
 
 def _command_spec(s: _Section, kind: ControlType) -> CommandSpec:

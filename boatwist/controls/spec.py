@@ -20,10 +20,12 @@ The backends' own keys:
 
     memory   initial                          the value until first set; then
                                               persisted and restored at start
-    file     path, on, off, scale             on/off: the strings written for a
+    file     path, on, off, scale, field      on/off: the strings written for a
                                               switch (default 1 / 0); scale: a
                                               number read is multiplied by it
-                                              (0.001 for milli-degrees)
+                                              (0.001 for milli-degrees); field:
+                                              a sensor reads that field of the
+                                              first line (/proc/loadavg: 1)
     command  read, write                      argv, shlex-split; {value} in an
                                               argument of write is replaced by
                                               the value (one argument, no shell)
@@ -105,6 +107,9 @@ class FileSpec:
     off: str = "0"
     #: A number read is multiplied by it; a number written is divided by it.
     scale: float = 1.0
+    #: A sensor reads the N-th white-space separated field of the first line
+    #: (1-based): /proc/loadavg's first field is the 1-minute load.
+    field: int | None = None
 
 
 @dataclass(frozen=True)

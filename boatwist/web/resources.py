@@ -8,6 +8,11 @@ The resource tree.
       /api/presence     seats and who is online (JSON)
       /api/events       Server-Sent Events (see stream.py)
       /api/chat         chat history (GET) and new messages (POST)
+      /api/controls     the device's controls; operate one (see controls_api.py)
+      /api/operations   the recorded operations
+      /api/floor        who holds the floor; take, request, release
+      /api/kick         an admin removes a user
+      /api/reasons      the words for every presence reason
       /metrics          Prometheus text format
 
 The guard hands each request an L{OperatorRoot} made for the authenticated
@@ -26,6 +31,13 @@ from boatwist.core import Core
 from boatwist.metrics import Metrics
 from boatwist.presence import Kind, Presence, Refusal
 from boatwist.web.chat_api import ChatResource
+from boatwist.web.controls_api import (
+    ControlsResource,
+    FloorResource,
+    KickResource,
+    OperationsResource,
+    ReasonsResource,
+)
 from boatwist.web.errors import ErrorResource, refusal_page
 from boatwist.web.guard import unconsume
 from boatwist.web.jsonapi import json_body
@@ -80,6 +92,11 @@ API: dict[bytes, Endpoint] = {
     b"presence": lambda user, core: PresenceResource(core.presence),
     b"events": _events,
     b"chat": lambda user, core: ChatResource(user, core.room),
+    b"controls": ControlsResource,
+    b"operations": lambda user, core: OperationsResource(core),
+    b"floor": FloorResource,
+    b"kick": KickResource,
+    b"reasons": lambda user, core: ReasonsResource(),
 }
 
 

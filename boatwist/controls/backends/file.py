@@ -12,6 +12,8 @@ Formats:
     C{choices};
   - sensor without a unit: a number when the first line is one, else the
     line's text (at most 256 characters);
+  - a sensor with C{field = N} reads the N-th white-space separated field of
+    the first line (C{/proc/loadavg}'s first field: the 1-minute load);
   - action: writes the C{on} text (a trigger file: C{echo 1 > .../reset}).
 
 A write is one C{write(2)} of the text and a newline, as C{echo} does: sysfs
@@ -150,9 +152,15 @@ class FileBackend:
                 os.close(fd)
         except OSError as e:
             raise BackendError(describe_os_error(path, e)) from None
+        text = data.decode("utf-8", errors="replace")
+        if self._spec.field is not None:
+            fields = text.split("\n", 1)[0].split()
+            if len(fields) < self._spec.field:
+                raise BackendError(f"{path}: the first line has {len(fields)} fields, not {self._spec.field}")
+            text = fields[self._spec.field - 1]
         return parse_reading(
             self._control,
-            data.decode("utf-8", errors="replace"),
+            text,
             where=str(path),
             on=(self._spec.on.lower(),),
             off=(self._spec.off.lower(),),

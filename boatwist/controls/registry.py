@@ -1,0 +1,291 @@
+"""
+The device's controls as they are now: each one's value, its quality, who
+changed it last and when; and the polling that keeps them true.
+
+Every control has one L{ControlState}.  Its value comes from the backend
+(a read at start, after each operation, and every C{poll} seconds) and from
+operations (L{boatwist.controls.pipeline}).  Its quality says how far to
+trust the value shown:
+
+  - C{good}: the last read or write succeeded;
+  - C{stale}: no reading yet, or the last one is overdue (a poll that
+    cannot run because an operation holds the control, a hung device);
+  - C{error}: the backend failed; C{error} holds its one line.
+
+A change that nobody in boatwist made -- a sensor's new reading, a hand on
+the device, another program writing the file -- is published as a C{value}
+event, and so is every change of quality: everyone sees the device as it
+is, not as boatwist last left it.
+
+Reads and operations on one control are serialised (one lock per control):
+a poll never interleaves with an operation, and a poll that would have to
+wait is skipped rather than queued (the next one comes soon).  The backends
+bound every call in time; the registry bounds it again (C{with_timeout}),
+so a misbehaving backend cannot hold a control forever.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from boatwist.controls.backends.base import Backend, BackendError
+from boatwist.controls.backends.factory import BackendFactory
+from boatwist.controls.roles import RolePolicy
+from boatwist.controls.spec import ControlSpec, ControlType, MemorySpec, Value
+from boatwist.events import EventHub
+from boatwist.store.operations import ControlValue
+from boatwist.store.service import Store
+from boatwist.workers import TimedOut, with_timeout
+
+__all__ = ["ControlState", "Controls", "ControlsService", "Quality", "describe_failure"]
+
+
+class Quality(str, enum.Enum):
+    GOOD = "good"
+    STALE = "stale"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def describe_failure(failure: Failure) -> str:
+    """A backend failure as the one line people read (never a traceback)."""
+    if failure.check(TimedOut, BackendError):
+        return str(failure.value)
+    return f"internal error ({failure.type.__name__ if failure.type else 'unknown'})"
+
+
+#: Seconds a backend call's latency is remembered for /metrics, per control.
+@dataclass
+class ControlState:
+    """One control as it is now."""
+
+    spec: ControlSpec
+    backend: Backend
+    value: Value = None
+    quality: Quality = Quality.STALE
+    #: The backend's last failure, one line; None while it works.
+    error: str | None = None
+    #: Wall clock of the last change, and who made it (None: a reading, not an operation).
+    changed_at: float | None = None
+    changed_by: str | None = None
+    #: Monotonic time of the last successful read or write.
+    seen_at: float | None = None
+    lock: DeferredLock = field(default_factory=DeferredLock)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Controls:
+    """
+    Every control of the device, in INI order.
+
+    @param observe: told (control name, "read" or "write", seconds, ok) of
+        every backend call: the metrics' latency histogram and error counts.
+    """
+
+    _log = Logger()
+
+    def __init__(self, specs: tuple[ControlSpec, ...], backends: BackendFactory, store: Store, hub: EventHub,
+                 clock: IReactorTime, wall: Callable[[], float] = time.time,
+                 observe: Callable[[str, str, float, bool], None] = lambda name, op, seconds, ok: None) -> None:
+        self._specs = specs
+        self._backends = backends
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._wall = wall
+        self._observe = observe
+        self._states: dict[str, ControlState] = {}
+        self._pollers: list[LoopingCall] = []
+
+    # ------------------------------------------------------------ queries
+
+    def __iter__(self) -> Iterator[ControlState]:
+        return iter(self._states.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, name: str) -> ControlState | None:
+        return self._states.get(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self._specs)
+
+    def quality_of(self, state: ControlState) -> Quality:
+        """The quality now: a good value whose poll is overdue has gone stale."""
+        if state.quality is Quality.GOOD and state.spec.poll is not None and state.seen_at is not None:
+            overdue = 2 * state.spec.poll + state.spec.timeout
+            if self._clock.seconds() - state.seen_at > overdue:
+                return Quality.STALE
+        return state.quality
+
+    def describe(self, state: ControlState, user: str, roles: RolePolicy) -> dict[str, object]:
+        """One control as C{GET /api/controls} shows it to C{user} (DESIGN.md's fields)."""
+        spec = state.spec
+        writable = spec.type.writable and roles.may_operate(user, spec)
+        return {
+            "name": spec.name,
+            "label": spec.title,
+            "type": spec.type.value,
+            "unit": spec.unit or None,
+            "min": spec.min,
+            "max": spec.max,
+            "step": spec.step,
+            "choices": list(spec.choices) or None,
+            "value": state.value,
+            "quality": self.quality_of(state).value,
+            "error": state.error,
+            "changed_at": state.changed_at,
+            "changed_by": state.changed_by,
+            "writable": writable,
+            "role": roles.needed_for(spec).label,
+            "confirm": spec.confirm is not None,
+            "safe_value": spec.safe_value,
+            "poll": spec.poll,
+        }
+
+    # ---------------------------------------------------------- lifecycle
+
+    def start(self) -> Deferred[None]:
+        """Build the backends (memory ones with their recorded value), read each control once, start polling."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        try:
+            recorded = await self._store.control_values()
+        except Exception as e:
+            self._log.error("the recorded control values cannot be read ({error}); memory controls start at "
+                            "their initial values", error=e)
+            recorded = {}
+        await self._build(recorded)
+
+    def _build(self, recorded: Mapping[str, ControlValue]) -> Deferred[None]:
+        reads: list[Deferred[None]] = []
+        for spec in self._specs:
+            last = recorded.get(spec.name)
+            restored = last.value if last is not None and isinstance(spec.backend, MemorySpec) else None
+            state = ControlState(spec, self._backends.build(spec, restored=restored))
+            if last is not None and spec.type.has_value:
+                # What it was last set to: a first reading that differs was changed outside boatwist.
+                state.value, state.changed_at, state.changed_by = last.value, last.changed_at, last.changed_by
+            self._states[spec.name] = state
+            if state.backend.readable and spec.type.has_value:
+                reads.append(self.refresh(state))
+            else:
+                # A button, or a command that cannot be read: its value is the last one set.
+                state.value = last.value if last is not None and spec.type.has_value else None
+                state.quality = Quality.GOOD
+            if spec.poll is not None and state.backend.readable:
+                poller = LoopingCall(self._poll, state)
+                poller.clock = self._clock
+                poller.start(spec.poll, now=False)
+                self._pollers.append(poller)
+        return defer.gatherResults(reads).addCallback(lambda _: None)
+
+    def stop(self) -> Deferred[None]:
+        for poller in self._pollers:
+            if poller.running:
+                poller.stop()
+        self._pollers.clear()
+        return self._backends.close()
+
+    # ------------------------------------------------------------ reading
+
+    def _poll(self, state: ControlState) -> None:
+        if state.lock.locked:
+            return  # an operation or a read is under way: the next poll comes soon
+        self.refresh(state)
+
+    def refresh(self, state: ControlState) -> Deferred[None]:
+        """Read the control now (under its lock); publish a C{value} event if what people see changed."""
+        return state.lock.run(self.read_locked, state)
+
+    def read_locked(self, state: ControlState) -> Deferred[None]:
+        """Read the control; the caller holds its lock."""
+        started = self._clock.seconds()
+        d = with_timeout(state.backend.read(), state.spec.timeout, self._clock)
+
+        def read(value: Value) -> None:
+            self._observe(state.name, "read", self._clock.seconds() - started, True)
+            self.note_reading(state, value)
+
+        def failed(failure: Failure) -> None:
+            self._observe(state.name, "read", self._clock.seconds() - started, False)
+            self.note_failure(state, describe_failure(failure))
+
+        return d.addCallbacks(read, failed)
+
+    def note_reading(self, state: ControlState, value: Value) -> None:
+        """A successful read gave C{value}: a change made outside boatwist is everyone's news."""
+        before = (state.value, self.quality_of(state))
+        # The first reading of a control nobody is recorded as having set is not a change.
+        first = state.seen_at is None and state.changed_at is None
+        state.seen_at = self._clock.seconds()
+        state.quality, state.error = Quality.GOOD, None
+        if value != state.value or type(value) is not type(state.value):
+            state.value = value
+            if state.spec.type is not ControlType.SENSOR and not first:
+                # Someone changed it by hand or another program did: not one of us.
+                state.changed_at, state.changed_by = self._wall(), None
+        if (state.value, state.quality) != before:
+            self._publish_value(state)
+
+    def note_failure(self, state: ControlState, error: str) -> None:
+        """The backend failed: quality C{error}, with its line; published when that is news."""
+        news = state.quality is not Quality.ERROR or state.error != error
+        if news:
+            self._log.warn("control {name}: {error}", name=state.name, error=error)
+        state.quality, state.error = Quality.ERROR, error
+        if news:
+            self._publish_value(state)
+
+    def note_written(self, state: ControlState, value: Value, user: str, at: float) -> None:
+        """An operation set C{value} (published by the pipeline as a C{control} event, not here)."""
+        state.value = value
+        state.quality, state.error = Quality.GOOD, None
+        state.seen_at = self._clock.seconds()
+        state.changed_at, state.changed_by = at, user
+
+    def _publish_value(self, state: ControlState) -> None:
+        self._hub.publish("value", {"control": state.name, "value": state.value,
+                                    "quality": self.quality_of(state).value, "error": state.error,
+                                    "changed_at": state.changed_at, "changed_by": state.changed_by,
+                                    "at": self._wall()})
+
+
+class ControlsService(Service):
+    """Starts the controls once the store is open; stops them (and every backend) at shutdown."""
+
+    _log = Logger()
+
+    def __init__(self, controls: Controls) -> None:
+        self.controls = controls
+        #: Fires once every control was read for the first time.
+        self.started: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.controls.start()
+        d.addErrback(lambda f: self._log.failure("the controls did not start", f))
+        d.chainDeferred(self.started)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.controls.stop()
