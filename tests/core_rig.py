@@ -50,7 +50,7 @@ class NoThreads:
 class Rig:
     """A core on a Clock, with every event it published in C{events}."""
 
-    def __init__(self, settings: Settings | None = None, **admission: Any) -> None:
+    def __init__(self, settings: Settings | None = None, store: Store | None = None, **admission: Any) -> None:
         settings = settings or Settings()
         if admission or NETWORK not in settings.admission.networks:
             fields = {"networks": (NETWORK,), **admission}
@@ -58,10 +58,13 @@ class Rig:
         self.clock = Clock()
         self.clock.advance(100)
         self.wall = [WALL]
-        self.store = Store(":memory:", retention_count=settings.store.retention_count,
-                           retention_days=settings.store.retention_days, runner=SynchronousRunner(),
-                           wall_clock=lambda: self.wall[0])
-        self.store.startService()
+        if store is None:
+            # A second rig may be given the first one's store: a restart.
+            store = Store(":memory:", retention_count=settings.store.retention_count,
+                          retention_days=settings.store.retention_days, runner=SynchronousRunner(),
+                          wall_clock=lambda: self.wall[0])
+            store.startService()
+        self.store = store
         self.backends = BackendFactory(self.clock, NoProcesses(), NoThreads(),
                                        make_runner=lambda name: SynchronousRunner())
         self.core: Core = build_core(settings, self.clock, self.store, self.backends, wall=lambda: self.wall[0],
