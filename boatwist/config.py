@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServerSettings:
+    #: The device's name (the console's header, MQTT topics); empty: the host name.
+    name: str = ""
     http: str = "tcp:8080:interface=127.0.0.1"
     https: str = ""
     chat: str = "tcp:8023:interface=127.0.0.1"
@@ -166,6 +169,11 @@ class Settings:
     source: str = "<defaults>"
 
     @property
+    def device_name(self) -> str:
+        """C{[server] name}, or the host name when it is empty."""
+        return self.server.name or socket.gethostname()
+
+    @property
     def users_file(self) -> Path:
         return self.auth.users or self.server.state_dir / "users.htpasswd"
 
@@ -244,6 +252,12 @@ def _path(text: str) -> Path:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _device_name(text: str) -> str:
+    if len(text) > 64 or not text.isprintable():
+        raise ConfigError("expected a printable name of at most 64 characters (empty: the host name)")
+    return text
 
 
 def _realm(text: str) -> str:
@@ -330,6 +344,7 @@ def check_endpoint(description: str) -> None:
 #: section -> key -> (field name, parser); the whitelist of what may be written.
 _SCHEMA: dict[str, dict[str, Parser]] = {
     "server": {
+        "name": _device_name,
         "http": _endpoint(optional=True),
         "https": _endpoint(optional=True),
         "chat": _endpoint(optional=True),

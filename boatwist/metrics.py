@@ -11,7 +11,7 @@ flows one way.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Sized
+from typing import Callable, Iterable, Iterator, Sized
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -31,6 +31,8 @@ class Metrics:
         self.heartbeat = heartbeat
         self.streams = streams
         self.registry = CollectorRegistry(auto_describe=True)
+        #: More families, read at each scrape (the MQTT bridge's counters when it runs).
+        self._sources: list[Callable[[], Iterable[Metric]]] = []
         self.offline_reasons: Counter[str] = Counter()
         self.chat_messages: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
@@ -94,6 +96,12 @@ class Metrics:
         streams = GaugeMetricFamily("boatwist_event_streams", "Open event streams")
         streams.add_metric([], len(self.streams))
         yield streams
+        for source in self._sources:
+            yield from source()
+
+    def add_source(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Also export what C{source} yields at each scrape."""
+        self._sources.append(source)
 
     def describe(self) -> list[Metric]:
         return []

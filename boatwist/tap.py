@@ -155,6 +155,16 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
                                 lambda user: OperatorRoot(core, user))
 
+    # -- the fleet: an MQTT broker (off unless [mqtt] broker is set; paho is imported only then)
+    if settings.mqtt.enabled:
+        from boatwist.mqtt.bridge import MqttBridgeService
+        from boatwist.mqtt.device import CoreDevice, PipelineOperator
+
+        bridge = MqttBridgeService(settings.mqtt, core.hub, CoreDevice(core, settings.mqtt.user or "mqtt"),
+                                   PipelineOperator(core) if settings.mqtt.commands else None, reactor, state_dir)
+        bridge.setServiceParent(top)
+        core.metrics.add_source(bridge.stats_metrics)
+
     # -- listeners
     _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top)
     if settings.server.chat:

@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -127,6 +129,24 @@ class MqttBridgeService(Service):
         self._ever_connected = False
         self._offline_mid: int | None = None
         self._offline_acked: Deferred[None] | None = None
+
+    def stats_metrics(self) -> Iterator[Metric]:
+        """The bridge's counters as Prometheus families (L{boatwist.metrics.Metrics.add_source})."""
+        stats = self.stats
+        connected = GaugeMetricFamily("boatwist_mqtt_connected", "1 while connected to the MQTT broker")
+        connected.add_metric([], 1 if stats.connected else 0)
+        yield connected
+        for name, help_text, value in (
+            ("boatwist_mqtt_reconnects", "Connections to the broker after the first", stats.reconnects),
+            ("boatwist_mqtt_published", "Messages the broker acknowledged", stats.published),
+            ("boatwist_mqtt_dropped", "Events dropped while the broker was away (queue full)", stats.dropped),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], value)
+            yield counter
+        queued = GaugeMetricFamily("boatwist_mqtt_queued", "Events waiting for the broker")
+        queued.add_metric([], stats.queued)
+        yield queued
 
     # ---------------------------------------------------------- service
 
