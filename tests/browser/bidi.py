@@ -152,7 +152,6 @@ PREFS: dict[str, Any] = {
     "app.normandy.enabled": False,
     "app.shield.optoutstudies.enabled": False,
     "messaging-system.rsexperimentloader.enabled": False,
-    "services.settings.server": "http://127.0.0.1:9/remote-settings",
     "extensions.update.enabled": False,
     "extensions.getAddons.cache.enabled": False,
     "extensions.systemAddon.update.enabled": False,

@@ -29,6 +29,11 @@ server's 401 like a person typing into the login dialog.
   screenshot is saved as ``failure-N-BROWSER.png`` in the test's tmp dir and
   what it logged, its requests and challenges, the daemon's log and the
   browser's log are printed for the report.
+* ``auth_probe(accounts, challenges, ...)``: a started L{authprobe.AuthProbe}
+  (a small server that records exactly what the browser sends for HTTP
+  authentication), stopped at the end.  Its C{url} serves C{open_page}
+  like a daemon does: C{open_page(probe, "alice")} works when C{accounts}
+  has alice.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ sys.path.insert(0, str(_HERE))
 
 import bidi  # noqa: E402
 import cdp  # noqa: E402
+from authprobe import AuthProbe  # noqa: E402
 from cdp import Chromium  # noqa: E402
-from daemon import Daemon  # noqa: E402
 from pagebase import PageBase  # noqa: E402
 
 BROWSERS = ("chromium", "firefox")
@@ -193,15 +198,16 @@ def chromium(browsers: Browsers) -> Chromium:
 @pytest.fixture
 def open_page(browsers: Browsers, browser_name: str, request: pytest.FixtureRequest,
               tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    opened: list[tuple[PageBase, Daemon]] = []
+    opened: list[tuple[PageBase, Any]] = []
 
-    def open_(daemon: Daemon, user: str = "alice", path: str | None = "/", browser: str | None = None,
+    def open_(daemon: Any, user: str = "alice", path: str | None = "/", browser: str | None = None,
               credentials: Any = _DEFAULT, **kw: Any) -> Any:
         name = browser or browser_name
         if name == "mixed":
             raise pytest.UsageError("in a 'mixed' browser test, open_page(..., browser=NAME)")
         if credentials is _DEFAULT:
-            credentials = (user, daemon.users[user])
+            users = getattr(daemon, "users", None) or getattr(daemon, "accounts")
+            credentials = (user, users[user])
         page = browsers.new_page(name, credentials, **kw)
         opened.append((page, daemon))
         if path is not None:
@@ -227,6 +233,23 @@ def open_page(browsers: Browsers, browser_name: str, request: pytest.FixtureRequ
             print(f"page {i} close: {e!r}")
     if failed:
         for daemon in {id(d): d for _p, d in opened}.values():
-            print(f"--- daemon log (tail)\n{daemon.log_text()[-4000:]}")
+            if hasattr(daemon, "log_text"):
+                print(f"--- daemon log (tail)\n{daemon.log_text()[-4000:]}")
+            else:
+                print("--- server saw\n" + "\n".join(map(repr, daemon.seen())))
         for name, running in browsers.running.items():
             print(f"--- {name} log (tail)\n{running.log_text()[-2000:]}")
+
+
+@pytest.fixture
+def auth_probe() -> Iterator[Callable[..., AuthProbe]]:
+    started: list[AuthProbe] = []
+
+    def make(accounts: dict[str, str], challenges: list[str] | None = None, **kw: Any) -> AuthProbe:
+        probe = AuthProbe(accounts, challenges, **kw).start()
+        started.append(probe)
+        return probe
+
+    yield make
+    for probe in started:
+        probe.stop()
