@@ -15,7 +15,10 @@ from wrong, and records every request with its raw Authorization bytes.
 
 Paths: every path needs authentication, except ``/open/...`` (a page that
 loads without it).  Authenticated, ``/api/...`` answers JSON
-``{"user": NAME}`` and anything else a small HTML page naming the user.
+``{"user": NAME}``, ``/events...`` one server-sent event (``data: NAME``,
+``retry: 200``) after which the response ends, so an EventSource
+reconnects every 200 ms, and anything else a small HTML page naming the
+user.
 
 ``/logout`` is the logout endpoint the tests propose for the daemon: 401
 with the challenges to a request without credentials or with any
@@ -191,6 +194,15 @@ class AuthProbe:
                 only = self.accepts.get(user)
             return self._send(h, 401, "text/plain", "unauthorized", self._challenge_headers(
                 stale=verdict == "stale" or (unusable and self.tailor == "stale"), only=only))
+        if path.startswith("/events"):  # one event, then the connection ends: EventSource reconnects
+            data = f"retry: 200\ndata: {user}\n\n".encode("utf-8")
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("Content-Length", str(len(data)))
+            h.send_header("Cache-Control", "no-store")
+            h.end_headers()
+            h.wfile.write(data)
+            return
         if path.startswith("/api/"):
             return self._send(h, 200, "application/json", json.dumps({"user": user}))
         return self._send(h, 200, "text/html", f"<!doctype html><meta charset=utf-8><title>ok</title><p id=user>"

@@ -86,8 +86,8 @@ def test_stale_true_is_answered_without_asking(browser_name, open_page, auth_pro
     """
     Pins (issue 8, item 2): when the server stops knowing a nonce (a
     restart with a new key), a right answer refused with ``stale=true`` is
-    redone silently with a fresh nonce -- no dialog -- by a fetch and by a
-    navigation alike; refused with a plain 401, the browser drops the
+    redone silently with a fresh nonce -- no dialog -- by a fetch, a
+    navigation and an EventSource reconnecting alike; refused with a plain 401, the browser drops the
     cached credentials and asks the person again (one dialog).
     """
     probe = auth_probe({"alice": "pw"}, DEFAULT)
@@ -102,6 +102,18 @@ def test_stale_true_is_answered_without_asking(browser_name, open_page, auth_pro
     assert len(page.auth_challenges) == 1, "stale=true made the browser ask"
     verdicts = [s.verdict for s in probe.seen()]
     assert verdicts.count("stale") >= 2 and verdicts[-1] == "ok", verdicts  # (a favicon may take the first stale)
+
+    # An EventSource reconnecting (as the console's does after a restart): the same.
+    page.evaluate("window.got = 0; window.stream = new EventSource('/events');"
+                  " stream.onmessage = () => window.got++; true")
+    page.wait_for("window.got >= 2", WAIT)
+    before = len(probe.seen("/events"))
+    probe.rotate(stale=True)
+    got = page.evaluate("window.got")
+    page.wait_for(f"window.got >= {got + 3}", WAIT)
+    assert "stale" in [s.verdict for s in probe.seen("/events")[before:]]
+    assert len(page.auth_challenges) == 1, "stale=true made the browser ask on an EventSource reconnect"
+    page.evaluate("window.stream.close(), true")
 
     probe.rotate(stale=False)
     assert page.fetch_status("/api/three")["status"] == 200
