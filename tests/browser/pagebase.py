@@ -13,7 +13,9 @@ Each driver provides:
 * C{problems()}: console errors/warnings, uncaught exceptions, CSP
   violations (each line of a CSP violation contains "Content Security
   Policy");
-* C{authorization_headers()}: the Authorization headers the browser sent;
+* C{authorization_headers()}: the Authorization headers the browser sent
+  (Chromium does not report the request that answers a challenge, only
+  later, pre-emptive ones; for exact bytes use authprobe.AuthProbe);
   C{document_headers()}: the response headers of each document loaded
   with 200, lower-case names;
 * C{handler_errors}: exceptions raised by the driver's own event handlers
