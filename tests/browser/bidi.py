@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cdp import _REAPER, WebSocket
+from cdp import _REAPER, WebSocket, end_browser
 from pagebase import PageBase
 
 
@@ -262,26 +261,15 @@ class Firefox:
 
     def close(self) -> None:
         """
-        End the session (browser.close), then SIGTERM and at last SIGKILL
-        the whole process group, until the reaper reports every process of
-        it gone; remove the profile and HOME.
+        Close the browser (browser.close), then end every process of it
+        (cdp.end_browser); remove the profile and HOME.
         """
         if self.bidi is not None and self.bidi.closed is None:
             try:
                 self.bidi.send("browser.close")
             except OSError:
                 pass
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-            try:
-                self.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_browser(self.proc)
         if self.bidi is not None:
             self.bidi.close()
         self._log.close()

@@ -7,12 +7,16 @@ behind.
 
 from __future__ import annotations
 
-import os
+import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from cdp import process_tree, still_running
 from conftest import Browsers
 from test_ui import png_size, wait_stream_open, wait_text
 
@@ -55,38 +59,61 @@ def test_two_operators_in_two_browsers(browser_name, daemon, open_page) -> None:
     wait_text(alice, "#seats", "2 of 10 seats taken")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_browsers_leave_nothing_behind(browser_name, tmp_path: Path) -> None:
     """
-    Pins: closing a browser ends every process of its group (content
-    processes and helpers included) and removes its profile (and Firefox's
-    private HOME).
+    Pins: closing a browser ends every process it started -- its process
+    group (content processes, GPU, network service) and the helpers that
+    run in sessions of their own (Chromium's crashpad handlers, Firefox's
+    crashhelper) -- and removes its profile (and Firefox's private HOME).
     """
     pool = Browsers(tmp_path)
     try:
         browser = pool.get(browser_name)
         page = pool.new_page(browser_name, None)
         page.navigate("about:blank")
-        pgid = browser.proc.pid
-        assert _group_alive(pgid)
-        children = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
-        assert len(children) >= 2, children  # the reaper and the browser, at least
+        tree = process_tree(browser.proc.pid)
+        assert len(tree) >= 2, tree  # the browser and its helpers, under the reaper
     finally:
         pool.close()
-    assert not _group_alive(pgid), "a process of the browser's group survived close()"
+    assert browser.proc.poll() is not None, "the reaper still runs"
+    assert still_running(tree) == [], "processes of the browser survived close()"
     assert not browser.profile.exists()
     assert not getattr(browser, "home", Path("/nonexistent")).exists()
 
 
-def _pgid(pid: int) -> int | None:
+_ORPHAN = """
+import json, sys
+sys.path[:0] = {paths!r}
+from conftest import Browsers
+from cdp import process_tree
+from pathlib import Path
+pool = Browsers(Path({tmp!r}))
+browser = pool.get({name!r})
+print(json.dumps(process_tree(browser.proc.pid, include_root=True)), flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_killed_test_process_takes_its_browser_along(browser_name, tmp_path: Path) -> None:
+    """
+    Pins: when the process that started a browser dies without closing it
+    (SIGKILL: no finally, no atexit), every process of that browser ends
+    within seconds -- the reaper hears of it (PR_SET_PDEATHSIG) and ends
+    its group, and exits; the helpers in sessions of their own follow the
+    browser.
+    """
+    here = Path(__file__).resolve().parent
+    code = _ORPHAN.format(paths=[str(here), str(here.parent / "integration"), str(here.parent)],
+                          tmp=str(tmp_path), name=browser_name)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+        assert child.stdout is not None
+        tree = {int(k): v for k, v in json.loads(child.stdout.readline()).items()}
+        assert len(tree) >= 3, tree  # the reaper, the browser, its helpers
+    finally:
+        child.kill()
+        child.wait(10)
+    deadline = time.monotonic() + 15
+    while still_running(tree):
+        assert time.monotonic() < deadline, f"still running 15 s after the test process died: {still_running(tree)}"
+        time.sleep(0.1)  # bounded wait for the processes to end
