@@ -115,7 +115,10 @@ class BiDi:
 
     def on(self, method: str, handler: Callable[[dict], None]) -> None:
         """Run C{handler(params)} on the reader thread for every C{method} event."""
-        self._handlers.setdefault(method, []).append(handler)
+        self._handlers[method] = [*self._handlers.get(method, []), handler]  # the reader iterates a snapshot
+
+    def off(self, method: str, handler: Callable[[dict], None]) -> None:
+        self._handlers[method] = [h for h in self._handlers.get(method, []) if h != handler]
 
     def wait_event(self, method: str, predicate: Callable[[dict], bool] = lambda p: True,
                    timeout: float = 10.0) -> dict:
@@ -326,7 +329,8 @@ class Page(PageBase):
 
     Console messages, JavaScript errors and CSP violations (Firefox reports
     them as ``log.entryAdded`` of type ``javascript``) are collected from
-    the start, before the first navigation.
+    the start, before the first navigation.  Requests and dialogs of
+    frames inside the page are not looked at (the console has none).
     """
 
     browser = "firefox"
@@ -485,8 +489,11 @@ class Page(PageBase):
         return self.bidi.handler_errors
 
     def close(self) -> None:
+        self.bidi.off("network.authRequired", self._auth)
+        self.bidi.off("network.beforeRequestSent", self._before_request)
         for command, params in [
             *[("network.removeIntercept", {"intercept": i}) for i in self._intercepts],
+            *([("session.unsubscribe", {"subscriptions": [self._subscription]})] if self._subscription else []),
             ("browser.removeUserContext", {"userContext": self.user_context}),
         ]:
             try:

@@ -117,3 +117,26 @@ def test_a_killed_test_process_takes_its_browser_along(browser_name, tmp_path: P
     while still_running(tree):
         assert time.monotonic() < deadline, f"still running 15 s after the test process died: {still_running(tree)}"
         time.sleep(0.1)  # bounded wait for the processes to end
+
+
+def test_the_page_interface_is_the_same_in_both(browser_name, daemon, open_page) -> None:
+    """
+    Pins: C{evaluate} gives the same plain Python values in both drivers
+    (numbers, strings, booleans, null/undefined, nested arrays and objects,
+    awaited promises, a DOM node as a truthy placeholder), a thrown error
+    raises, and C{cookies()} sees a cookie the page set.
+    """
+    page = open_page(daemon, "alice", path="/healthz")
+    cases = {
+        "1 + 1": 2, "1.5": 1.5, "'ü ✓'": "ü ✓", "true": True, "null": None, "undefined": None,
+        "[1, 'a', null, [false]]": [1, "a", None, [False]],
+        "({a: {b: [true, 2]}, c: 'd'})": {"a": {"b": [True, 2]}, "c": "d"},
+        "Promise.resolve(5)": 5, "new Promise(r => setTimeout(() => r('later'), 10))": "later",
+        "document.body": {},
+    }
+    for expression, expected in cases.items():
+        assert page.evaluate(expression) == expected, expression
+    with pytest.raises(Exception, match="nope"):
+        page.evaluate("(() => { throw new Error('nope'); })()")
+    page.evaluate("document.cookie = 'flavour=plain; path=/', true")
+    assert [(c["name"], c["value"]) for c in page.cookies() if c["name"] == "flavour"] == [("flavour", "plain")]
