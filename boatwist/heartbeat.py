@@ -3,7 +3,14 @@ The heartbeat: one C{LoopingCall} that keeps presence truthful.
 
 Each tick (``[heartbeat] interval``):
 
-  - reads C{TCP_INFO} of every tracked connection.  A connection no longer
+  - reads C{TCP_INFO} of every connection that is someone's presence (an
+    event stream, a logged-in chat connection) -- at most max_users times
+    max_connections_per_user, whatever else is open.  Every other connection
+    (plain HTTP, a chat port before login) is checked by one netlink
+    C{sock_diag} dump that the kernel filters to the sockets no longer
+    ESTABLISHED (L{boatwist.net.sockdiag}): nothing comes back on a healthy
+    device, so 10,000 open connections cost what 10 do.  Where netlink is
+    missing, every connection's C{TCP_INFO} is read as before.  A connection no longer
     ``ESTABLISHED`` (``CLOSE_WAIT``: the peer closed and nobody read) is closed
     with reason ``tcp-state``; one the kernel has already ended (``CLOSE``)
     with the reason it ended for.  Keepalive probes outstanding, retransmissions
@@ -33,9 +40,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from boatwist.config import HeartbeatSettings, KeepaliveSettings
+from boatwist.net.sockdiag import ENDING_STATES, SockDiag
 from boatwist.net.tcpinfo import TcpVitals
 from boatwist.net.tracking import ConnectionTracker, TrackedConnection
-from boatwist.presence import Presence
+from boatwist.presence import Kind, Presence
 from boatwist.reasons import Reason
 
 
@@ -63,6 +71,7 @@ class HeartbeatService(Service):
         keepalive: KeepaliveSettings,
         watchdog: Callable[[], object] | None = None,
         cpu_time: Callable[[], float] = time.thread_time,
+        open_diag: Callable[[], SockDiag | str] = SockDiag.open,
     ) -> None:
         self.tracker = tracker
         self.presence = presence
@@ -85,9 +94,17 @@ class HeartbeatService(Service):
         self.failed_ticks = 0
         #: Called after every tick (e.g. flushing a buffered access log).
         self.after_tick: list[Callable[[], object]] = []
+        self._open_diag = open_diag
+        #: The kernel's list of ending sockets; None: every connection is read one by one.
+        self._diag: SockDiag | None = None
 
     def startService(self) -> None:
         super().startService()
+        diag = self._open_diag()
+        if isinstance(diag, str):
+            self._log.info("{why}: the heartbeat reads every connection's TCP_INFO instead", why=diag)
+        else:
+            self._diag = diag
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.settings.interval, now=False)
@@ -95,6 +112,9 @@ class HeartbeatService(Service):
     def stopService(self) -> Deferred[None] | None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
         return super().stopService()
 
     def tick(self) -> None:
@@ -115,12 +135,31 @@ class HeartbeatService(Service):
 
     def check_connections(self) -> None:
         now = self.monotonic()
-        for conn in self.tracker.connections():
+        for conn in self._to_check():
             # One connection that fails must not leave those after it unchecked, tick after tick.
             try:
                 self._check_connection(conn, now)
             except Exception:
                 self._log.failure("heartbeat check of {conn} failed; going on", conn=conn)
+
+    def _to_check(self) -> list[TrackedConnection]:
+        """Every connection, or -- with netlink -- the present users' and those the kernel says are ending."""
+        connections = self.tracker.connections()
+        diag = self._diag
+        if diag is None:
+            return connections
+        chosen = [c for c in connections if c.user is not None and c.kind is not Kind.HTTP]
+        try:
+            ending = [self.tracker.by_inode(inode) for inode, _state in diag.inodes_in(ENDING_STATES)]
+        except OSError as e:
+            self._log.warn("netlink sock_diag failed ({error}): reading every connection's TCP_INFO from now on",
+                           error=e)
+            diag.close()
+            self._diag = None
+            return connections
+        chosen_ids = {c.id for c in chosen}
+        chosen += [c for c in ending if c is not None and c.id not in chosen_ids]
+        return chosen
 
     def _check_connection(self, conn: TrackedConnection, now: float) -> None:
         info = conn.tcp_vitals()

@@ -41,6 +41,7 @@ from boatwist.net.acl import peer_allowed
 from boatwist.net.backlog import Backlog
 from boatwist.net.classify import classify
 from boatwist.net.recorder import SocketRecord, find_socket, find_tcp_transport, install_recorder
+from boatwist.net.sockdiag import socket_inode
 from boatwist.net.sockopts import apply_keepalive
 from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_info, read_tcp_vitals
 from boatwist.presence import Kind, Presence
@@ -71,8 +72,9 @@ class TrackedConnection:
         self.peer_eof = False
         #: Called when the peer half-closes; an event stream sets it to send a probe.
         self.on_peer_eof: Callable[[], None] | None = None
-        #: The real socket (test transports have none).
+        #: The real socket (test transports have none), and its inode (how sock_diag names it).
         self.sock: socket.socket | None = None
+        self.inode: int | None = None
         self.record: SocketRecord | None = None
         #: Writes held back while keepalive probes an idle link (see L{hold}); None when not holding.
         self.held: Backlog | None = None
@@ -231,6 +233,7 @@ class ConnectionTracker:
         self._missing_options_logged: set[str] = set()
         self._refusals_logged_at = -1e9
         self._when_empty: list[Deferred[None]] = []
+        self._by_inode: dict[int, TrackedConnection] = {}
 
     # ------------------------------------------------------------ public
 
@@ -240,6 +243,10 @@ class ConnectionTracker:
 
     def connections(self) -> list[TrackedConnection]:
         return list(self._connections.values())
+
+    def by_inode(self, inode: int) -> TrackedConnection | None:
+        """The connection whose socket has this inode (what netlink sock_diag reports)."""
+        return self._by_inode.get(inode)
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -303,6 +310,9 @@ class ConnectionTracker:
             vitals = conn.tcp_vitals()
             if vitals is not None:
                 conn.rtt_ms = vitals.rtt_us / 1000.0  # the handshake's, until the first tick
+            conn.inode = socket_inode(conn.sock)
+            if conn.inode is not None:
+                self._by_inode[conn.inode] = conn
             missing = apply_keepalive(conn.sock, self.keepalive)
             new = [name for name in missing if name not in self._missing_options_logged]
             if new:
@@ -363,6 +373,8 @@ class ConnectionTracker:
     def _unregister(self, conn: TrackedConnection, failure: Failure) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
+        if conn.inode is not None and self._by_inode.get(conn.inode) is conn:
+            del self._by_inode[conn.inode]
         left = self._per_address.get(conn.peer_host, 1) - 1
         if left:
             self._per_address[conn.peer_host] = left

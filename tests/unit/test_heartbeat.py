@@ -60,14 +60,6 @@ class FakeConn:
         self.closed.append(reason)
 
 
-class FakeTracker:
-    def __init__(self, conns: list[Any]) -> None:
-        self.conns = conns
-
-    def connections(self) -> list[Any]:
-        return list(self.conns)
-
-
 class FakePresence:
     def __init__(self) -> None:
         self.unstable_calls: list[tuple[int, bool, str]] = []
@@ -96,9 +88,39 @@ class FakeStream:
         self.comments.append(text)
 
 
+class FakeDiag:
+    """sock_diag as the kernel would answer: (inode, state) of the sockets in the states asked for."""
+
+    def __init__(self, ending: list[tuple[int, int]]) -> None:
+        self.ending = ending
+        self.asked = 0
+        self.closed = False
+        self.fail = False
+
+    def inodes_in(self, states: frozenset[int]) -> list[tuple[int, int]]:
+        self.asked += 1
+        if self.fail:
+            raise OSError(1, "netlink went away")
+        return [(inode, state) for inode, state in self.ending if state in states]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeTracker:
+    def __init__(self, conns: list[Any]) -> None:
+        self.conns = conns
+
+    def connections(self) -> list[Any]:
+        return list(self.conns)
+
+    def by_inode(self, inode: int) -> Any:
+        return next((c for c in self.conns if getattr(c, "inode", None) == inode), None)
+
+
 class Rig:
     def __init__(self, conns: list[Any] | None = None, streams: list[Any] | None = None,
-                 interval: float = 1.0, stream_interval: float = 15.0) -> None:
+                 interval: float = 1.0, stream_interval: float = 15.0, diag: FakeDiag | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(500)
         self.conns = conns if conns is not None else []
@@ -112,6 +134,8 @@ class Rig:
             HeartbeatSettings(interval=interval, stream_interval=stream_interval),
             self.clock, self.clock.seconds, keepalive=KeepaliveSettings(), watchdog=self._watchdog,
             cpu_time=self._cpu_time,
+            # Most tests pin the per-connection checks: no netlink unless the test brings a kernel.
+            open_diag=(lambda: diag) if diag is not None else (lambda: "no netlink in this test"),
         )
 
     def _watchdog(self) -> None:
@@ -433,3 +457,41 @@ def test_backstop_ends_a_silent_peer_at_the_configured_bound() -> None:
     conn.info = TcpInfo(state=ESTABLISHED, probes=2, last_ack_recv_ms=3000, last_data_recv_ms=3000)
     rig.service.check_connections()
     assert conn.closed == ["keepalive-timeout"]
+
+
+# ----------------------------------------------------- netlink sock_diag
+
+
+def test_with_netlink_only_present_users_and_ending_sockets_are_read() -> None:
+    """
+    With sock_diag, a plain HTTP connection is not read each tick; one the
+    kernel reports ending (CLOSE_WAIT) is, and is closed with tcp-state; a
+    present user's stream is read every tick.
+    """
+    stream = FakeConn(id=1, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
+    quiet = FakeConn(id=2, user=None, kind=Kind.HTTP)
+    ending = FakeConn(id=3, user=None, kind=Kind.HTTP, info=TcpInfo(state=CLOSE_WAIT))
+    quiet.inode, ending.inode = 202, 303  # type: ignore[attr-defined]
+    diag = FakeDiag([(303, CLOSE_WAIT)])
+    rig = Rig([stream, quiet, ending], diag=diag)
+    rig.service.startService()
+    rig.clock.advance(1)
+    assert (stream.asked, quiet.asked, ending.asked) == (1, 0, 1)
+    assert ending.closed == ["tcp-state"]
+    assert stream.rtt_ms == 4.0
+    rig.service.stopService()
+    assert diag.closed
+
+
+def test_netlink_failing_falls_back_to_reading_every_connection(logged: list[dict[str, Any]]) -> None:
+    """A sock_diag error is logged once and the heartbeat reads every connection from then on."""
+    quiet = FakeConn(id=2, user=None, kind=Kind.HTTP)
+    diag = FakeDiag([])
+    diag.fail = True
+    rig = Rig([quiet], diag=diag)
+    rig.service.startService()
+    rig.clock.advance(1)
+    assert quiet.asked == 1 and diag.closed
+    rig.clock.advance(1)
+    assert quiet.asked == 2 and diag.asked == 1
+    rig.service.stopService()
