@@ -28,6 +28,7 @@ from boatwist.controls.floor import Floor, LastOperatorTracker
 from boatwist.controls.pipeline import Pipeline
 from boatwist.controls.registry import Controls
 from boatwist.controls.roles import RolePolicy
+from boatwist.controls.words import floor_line
 from boatwist.events import Event, EventHub
 from boatwist.heartbeat import HeartbeatService
 from boatwist.metrics import Metrics
@@ -119,18 +120,29 @@ def build_core(
 
 
 def audit_presence(store: Store) -> Callable[[Event], None]:
-    """An event-hub subscriber writing logouts (with their reasons) and refusals to the audit log."""
+    """
+    An event-hub subscriber writing to the audit log: logouts (with their
+    reasons), refusals of a seat, every floor change, and every operation
+    refused by role or floor (operations themselves are in their own table).
+    """
 
     def on_event(event: Event) -> None:
+        data = event.data
+        if event.kind == "floor":
+            store.audit("floor", data.get("user"), None, floor_line(data)).addErrback(lambda _: None)
+            return
+        if event.kind == "control" and data.get("refused"):
+            detail = f"{data.get('control')}: {data.get('error')} via {data.get('via')}"
+            store.audit("refused-operation", data.get("user"), None, detail).addErrback(lambda _: None)
+            return
         if event.kind != "presence":
             return
-        data = event.data
         if data.get("reason") == Reason.REFUSED:
             kind = "refused"
             detail = f"{data.get('refusal')} {data.get('used')}/{data.get('limit')}"
         elif data.get("state") == "offline":
             kind = "logout"
-            detail = str(data["reason"])
+            detail = str(data["reason"]) + (f" by {data['by']}" if data.get("by") else "")
         else:
             return
         store.audit(kind, data.get("user"), None, f"{detail} via {data.get('via')}").addErrback(lambda _: None)

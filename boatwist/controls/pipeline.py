@@ -133,6 +133,10 @@ class Pipeline:
             return self._refused(state, user, value, via, 409, held.message, detail)
         if spec.confirm is not None:
             checked = None if confirm is None else self._confirmations.confirm(user, spec, value, confirm)
+            if checked is not None:
+                # A wrong, replayed or late answer: on the record (someone tried to skip the question).
+                self._store.audit("refused-confirmation", user, None,
+                                  f"{spec.name}: {checked.message} via {via}").addErrback(lambda _: None)
             if confirm is None or checked is not None:
                 question = self._confirmations.ask(user, spec, value, via=via)
                 error = "confirmation needed" if checked is None else checked.message
