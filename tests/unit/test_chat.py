@@ -20,7 +20,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from boatwist.chat.protocol import BINARY, ChatFactory, ChatProtocol, TelnetFilter
+from boatwist.chat.protocol import ChatFactory, ChatProtocol
+from boatwist.chat.telnet import BINARY, Command, TelnetFilter
 from boatwist.chat.room import ChatRoom
 from boatwist.config import AdmissionSettings, ChatSettings, KeepaliveSettings
 from boatwist.events import EventHub
@@ -221,35 +222,50 @@ def test_login_deadline_closes_and_is_cancelled_by_login() -> None:
     assert h2.clock.getDelayedCalls() == []
 
 
+EVICTED = b"login timed out: too many connections are logging in and newer ones need room\r\n"
+
+
 def test_pending_logins_are_capped_and_slots_come_back() -> None:
-    """Over max_pending_logins: a line and close; logging in or leaving frees the slot."""
+    """
+    Over max_pending_logins the oldest silent pending connection is evicted
+    (told so, closed) and the newcomer gets the prompt -- squatters cannot
+    keep anyone from login: (issue 9); logging in or leaving frees a slot.
+    """
     h = Harness(max_pending_logins=2)
-    first, _ = h.connect("192.0.2.7")
+    first, first_t = h.connect("192.0.2.7")
     second, _ = h.connect("192.0.2.8")
     third, transport = h.connect("192.0.2.9")
-    assert transport.value() == b"server busy: too many logins in progress, try again later\r\n"
-    assert transport.disconnecting
-    third.connectionLost(Failure(ConnectionDone()))
+    assert transport.value() == BANNER + b"login: "
+    assert first_t.value().endswith(b"login: " + EVICTED)
+    assert first_t.disconnecting
+    first.connectionLost(Failure(ConnectionDone()))
     assert h.factory.pending_logins == 2
 
-    first.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
+    third.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
+    assert h.factory.pending_logins == 1
     _, transport = h.connect("192.0.2.7")
     assert transport.value() == BANNER + b"login: "
     second.connectionLost(Failure(ConnectionDone()))
+    assert h.factory.pending_logins == 1
     _, transport = h.connect("192.0.2.8")
     assert transport.value() == BANNER + b"login: "
     assert h.factory.pending_logins == 2
 
 
 def test_one_address_cannot_take_every_pending_login_slot() -> None:
-    """Silent connections from one address hold at most a quarter of the slots; others still log in."""
+    """
+    Connections from one address hold at most a quarter of the slots: a
+    fifth from it evicts that address's own oldest, never another address's.
+    """
     h = Harness(max_pending_logins=16)
-    for _ in range(4):
-        h.connect("198.51.100.1")
-    _, refused = h.connect("198.51.100.1")
-    assert refused.value() == b"server busy: too many logins in progress, try again later\r\n"
+    squatters = [h.connect("198.51.100.1")[1] for _ in range(4)]
     _, other = h.connect("203.0.113.5")
-    assert other.value() == BANNER + b"login: "
+    _, fifth = h.connect("198.51.100.1")
+    assert fifth.value() == BANNER + b"login: "
+    assert squatters[0].disconnecting and squatters[0].value().endswith(EVICTED)
+    assert not any(t.disconnecting for t in squatters[1:])
+    assert not other.disconnecting
+    assert h.factory.gate.pending_from("198.51.100.1") == 4
 
 
 def test_full_house_is_a_clear_line_and_a_close() -> None:
@@ -323,22 +339,28 @@ def test_telnet_filter_handles_commands_split_at_every_byte() -> None:
         f = TelnetFilter()
         data, negotiations = b"", []
         for i in range(0, len(stream), size):
-            out, neg = f.feed(stream[i:i + size])
-            data += out
-            negotiations += neg
+            for segment in f.feed(stream[i:i + size]):
+                if isinstance(segment, Command):
+                    if segment.negotiation:
+                        negotiations.append((segment.code, segment.option))
+                else:
+                    data += segment
         assert data == b"alice\xff\r\n", size
         assert negotiations == [(WILL, 31), (DO, 3)], size
         assert f.spoken
 
 
 def test_telnet_session_hides_the_password_and_never_shows_iac() -> None:
-    """A client that spoke telnet (even split across reads) gets WILL ECHO with the password prompt, WONT after."""
+    """
+    A client that spoke telnet (even split across reads) is asked for BINARY
+    (its side only), gets WILL ECHO with the password prompt, WONT after.
+    """
     h = Harness()
     proto, transport = h.connect()
     take(transport)
     for chunk in (b"ali", bytes((IAC,)), bytes((WILL,)), bytes((31,)) + b"ce\r", b"\n"):
         proto.dataReceived(chunk)
-    binary = bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    binary = bytes((IAC, DO, BINARY))
     assert take(transport) == binary + bytes((IAC, DONT, 31)) + b"password: " + bytes((IAC, WILL, ECHO))
     proto.dataReceived(bytes((IAC, DO, ECHO)) + b"secret\r\n")  # DO ECHO agrees: no answer to it
     out = take(transport)
@@ -361,28 +383,35 @@ def test_unknown_options_are_refused_once() -> None:
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(bytes((IAC, WILL, 24, IAC, DO, 3, IAC, WILL, 24, IAC, WONT, 5, IAC, DONT, 6)))
-    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY, IAC, DONT, 24, IAC, WONT, 3))
+    assert take(transport) == bytes((IAC, DO, BINARY, IAC, DONT, 24, IAC, WONT, 3))
 
 
-def test_binary_is_agreed_both_ways_so_utf8_typed_in_telnet_arrives_intact() -> None:
+def test_binary_is_asked_of_the_client_and_refused_to_it() -> None:
     """
     Without BINARY a telnet client treats typed bytes as 7-bit and turns the
-    0x8F inside 号 into its own command; the server asks for BINARY both ways
-    as soon as the client speaks telnet, and agrees (once) when the client offers it.
+    0x8F inside 号 into its own command; the server asks for the client's
+    BINARY (DO) as soon as the client speaks telnet, and agrees (once) when
+    the client offers it.  The server never sends binary itself (WONT, even
+    to ``telnet -8`` asking DO): a telnet client receiving binary turns its
+    terminal's output processing off, and the echo of every Enter the user
+    types becomes a bare LF -- the staircase of issue 8.
     """
     h = Harness()
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(bytes((IAC, WILL, BINARY)))
-    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    assert take(transport) == bytes((IAC, DO, BINARY))
     proto.dataReceived(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
+    assert take(transport) == bytes((IAC, WONT, BINARY))
+    proto.dataReceived(bytes((IAC, DO, BINARY)))
     assert take(transport) == b""
     h2 = Harness()
     proto2, transport2 = h2.connect()
     take(transport2)
     proto2.dataReceived(bytes((IAC, WONT, 1)))
     proto2.dataReceived(bytes((IAC, WILL, BINARY)))
-    assert take(transport2) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    assert take(transport2) == bytes((IAC, DO, BINARY))
+    assert WILL not in take(transport2)
 
 
 def test_telnet_cr_nul_ends_a_line() -> None:
