@@ -400,7 +400,7 @@ class _Core:
     # ------------------------------------------------------- built-ins
 
     def built_ins(self) -> dict[str, Command]:
-        """The session's own commands, in the order /help lists them (extensions go after heartbeat)."""
+        """The session's own commands (the Session puts registered ones before /yes, /help, /quit)."""
         return {
             "me": Command(self.cmd_me, "/me <action>", ("* you <action>",)),
             "who": Command(self.cmd_who, "/who", ("who is online, their link state and round-trip time",)),
@@ -731,8 +731,10 @@ class Session:
         self._running = False
         self._core = _Core(parts, terminal, host, admit, self)
         self._machine = _machine(self._core)
-        self._core.commands = self._core.built_ins()
-        self._core.commands.update(parts.commands)
+        # One table, in the order /help lists it: registered commands after the room's own.
+        built_in = self._core.built_ins()
+        last = {name: built_in.pop(name) for name in ("yes", "help", "quit")}
+        self._core.commands = {**built_in, **parts.commands, **last}
 
     # ------------------------------------------------------------ inputs
 

@@ -8,7 +8,9 @@ Two things decide how a terminal looks, and both are here.
 ``socat``, ``ncat`` and ``plink -raw`` never receive a byte of telnet.  A
 connection is *raw* until its client proves to be telnet by sending a
 well-formed negotiation: ``IAC WILL|WONT|DO|DONT <option>`` with an option a
-telnet client may offer (L{KNOWN_OPTIONS}), optionally preceded by up to
+telnet client may offer (L{KNOWN_OPTIONS}; for WONT and DONT, which a client
+never starts with, only the options whose code is a control byte, so that
+FF FE before a space is text), optionally preceded by up to
 four two-byte commands (``IAC AO IAC DO TIMING-MARK`` is what a plain
 ``telnet HOST PORT`` sends when a typed byte looks like ^O to it).  Until
 then an IAC that does not start such a sequence is data: ``nc`` sending the
@@ -82,9 +84,19 @@ INTERRUPTS = frozenset({IP, AO, AYT, EC, EL, BRK, SUSP, ABORT, EOF})
 
 _VERBS = rb"[\xfb-\xfe]"
 _TWO_BYTE = rb"[\xec-\xef\xf1-\xf9]"
-_OPTIONS = b"[" + b"".join(re.escape(bytes((o,))) for o in sorted(KNOWN_OPTIONS)) + b"]"
-#: What makes a raw connection telnet (see the module docstring).
-_NEGOTIATION = re.compile(rb"(?:\xff" + _TWO_BYTE + rb"){0,4}\xff" + _VERBS + _OPTIONS)
+
+
+def _one_of(options: set[int] | frozenset[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes((o,))) for o in sorted(options)) + b"]"
+
+
+#: What makes a raw connection telnet (see the module docstring).  WILL/DO with any
+#: known option; WONT/DONT only with one whose code is a control byte -- a client
+#: never starts with those, and "FF FE" typed before a space (TERMINAL-SPEED, 32)
+#: must stay text.
+_NEGOTIATION = re.compile(
+    rb"(?:\xff" + _TWO_BYTE + rb"){0,4}\xff(?:[\xfb\xfd]" + _one_of(KNOWN_OPTIONS)
+    + rb"|[\xfc\xfe]" + _one_of({o for o in KNOWN_OPTIONS if o < 0x20}) + rb")")
 #: A proper beginning of L{_NEGOTIATION}: held until more bytes decide.
 _BEGINNING = re.compile(rb"(?:\xff" + _TWO_BYTE + rb"){0,4}(?:\xff" + _VERBS + rb"?)?")
 _HELD_MAX = 11

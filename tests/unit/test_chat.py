@@ -722,3 +722,106 @@ def test_connection_lost_unsubscribes_and_stops_timers() -> None:
     alice.connectionLost(Failure(ConnectionDone()))
     assert h.hub.subscriber_count == 0
     assert h.clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------- telnet, as clients do it
+
+
+def test_plain_telnet_garbling_a_utf8_line_is_told_and_switched_to_8_bit() -> None:
+    """
+    Plain 'telnet HOST PORT' masks typed bytes to 7 bits until BINARY: the
+    0x8F of 号 becomes IAC AO IAC DO TIMING-MARK mid-line.  The server asks
+    DO BINARY, answers the timing mark, refuses the line as garbled (not "set
+    your terminal to UTF-8": it is), and the next line arrives intact.
+    """
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived("你好 ".encode() + b"\xe5" + bytes((IAC, 245, IAC, DO, 6)) + b"\xb7\r\n")
+    out = take(transport)
+    assert out.startswith(bytes((IAC, DO, BINARY, IAC, WILL, 6)))
+    assert out.endswith(b"error: that line was garbled by your telnet client (it took a UTF-8 byte for a control "
+                        b"key before 8-bit mode was on; it is on now) and was ignored: type it again\r\n")
+    proto.dataReceived(bytes((IAC, WILL, BINARY)) + "号\n".encode())
+    assert take(transport) == "<alice> 号\r\n".encode()
+
+
+def test_nc_sending_ff_fe_in_a_message_is_not_taken_for_telnet() -> None:
+    """FF FE inside a line from nc: no telnet is sent back, the bytes stay in the line (refused: not UTF-8)."""
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived(b"price \xff\xfe 12 \xff\xfeA\n")
+    assert lines(transport) == [
+        "error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)"]
+    proto.dataReceived(b"/who\n")
+    assert b"\xff" not in transport.value()
+
+
+# ----------------------------------------------------------------- budgets
+
+
+def test_too_much_input_before_login_closes_and_puts_the_address_in_debt() -> None:
+    """Over max_login_bytes before login: an error line, the close, and the address is refused for a while."""
+    h = Harness(max_login_bytes=1024)
+    proto, transport = h.connect("198.51.100.7")
+    take(transport)
+    proto.dataReceived(b"x" * 1000)
+    assert not transport.disconnecting
+    proto.dataReceived(b"x" * 25)
+    assert take(transport) == b"error: too much input before login; goodbye\r\n"
+    assert transport.disconnecting
+    _, again = h.connect("198.51.100.7")
+    assert again.value() == b"server busy: too many unfinished logins from your address; try again in 5 s\r\n"
+    h.clock.advance(5)
+    _, later = h.connect("198.51.100.7")
+    assert later.value() == BANNER + b"login: "
+
+
+def test_a_telnet_command_flood_is_closed_before_and_after_login() -> None:
+    """More than max_telnet_commands in a second: closed (IAC NOP floods stalled the reactor, issue 9)."""
+    h = Harness(max_telnet_commands=20)
+    proto, transport = h.connect("198.51.100.9")
+    take(transport)
+    proto.dataReceived(bytes((IAC, WILL, 31)) + bytes((IAC, 241)) * 19)
+    assert not transport.disconnecting
+    proto.dataReceived(bytes((IAC, 241)) * 1000)
+    assert take(transport).endswith(b"error: too many telnet commands; goodbye\r\n")
+    assert transport.disconnecting
+
+    alice, alice_t = h.login("alice")
+    alice.dataReceived(bytes((IAC, WILL, 31)))
+    h.clock.advance(1)  # the bucket refills: a slow trickle is fine
+    alice.dataReceived(bytes((IAC, 241)) * 20)
+    assert not alice_t.disconnecting
+    alice.dataReceived(bytes((IAC, 241)) * 5)
+    assert alice_t.disconnecting and take(alice_t).endswith(b"error: too many telnet commands; goodbye\r\n")
+
+
+# ------------------------------------------------------- commands, events
+
+
+def test_commands_registered_with_the_factory_are_typed_and_listed() -> None:
+    """ChatFactory(commands=...) adds to the same table: the command runs, /help lists it."""
+    from boatwist.chat.commands import Command as ChatCommand, CommandContext
+
+    def controls(ctx: CommandContext, arg: str) -> None:
+        ctx.reply(f"pump on ({ctx.user})")
+
+    h = Harness()
+    h.factory = ChatFactory(h.room, h.presence, h.tracker, h.auth, h.clock, h.settings,
+                            commands={"controls": ChatCommand(controls, "/controls", ("the device's controls",))})
+    h.listener = h.tracker.wrap(h.factory, Kind.CHAT)
+    alice, transport = h.login()
+    alice.dataReceived(b"/controls\n/help\n")
+    out = lines(transport)
+    assert out[0] == "pump on (alice)"
+    assert "  /controls       the device's controls" in out and "  /yes            confirm what you were just asked" in out
+
+
+def test_operations_reach_the_terminal_and_sensor_values_do_not() -> None:
+    """A control event is a '* ...' line; a value event (a sensor poll) is not shown."""
+    h = Harness()
+    _, transport = h.login()
+    h.hub.publish("value", {"control": "temperature", "value": 20.5, "quality": "good", "at": 1.0})
+    h.hub.publish("control", {"id": 3, "user": "bob", "control": "reset", "type": "action", "result": "ok",
+                              "via": "web", "at": 1.0})
+    assert lines(transport) == ["* bob pressed reset"]
