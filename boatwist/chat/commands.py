@@ -11,7 +11,7 @@ same hint.  Register one by passing it to the factory::
     def set_control(ctx: CommandContext, arg: str) -> None:
         name, _, value = arg.partition(" ")
         if not name:
-            ctx.error("usage: /set NAME VALUE")
+            ctx.reply("usage: /set NAME VALUE")
             return
         ...                                  # may answer later, from a Deferred
         ctx.ask(f"really set {name} to {value}?", lambda: do_it(ctx, name, value))

@@ -80,9 +80,10 @@ room's, who may come in presence's.
 #
 # Telnet (telnet.py says why): the server never negotiates first, so nc
 # never sees a byte of telnet.  A connection becomes telnet when its client
-# sends a well-formed negotiation (IAC WILL/WONT/DO/DONT with an option a
-# telnet client offers, after at most four two-byte commands); until then an
-# IAC is data.  A telnet client is asked DO BINARY (so UTF-8 it sends is not
+# sends a well-formed negotiation (IAC WILL/DO with an option a telnet client
+# offers, or WONT/DONT with one whose code is a control byte, after at most
+# four two-byte commands); until then an IAC is data (nc sending FF FE in a
+# message gets "not valid UTF-8", not telnet).  A telnet client is asked DO BINARY (so UTF-8 it sends is not
 # masked to 7 bits); the server never sends binary (WONT BINARY), which keeps
 # the client's terminal translating the echo of Enter into CR LF -- no
 # staircase; SGA is refused, so the client edits lines and echoes itself;
