@@ -124,8 +124,13 @@ class ChatSettings:
     max_line: int = 4096
     login_timeout: float = 30.0
     max_login_attempts: int = 3
-    #: Connections on the chat port that have not logged in yet.
+    #: Connections on the chat port that have not logged in yet (boatwist.chat.gate:
+    #: when full, the worst pending one is evicted for a newcomer).
     max_pending_logins: int = 16
+    #: Bytes a chat connection may send before it has logged in (telnet included).
+    max_login_bytes: int = 8192
+    #: Telnet commands a chat connection may send per second (as many in a burst).
+    max_telnet_commands: int = 50
     #: At most rate_messages per rate_period seconds per user.
     rate_messages: int = 10
     rate_period: float = 10.0
@@ -396,6 +401,8 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "login_timeout": _seconds(1, 3600),
         "max_login_attempts": _integer(1, 100),
         "max_pending_logins": _integer(1, 100000),
+        "max_login_bytes": _integer(256, 1 << 20),
+        "max_telnet_commands": _integer(1, 100000),
         "rate_messages": _integer(1, 100000),
         "rate_period": _seconds(0.1, 86400),
         "ping_timeout": _seconds(0.1, 3600),

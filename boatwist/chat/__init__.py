@@ -1,1 +1,4 @@
-"""The operators' chat room: the room itself, the telnet filter, the chat session and its thin protocol."""
+"""
+The operators' chat room: the room, event lines, telnet, the login gate,
+commands, the session (no I/O) and its thin protocol.
+"""

@@ -16,13 +16,13 @@ which order things happen is decided once, here:
     and the event's id is the message id, so history and the live stream
     can be stitched together without duplicates.
 
-The words users read for presence reasons (L{REASON_WORDS}) live here too,
-so the chat port and the web UI describe the same event the same way.
+How an event reads as a line (presence sentences, messages, operations)
+is L{boatwist.chat.lines}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -32,7 +32,6 @@ from twisted.python.failure import Failure
 from boatwist.config import ChatSettings
 from boatwist.events import Event
 from boatwist.ratelimit import OverRate, TokenBuckets
-from boatwist.reasons import WORDS
 from boatwist.store.service import StoreFull
 from boatwist.textsafe import clean_message
 
@@ -40,69 +39,13 @@ if TYPE_CHECKING:
     from boatwist.store.service import Message
 
 __all__ = [
-    "REASON_WORDS",
     "ChatRoom",
     "EmptyMessage",
     "MessageRefused",
     "MessageTooLong",
     "NotSaved",
     "RateLimited",
-    "presence_sentence",
-    "reason_words",
-    "refusal_sentence",
 ]
-
-#: Presence, close and refusal reasons in the words users read (L{boatwist.reasons}).
-REASON_WORDS = WORDS
-
-
-def reason_words(reason: object) -> str:
-    """C{reason} as users read it; an unknown one is shown as it is, cleaned."""
-    if isinstance(reason, str):
-        return REASON_WORDS.get(reason) or clean_message(reason)
-    return "unknown reason"
-
-
-def presence_sentence(data: Mapping[str, Any]) -> str:
-    """
-    A presence event as one sentence, e.g. C{bob is offline (no answer to
-    keepalive probes, detected after 3.1 s)}.  How long detection took is
-    part of the sentence because it is what tells operators whether the
-    "offline" they read is fresh.
-    """
-    if data.get("reason") == "refused":
-        return refusal_sentence(data)
-    user = clean_message(str(data.get("user", "?")))
-    state = clean_message(str(data.get("state", "?")))
-    words = reason_words(data.get("reason"))
-    if data.get("reason") == "login" and data.get("via"):
-        words += f" via {clean_message(str(data['via']))}"
-    after = data.get("detected_after")
-    # A goodbye is not detected, it is heard: "left, detected after 0.0 s" is noise.
-    if state == "offline" and isinstance(after, (int, float)) and data.get("reason") != "closed":
-        words += f", detected after {after:.1f} s"
-    return f"{user} is {state} ({words})"
-
-
-def refusal_sentence(data: Mapping[str, Any]) -> str:
-    """
-    A refusal (a presence event with reason C{refused} and C{refusal},
-    C{used}, C{limit}) as one sentence, e.g. C{carol was refused: server
-    full (10 of 10 operators online)}.
-    """
-    user = clean_message(str(data.get("user", "?")))
-    reason = data.get("refusal")
-    used, limit = data.get("used", "?"), data.get("limit", "?")
-    if reason == "full":
-        detail = f"{used} of {limit} operators online"
-    elif reason == "too-many-connections":
-        detail = f"{used} of {limit} allowed per operator"
-    elif reason:
-        return f"{user} was refused: {reason_words(reason)}"
-    else:
-        return f"{user} was refused"
-    return f"{user} was refused: {reason_words(reason)} ({detail})"
-
 
 # ------------------------------------------------------------- refusals
 

@@ -20,7 +20,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from boatwist.chat.protocol import BINARY, ChatFactory, ChatProtocol, TelnetFilter
+from boatwist.chat.protocol import ChatFactory, ChatProtocol
+from boatwist.chat.telnet import BINARY, Command, TelnetFilter
 from boatwist.chat.room import ChatRoom
 from boatwist.config import AdmissionSettings, ChatSettings, KeepaliveSettings
 from boatwist.events import EventHub
@@ -221,35 +222,50 @@ def test_login_deadline_closes_and_is_cancelled_by_login() -> None:
     assert h2.clock.getDelayedCalls() == []
 
 
+EVICTED = b"login timed out: too many connections are logging in and newer ones need room\r\n"
+
+
 def test_pending_logins_are_capped_and_slots_come_back() -> None:
-    """Over max_pending_logins: a line and close; logging in or leaving frees the slot."""
+    """
+    Over max_pending_logins the oldest silent pending connection is evicted
+    (told so, closed) and the newcomer gets the prompt -- squatters cannot
+    keep anyone from login: (issue 9); logging in or leaving frees a slot.
+    """
     h = Harness(max_pending_logins=2)
-    first, _ = h.connect("192.0.2.7")
+    first, first_t = h.connect("192.0.2.7")
     second, _ = h.connect("192.0.2.8")
     third, transport = h.connect("192.0.2.9")
-    assert transport.value() == b"server busy: too many logins in progress, try again later\r\n"
-    assert transport.disconnecting
-    third.connectionLost(Failure(ConnectionDone()))
+    assert transport.value() == BANNER + b"login: "
+    assert first_t.value().endswith(b"login: " + EVICTED)
+    assert first_t.disconnecting
+    first.connectionLost(Failure(ConnectionDone()))
     assert h.factory.pending_logins == 2
 
-    first.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
+    third.dataReceived(b"alice\nsecret\n")  # logged in: no longer pending
+    assert h.factory.pending_logins == 1
     _, transport = h.connect("192.0.2.7")
     assert transport.value() == BANNER + b"login: "
     second.connectionLost(Failure(ConnectionDone()))
+    assert h.factory.pending_logins == 1
     _, transport = h.connect("192.0.2.8")
     assert transport.value() == BANNER + b"login: "
     assert h.factory.pending_logins == 2
 
 
 def test_one_address_cannot_take_every_pending_login_slot() -> None:
-    """Silent connections from one address hold at most a quarter of the slots; others still log in."""
+    """
+    Connections from one address hold at most a quarter of the slots: a
+    fifth from it evicts that address's own oldest, never another address's.
+    """
     h = Harness(max_pending_logins=16)
-    for _ in range(4):
-        h.connect("198.51.100.1")
-    _, refused = h.connect("198.51.100.1")
-    assert refused.value() == b"server busy: too many logins in progress, try again later\r\n"
+    squatters = [h.connect("198.51.100.1")[1] for _ in range(4)]
     _, other = h.connect("203.0.113.5")
-    assert other.value() == BANNER + b"login: "
+    _, fifth = h.connect("198.51.100.1")
+    assert fifth.value() == BANNER + b"login: "
+    assert squatters[0].disconnecting and squatters[0].value().endswith(EVICTED)
+    assert not any(t.disconnecting for t in squatters[1:])
+    assert not other.disconnecting
+    assert h.factory.gate.pending_from("198.51.100.1") == 4
 
 
 def test_full_house_is_a_clear_line_and_a_close() -> None:
@@ -323,22 +339,28 @@ def test_telnet_filter_handles_commands_split_at_every_byte() -> None:
         f = TelnetFilter()
         data, negotiations = b"", []
         for i in range(0, len(stream), size):
-            out, neg = f.feed(stream[i:i + size])
-            data += out
-            negotiations += neg
+            for segment in f.feed(stream[i:i + size]):
+                if isinstance(segment, Command):
+                    if segment.negotiation:
+                        negotiations.append((segment.code, segment.option))
+                else:
+                    data += segment
         assert data == b"alice\xff\r\n", size
         assert negotiations == [(WILL, 31), (DO, 3)], size
         assert f.spoken
 
 
 def test_telnet_session_hides_the_password_and_never_shows_iac() -> None:
-    """A client that spoke telnet (even split across reads) gets WILL ECHO with the password prompt, WONT after."""
+    """
+    A client that spoke telnet (even split across reads) is asked for BINARY
+    (its side only), gets WILL ECHO with the password prompt, WONT after.
+    """
     h = Harness()
     proto, transport = h.connect()
     take(transport)
     for chunk in (b"ali", bytes((IAC,)), bytes((WILL,)), bytes((31,)) + b"ce\r", b"\n"):
         proto.dataReceived(chunk)
-    binary = bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    binary = bytes((IAC, DO, BINARY))
     assert take(transport) == binary + bytes((IAC, DONT, 31)) + b"password: " + bytes((IAC, WILL, ECHO))
     proto.dataReceived(bytes((IAC, DO, ECHO)) + b"secret\r\n")  # DO ECHO agrees: no answer to it
     out = take(transport)
@@ -361,28 +383,35 @@ def test_unknown_options_are_refused_once() -> None:
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(bytes((IAC, WILL, 24, IAC, DO, 3, IAC, WILL, 24, IAC, WONT, 5, IAC, DONT, 6)))
-    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY, IAC, DONT, 24, IAC, WONT, 3))
+    assert take(transport) == bytes((IAC, DO, BINARY, IAC, DONT, 24, IAC, WONT, 3))
 
 
-def test_binary_is_agreed_both_ways_so_utf8_typed_in_telnet_arrives_intact() -> None:
+def test_binary_is_asked_of_the_client_and_refused_to_it() -> None:
     """
     Without BINARY a telnet client treats typed bytes as 7-bit and turns the
-    0x8F inside 号 into its own command; the server asks for BINARY both ways
-    as soon as the client speaks telnet, and agrees (once) when the client offers it.
+    0x8F inside 号 into its own command; the server asks for the client's
+    BINARY (DO) as soon as the client speaks telnet, and agrees (once) when
+    the client offers it.  The server never sends binary itself (WONT, even
+    to ``telnet -8`` asking DO): a telnet client receiving binary turns its
+    terminal's output processing off, and the echo of every Enter the user
+    types becomes a bare LF -- the staircase of issue 8.
     """
     h = Harness()
     proto, transport = h.connect()
     take(transport)
     proto.dataReceived(bytes((IAC, WILL, BINARY)))
-    assert take(transport) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    assert take(transport) == bytes((IAC, DO, BINARY))
     proto.dataReceived(bytes((IAC, DO, BINARY, IAC, WILL, BINARY)))
+    assert take(transport) == bytes((IAC, WONT, BINARY))
+    proto.dataReceived(bytes((IAC, DO, BINARY)))
     assert take(transport) == b""
     h2 = Harness()
     proto2, transport2 = h2.connect()
     take(transport2)
     proto2.dataReceived(bytes((IAC, WONT, 1)))
     proto2.dataReceived(bytes((IAC, WILL, BINARY)))
-    assert take(transport2) == bytes((IAC, DO, BINARY, IAC, WILL, BINARY))
+    assert take(transport2) == bytes((IAC, DO, BINARY))
+    assert WILL not in take(transport2)
 
 
 def test_telnet_cr_nul_ends_a_line() -> None:
@@ -693,3 +722,106 @@ def test_connection_lost_unsubscribes_and_stops_timers() -> None:
     alice.connectionLost(Failure(ConnectionDone()))
     assert h.hub.subscriber_count == 0
     assert h.clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------- telnet, as clients do it
+
+
+def test_plain_telnet_garbling_a_utf8_line_is_told_and_switched_to_8_bit() -> None:
+    """
+    Plain 'telnet HOST PORT' masks typed bytes to 7 bits until BINARY: the
+    0x8F of 号 becomes IAC AO IAC DO TIMING-MARK mid-line.  The server asks
+    DO BINARY, answers the timing mark, refuses the line as garbled (not "set
+    your terminal to UTF-8": it is), and the next line arrives intact.
+    """
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived("你好 ".encode() + b"\xe5" + bytes((IAC, 245, IAC, DO, 6)) + b"\xb7\r\n")
+    out = take(transport)
+    assert out.startswith(bytes((IAC, DO, BINARY, IAC, WILL, 6)))
+    assert out.endswith(b"error: that line was garbled by your telnet client (it took a UTF-8 byte for a control "
+                        b"key before 8-bit mode was on; it is on now) and was ignored: type it again\r\n")
+    proto.dataReceived(bytes((IAC, WILL, BINARY)) + "号\n".encode())
+    assert take(transport) == "<alice> 号\r\n".encode()
+
+
+def test_nc_sending_ff_fe_in_a_message_is_not_taken_for_telnet() -> None:
+    """FF FE inside a line from nc: no telnet is sent back, the bytes stay in the line (refused: not UTF-8)."""
+    h = Harness()
+    proto, transport = h.login()
+    proto.dataReceived(b"price \xff\xfe 12 \xff\xfeA\n")
+    assert lines(transport) == [
+        "error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)"]
+    proto.dataReceived(b"/who\n")
+    assert b"\xff" not in transport.value()
+
+
+# ----------------------------------------------------------------- budgets
+
+
+def test_too_much_input_before_login_closes_and_puts_the_address_in_debt() -> None:
+    """Over max_login_bytes before login: an error line, the close, and the address is refused for a while."""
+    h = Harness(max_login_bytes=1024)
+    proto, transport = h.connect("198.51.100.7")
+    take(transport)
+    proto.dataReceived(b"x" * 1000)
+    assert not transport.disconnecting
+    proto.dataReceived(b"x" * 25)
+    assert take(transport) == b"error: too much input before login; goodbye\r\n"
+    assert transport.disconnecting
+    _, again = h.connect("198.51.100.7")
+    assert again.value() == b"server busy: too many unfinished logins from your address; try again in 5 s\r\n"
+    h.clock.advance(5)
+    _, later = h.connect("198.51.100.7")
+    assert later.value() == BANNER + b"login: "
+
+
+def test_a_telnet_command_flood_is_closed_before_and_after_login() -> None:
+    """More than max_telnet_commands in a second: closed (IAC NOP floods stalled the reactor, issue 9)."""
+    h = Harness(max_telnet_commands=20)
+    proto, transport = h.connect("198.51.100.9")
+    take(transport)
+    proto.dataReceived(bytes((IAC, WILL, 31)) + bytes((IAC, 241)) * 19)
+    assert not transport.disconnecting
+    proto.dataReceived(bytes((IAC, 241)) * 1000)
+    assert take(transport).endswith(b"error: too many telnet commands; goodbye\r\n")
+    assert transport.disconnecting
+
+    alice, alice_t = h.login("alice")
+    alice.dataReceived(bytes((IAC, WILL, 31)))
+    h.clock.advance(1)  # the bucket refills: a slow trickle is fine
+    alice.dataReceived(bytes((IAC, 241)) * 20)
+    assert not alice_t.disconnecting
+    alice.dataReceived(bytes((IAC, 241)) * 5)
+    assert alice_t.disconnecting and take(alice_t).endswith(b"error: too many telnet commands; goodbye\r\n")
+
+
+# ------------------------------------------------------- commands, events
+
+
+def test_commands_registered_with_the_factory_are_typed_and_listed() -> None:
+    """ChatFactory(commands=...) adds to the same table: the command runs, /help lists it."""
+    from boatwist.chat.commands import Command as ChatCommand, CommandContext
+
+    def controls(ctx: CommandContext, arg: str) -> None:
+        ctx.reply(f"pump on ({ctx.user})")
+
+    h = Harness()
+    h.factory = ChatFactory(h.room, h.presence, h.tracker, h.auth, h.clock, h.settings,
+                            commands={"controls": ChatCommand(controls, "/controls", ("the device's controls",))})
+    h.listener = h.tracker.wrap(h.factory, Kind.CHAT)
+    alice, transport = h.login()
+    alice.dataReceived(b"/controls\n/help\n")
+    out = lines(transport)
+    assert out[0] == "pump on (alice)"
+    assert "  /controls       the device's controls" in out and "  /yes            confirm what you were just asked" in out
+
+
+def test_operations_reach_the_terminal_and_sensor_values_do_not() -> None:
+    """A control event is a '* ...' line; a value event (a sensor poll) is not shown."""
+    h = Harness()
+    _, transport = h.login()
+    h.hub.publish("value", {"control": "temperature", "value": 20.5, "quality": "good", "at": 1.0})
+    h.hub.publish("control", {"id": 3, "user": "bob", "control": "reset", "type": "action", "result": "ok",
+                              "via": "web", "at": 1.0})
+    assert lines(transport) == ["* bob pressed reset"]

@@ -8,17 +8,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from boatwist.chat.room import (
-    REASON_WORDS,
-    ChatRoom,
-    EmptyMessage,
-    MessageTooLong,
-    NotSaved,
-    RateLimited,
-    presence_sentence,
-    reason_words,
-    refusal_sentence,
-)
+from boatwist.chat.lines import REASON_WORDS, presence_sentence, reason_words, refusal_sentence
+from boatwist.chat.room import ChatRoom, EmptyMessage, MessageTooLong, NotSaved, RateLimited
 from boatwist.config import ChatSettings
 from boatwist.events import Event, EventHub
 from boatwist.store.service import Message, StoreError, StoreFull
