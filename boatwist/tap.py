@@ -143,7 +143,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     core.heartbeat.setServiceParent(top)
     core.heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, core.presence).check)
     # After the store (the recorded values are read on its thread, after it opened).
-    ControlsService(core.controls).setServiceParent(closing)
+    controls = ControlsService(core.controls)
+    controls.setServiceParent(closing)
 
     # -- authentication
     def audit(kind: str, user: str, address: str, detail: str) -> None:
@@ -160,8 +161,18 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         from boatwist.mqtt.bridge import MqttBridgeService
         from boatwist.mqtt.device import CoreDevice, PipelineOperator
 
+        # It connects once the controls were read: its first snapshot (retained state,
+        # Home Assistant discovery) must be the whole device, not an empty registry.
+        controls_read: Deferred[None] = Deferred()
+
+        def read(result: object) -> object:
+            controls_read.callback(None)
+            return result
+
+        controls.started.addBoth(read)
         bridge = MqttBridgeService(settings.mqtt, core.hub, CoreDevice(core, settings.mqtt.user or "mqtt"),
-                                   PipelineOperator(core) if settings.mqtt.commands else None, reactor, state_dir)
+                                   PipelineOperator(core) if settings.mqtt.commands else None, reactor, state_dir,
+                                   ready=controls_read)
         bridge.setServiceParent(top)
         core.metrics.add_source(bridge.stats_metrics)
 

@@ -103,7 +103,14 @@ class MqttBridgeService(Service):
     def __init__(self, settings: MqttSettings, hub: EventSource, state: DeviceState, operator: Operator | None,
                  reactor: IReactorTime, state_dir: Path, *, endpoint: IStreamClientEndpoint | None = None,
                  backoff: Backoff | None = None, wall_clock: Callable[[], float] = time.time,
-                 window: int = 20, stop_timeout: float = 3.0) -> None:
+                 window: int = 20, stop_timeout: float = 3.0, ready: Deferred[None] | None = None) -> None:
+        """
+        C{ready}: fires once the device C{state} describes is there (the daemon's
+        controls read for the first time); the bridge connects only then, so the
+        first retained snapshot and the discovery configs are the whole device,
+        not the empty registry of a daemon still opening its store.  Events
+        before it wait in the queue.  C{None}: connect at once.
+        """
         if settings.commands and (operator is None or not settings.user):
             raise ValueError("[mqtt] commands = yes needs an operator and [mqtt] user")
         self.settings = settings
@@ -129,6 +136,7 @@ class MqttBridgeService(Service):
         self._ever_connected = False
         self._offline_mid: int | None = None
         self._offline_acked: Deferred[None] | None = None
+        self._ready = ready
 
     def stats_metrics(self) -> Iterator[Metric]:
         """The bridge's counters as Prometheus families (L{boatwist.metrics.Metrics.add_source})."""
@@ -164,7 +172,17 @@ class MqttBridgeService(Service):
         )
         self._unsubscribe = self.hub.subscribe(self._on_event)
         self._log.info("MQTT bridge to {broker} as {prefix}", broker=settings.broker_address, prefix=self.topics.prefix)
-        self._link.start()
+        if self._ready is None:
+            self._link.start()
+        else:
+            link = self._link
+
+            def start(result: object) -> object:
+                if self.running and self._link is link:
+                    link.start()
+                return result
+
+            self._ready.addBoth(start)
 
     def stopService(self) -> Deferred[None]:
         """Say ``offline`` (and wait for the broker to have it, within a bound), then disconnect."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mqtt_fakes import FakeDeviceState, FakeOperator
 from mqtt_memory import CONNACK, Connection, MemoryEndpoint, puback, publish
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from boatwist.events import EventHub
@@ -23,7 +24,7 @@ P = "boatwist/press-7"
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, **settings: object) -> None:
+    def __init__(self, tmp_path: Path, ready: Deferred[None] | None = None, **settings: object) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         self.endpoint = MemoryEndpoint()
@@ -34,7 +35,7 @@ class Rig:
         self.settings = MqttSettings(**fields)  # type: ignore[arg-type]
         self.bridge = MqttBridgeService(self.settings, self.hub, self.state, self.operator, self.clock, tmp_path,
                                         endpoint=self.endpoint, backoff=Backoff(1.0, 4.0, chance=lambda: 0.999),
-                                        wall_clock=self.clock.seconds, window=3)
+                                        wall_clock=self.clock.seconds, window=3, ready=ready)
 
     def turn(self) -> None:
         for _ in range(4):
@@ -296,3 +297,39 @@ def test_events_in_flight_when_the_connection_drops_are_sent_again_first(tmp_pat
             texts.append(json.loads(p)["text"])
     assert texts == ["0", "1", "2", "3", "4", "5"]
     assert rig.bridge.stats.queued == 0
+
+
+def test_nothing_is_published_before_the_device_is_ready(tmp_path: Path) -> None:
+    """
+    With C{ready} (the daemon's controls read for the first time) the bridge does not connect before it
+    fires: a snapshot taken earlier would be an empty registry -- no discovery configs, no retained state
+    of controls that never send an event (actions) -- and nothing would ever correct it.  Events before it
+    wait in the queue and go out, in order, after the whole snapshot.
+    """
+    ready: Deferred[None] = Deferred()
+    rig = Rig(tmp_path, ready=ready, discovery="homeassistant")
+    controls, rig.state.controls = rig.state.controls, []  # the registry before the store answered
+    rig.bridge.startService()
+    rig.turn()
+    rig.hub.publish("value", {"control": "temp", "value": 21.5, "quality": "good", "at": 1.0})
+    rig.turn()
+    assert rig.endpoint.attempts == 0 and rig.bridge.stats.queued == 1
+
+    rig.state.controls = controls
+    ready.callback(None)
+    conn = rig.connect()
+    sent = [t for t, p, *_ in rig.drain(conn) if p]
+    assert "homeassistant/binary_sensor/press-7/pump/config" in sent and f"{P}/controls/reset" in sent
+    assert sent.index(f"{P}/events/value") > sent.index(f"{P}/controls/temp")
+
+
+def test_a_stop_before_the_device_is_ready_never_connects(tmp_path: Path) -> None:
+    """Stopped while waiting for C{ready}: the stop ends at once and a late C{ready} starts nothing."""
+    ready: Deferred[None] = Deferred()
+    rig = Rig(tmp_path, ready=ready)
+    rig.bridge.startService()
+    stopped = rig.bridge.stopService()
+    assert stopped.called
+    ready.callback(None)
+    rig.turn()
+    assert rig.endpoint.attempts == 0
