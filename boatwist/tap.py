@@ -29,6 +29,7 @@ from boatwist import __version__
 from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
 from boatwist.auth.portal import build_authentication
 from boatwist.auth.watch import CredentialWatch
+from boatwist.chat.device import device_commands
 from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
 from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
@@ -182,7 +183,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
 
-        chat = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor, settings.chat)
+        chat = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor, settings.chat,
+                           commands=device_commands(core))
         _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT)).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,

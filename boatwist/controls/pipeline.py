@@ -143,7 +143,9 @@ class Pipeline:
                 return defer.succeed(Outcome(428, error=error, detail={
                     "confirm": question.token, "question": question.question, "expires_in": question.expires_in,
                     "control": spec.name, "value": value}))
-        return state.lock.run(self._write, state, user, value, via, None)
+        # Before the controls were read at start, an operation waits for them (not a 404, not a failure).
+        ready = self._controls.when_ready()
+        return ready.addCallback(lambda _: state.lock.run(self._write, state, user, value, via, None))
 
     def safe_state(self, user: str, reason: str, names: tuple[str, ...] | None = None) -> Deferred[list[Outcome]]:
         """

@@ -110,8 +110,12 @@ class Controls:
         self._clock = clock
         self._wall = wall
         self._observe = observe
-        self._states: dict[str, ControlState] = {}
+        # Every control is known (and listed, quality stale) from the start; its
+        # backend is built once the recorded values are read (L{start}).
+        self._states: dict[str, ControlState] = {spec.name: ControlState(spec, _Starting(spec)) for spec in specs}
         self._pollers: list[LoopingCall] = []
+        self._ready = False
+        self._waiting: list[Deferred[None]] = []
 
     # ------------------------------------------------------------ queries
 
@@ -127,6 +131,14 @@ class Controls:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self._specs)
+
+    def when_ready(self) -> Deferred[None]:
+        """Fires once every control has its backend (at once after start): operations wait for it."""
+        if self._ready:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
 
     def quality_of(self, state: ControlState) -> Quality:
         """The quality now: a good value whose poll is overdue has gone stale."""
@@ -181,7 +193,8 @@ class Controls:
         for spec in self._specs:
             last = recorded.get(spec.name)
             restored = last.value if last is not None and isinstance(spec.backend, MemorySpec) else None
-            state = ControlState(spec, self._backends.build(spec, restored=restored))
+            state = self._states[spec.name]
+            state.backend = self._backends.build(spec, restored=restored)
             if last is not None and spec.type.has_value:
                 # What it was last set to: a first reading that differs was changed outside boatwist.
                 state.value, state.changed_at, state.changed_by = last.value, last.changed_at, last.changed_by
@@ -197,6 +210,11 @@ class Controls:
                 poller.clock = self._clock
                 poller.start(spec.poll, now=False)
                 self._pollers.append(poller)
+        # Operations may run now (each waits for its control's lock, so after the first read).
+        self._ready = True
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(None)
         return defer.gatherResults(reads).addCallback(lambda _: None)
 
     def stop(self) -> Deferred[None]:
@@ -268,6 +286,24 @@ class Controls:
                                     "quality": self.quality_of(state).value, "error": state.error,
                                     "changed_at": state.changed_at, "changed_by": state.changed_by,
                                     "at": self._wall()})
+
+
+class _Starting:
+    """A control's backend until the real one is built: nothing is read or written before that."""
+
+    readable = False
+
+    def __init__(self, spec: ControlSpec) -> None:
+        self._spec = spec
+
+    def read(self) -> Deferred[Value]:
+        return defer.fail(BackendError(f"{self._spec.name}: boatwist is starting"))
+
+    def write(self, value: Value) -> Deferred[None]:
+        return defer.fail(BackendError(f"{self._spec.name}: boatwist is starting"))
+
+    def close(self) -> Deferred[None]:
+        return defer.succeed(None)
 
 
 class ControlsService(Service):
