@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pagebase import PageBase
+
 _GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -349,7 +351,11 @@ class Chromium:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-class Page:
+#: Key name -> (virtual key code, text typed).
+_KEYS = {"Enter": (13, "\r"), "Tab": (9, "\t"), "Escape": (27, ""), "Backspace": (8, "")}
+
+
+class Page(PageBase):
     """
     One tab in its own browser context (own cookies and HTTP auth cache),
     attached as a flat session, that answers HTTP authentication the way an
@@ -363,15 +369,12 @@ class Page:
     collected from the start, before the first navigation.
     """
 
+    browser = "chromium"
+
     def __init__(self, cdp: CDP, credentials: tuple[str, str] | None, allowed_host: str = "127.0.0.1",
                  width: int = 1280, height: int = 900, max_auth: int = 20) -> None:
+        super().__init__(credentials, allowed_host, max_auth)
         self.cdp = cdp
-        self.credentials = credentials
-        self.allowed_host = allowed_host
-        self.max_auth = max_auth
-        self.auth_challenges: list[dict] = []
-        self.blocked: list[str] = []
-        self.requests: list[str] = []
         self.context = cdp.call("Target.createBrowserContext", {"disposeOnDetach": True})["browserContextId"]
         self.target = cdp.call("Target.createTarget", {"url": "about:blank", "browserContextId": self.context})["targetId"]
         self.session = cdp.call("Target.attachToTarget", {"targetId": self.target, "flatten": True})["sessionId"]
@@ -381,16 +384,24 @@ class Page:
         for domain in ("Runtime", "Log", "Page", "Audits", "Network"):
             self.call(f"{domain}.enable")
         self.call("Fetch.enable", {"handleAuthRequests": True, "patterns": [{"urlPattern": "*"}]})
+        cdp.on("Network.requestWillBeSentExtraInfo", self._sent, s)
+        self.set_viewport(width, height)
+
+    def set_viewport(self, width: int, height: int) -> None:
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def _sent(self, p: dict) -> None:
+        url = next((q["request"]["url"] for q in reversed(self.events("Network.requestWillBeSent"))
+                    if q["requestId"] == p["requestId"]), "")
+        self.sent.append((url, {k.lower(): v for k, v in p["headers"].items()}))
 
     # -- the request interception that authenticates
 
     def _paused(self, p: dict) -> None:
         url = p["request"]["url"]
         self.requests.append(f"{p['request']['method']} {url}")
-        host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-        if url.startswith(("http://", "https://", "ws://", "wss://")) and host != self.allowed_host:
+        if self.foreign(url):
             self.blocked.append(url)
             self.cdp.send("Fetch.failRequest", {"requestId": p["requestId"], "errorReason": "BlockedByClient"},
                           self.session)
@@ -399,10 +410,11 @@ class Page:
 
     def _auth(self, p: dict) -> None:
         self.auth_challenges.append(dict(p["authChallenge"], url=p["request"]["url"]))
-        if self.credentials is None or len(self.auth_challenges) > self.max_auth:
+        credentials = self.credentials
+        if credentials is None or len(self.auth_challenges) > self.max_auth:
             answer: dict[str, Any] = {"response": "CancelAuth"}  # a loop of refusals ends here
         else:
-            user, password = self.credentials
+            user, password = credentials
             answer = {"response": "ProvideCredentials", "username": user, "password": password}
         self.cdp.send("Fetch.continueWithAuth", {"requestId": p["requestId"], "authChallengeResponse": answer},
                       self.session)
@@ -431,34 +443,43 @@ class Page:
             raise CDPError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 10.0, what: str | None = None) -> Any:
-        """Poll C{expression} (bounded) until it is truthy; return its value."""
-        deadline = time.monotonic() + timeout
-        value = None
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{what or expression} not true within {timeout} s (last value {value!r})")
-            time.sleep(0.05)  # bounded poll of the live page
-
-    def text(self, selector: str) -> str:
-        return self.evaluate(f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent || ''")
-
-    def texts(self, selector: str) -> list[str]:
-        return self.evaluate(f"Array.from(document.querySelectorAll({json.dumps(selector)}), e => e.textContent)")
-
     def screenshot(self, path: Path) -> bytes:
         data = base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"}, 20)["data"])
         path.write_bytes(data)
         return data
+
+    def type_text(self, text: str) -> None:
+        """Type C{text} into the focused element (as an input method commits it)."""
+        self.call("Input.insertText", {"text": text})
+
+    def press(self, key: str) -> None:
+        """Press and release a named key (``Enter``, ``Tab``, ``Escape``, ``Backspace``)."""
+        code, text = _KEYS[key]
+        spec = {"key": key, "code": key, "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code}
+        self.call("Input.dispatchKeyEvent", {"type": "keyDown", **({"text": text} if text else {}), **spec})
+        self.call("Input.dispatchKeyEvent", {"type": "keyUp", **spec})
+
+    def cookies(self) -> list[dict]:
+        return self.cdp.call("Storage.getCookies", {"browserContextId": self.context})["cookies"]
 
     # -- what the page said
 
     def events(self, method: str) -> list[dict]:
         with self.cdp._cond:
             return [p for s, m, p in self.cdp.events if s == self.session and m == method]
+
+    def authorization_headers(self) -> list[str]:
+        """The Authorization headers Chromium actually sent (Network.requestWillBeSentExtraInfo)."""
+        return [h["authorization"] for _url, h in list(self.sent) if "authorization" in h]
+
+    def document_headers(self) -> list[dict[str, str]]:
+        return [{k.lower(): v for k, v in p["response"]["headers"].items()}
+                for p in self.events("Network.responseReceived")
+                if p["type"] == "Document" and p["response"]["status"] == 200]
+
+    @property
+    def handler_errors(self) -> list[str]:
+        return self.cdp.handler_errors
 
     def problems(self) -> list[str]:
         """Console errors and warnings, log errors and warnings, exceptions, CSP issues: one line each."""

@@ -1,6 +1,7 @@
 """
-The operators' page in a real browser (headless Chromium over CDP) against
-the real daemon: the 401 handshake as a browser does it, live presence and
+The operators' page in real browsers (headless Chromium over CDP, headless
+Firefox ESR over WebDriver BiDi; each test runs in both) against the real
+daemon: the 401 handshake as a browser does it, live presence and
 chat over the event stream, the CSRF check passed by a same-origin POST,
 a clean console under the strict CSP, and a screenshot to look at.
 """
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cdp import Page
 from daemon import Daemon, SSEReader
+from pagebase import PageBase as Page
 
 pytestmark = pytest.mark.browser
 
@@ -103,10 +104,8 @@ def close_like_a_browser(reader: SSEReader) -> None:
 def type_and_submit(page: Page, text: str) -> None:
     """Focus #text, type C{text} as keyboard input, press Enter (implicit form submission)."""
     page.evaluate("document.getElementById('text').focus()")
-    page.call("Input.insertText", {"text": text})
-    enter = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13}
-    page.call("Input.dispatchKeyEvent", {"type": "keyDown", "text": "\r", **enter})
-    page.call("Input.dispatchKeyEvent", {"type": "keyUp", **enter})
+    page.type_text(text)
+    page.press("Enter")
 
 
 def offered_digest_algorithms(daemon: Daemon) -> list[str]:
@@ -130,13 +129,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def authorization_headers(page: Page) -> list[str]:
-    """The Authorization headers Chromium actually sent (Network.requestWillBeSentExtraInfo)."""
-    out = []
-    for p in page.events("Network.requestWillBeSentExtraInfo"):
-        for name, value in p["headers"].items():
-            if name.lower() == "authorization":
-                out.append(value)
-    return out
+    """The Authorization headers the browser actually sent."""
+    return page.authorization_headers()
 
 
 # -------------------------------------------------------------------- tests
@@ -169,7 +163,7 @@ def test_page_loads_after_the_digest_handshake(make_daemon, open_page) -> None:
     assert sent and all(h.startswith("Digest ") for h in sent), sent
     used = re.search(r"algorithm=([\w-]+)", sent[0])
     assert 'username="alice"' in sent[0] and used and used.group(1) in offered, sent[0]
-    print(f"server offered Digest {offered}; Chromium answered with {used.group(1)}")
+    print(f"server offered Digest {offered}; {page.browser} answered with {used.group(1)}")
     assert page.blocked == []
 
 
@@ -216,8 +210,7 @@ def test_chat_reaches_the_page_and_the_page_posts(daemon, open_page) -> None:
     posts = [r for r in page.requests if r.startswith("POST ")]
     assert posts == [f"POST {daemon.url}/api/chat"], posts
     # What the CSRF check judged: the browser's own Origin and Sec-Fetch-Site.
-    sent = [{k.lower(): v for k, v in p["headers"].items()} for p in page.events("Network.requestWillBeSentExtraInfo")
-            if any(k.lower() == "content-type" for k in p["headers"])]
+    sent = [headers for _url, headers in page.sent if "content-type" in headers]
     assert sent and sent[-1].get("origin") == daemon.url and sent[-1].get("sec-fetch-site") == "same-origin", sent
 
 
@@ -259,10 +252,9 @@ def test_no_console_errors_and_no_csp_violations(daemon, open_page) -> None:
     page = open_page(daemon, "alice")
     wait_stream_open(daemon, "alice")
 
-    documents = [p["response"] for p in page.events("Network.responseReceived")
-                 if p["type"] == "Document" and p["response"]["status"] == 200]
+    documents = page.document_headers()
     assert documents, "no document response seen"
-    policy = {k.lower(): v for k, v in documents[0]["headers"].items()}.get("content-security-policy", "")
+    policy = documents[0].get("content-security-policy", "")
     assert "script-src 'self'" in policy and "style-src 'self'" in policy, policy
 
     bob = SSEReader("127.0.0.1", daemon.http_port, "bob", "bob-pw")
@@ -276,7 +268,7 @@ def test_no_console_errors_and_no_csp_violations(daemon, open_page) -> None:
     type_and_submit(page, "and back")
     wait_text(page, "#messages li", "<alice> and back")
     assert page.problems() == []
-    assert page.cdp.handler_errors == []
+    assert page.handler_errors == []
 
     # The control: the same collector sees a CSP violation and an exception.
     page.evaluate("(() => { const s = document.createElement('script'); s.textContent = 'window.ran = 1';"
