@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from boatwist import __version__
+from boatwist.auth.digest import NONCE_KEY_FILE, persistent_key
 from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
 from boatwist.auth.portal import build_authentication
 from boatwist.auth.watch import CredentialWatch
@@ -144,10 +145,12 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
-                                lambda user: OperatorRoot(core, user))
+                                lambda user: OperatorRoot(core, user),
+                                nonce_key=persistent_key(state_dir / NONCE_KEY_FILE))
+    auth.offer.state()  # logs what is offered and which users limit it
 
     # -- listeners
-    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top)
+    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
