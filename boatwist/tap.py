@@ -195,7 +195,7 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file)
+                                     access_log=access_file, secure_hosts=settings.http.hosts or None)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
 
 

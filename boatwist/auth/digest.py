@@ -422,8 +422,11 @@ class DigestAuthority:
         if not hmac.compare_digest(params["realm"], self._realm_bytes):
             raise error.LoginFailed("Digest realm does not match")
         uri = getattr(request, "uri", None)
-        if not isinstance(uri, bytes) or params["uri"] != uri:
+        # An absolute-form target (GET http://host/p) is served as /p; the client signed what it sent.
+        sent = getattr(request, "boatwist_target", None)
+        if not isinstance(uri, bytes) or params["uri"] not in (uri, sent):
             raise error.LoginFailed("Digest uri does not match the request")
+        uri = params["uri"]
         if not _NC.fullmatch(params["nc"]):
             raise error.LoginFailed("Digest nc is not 8 hex digits")
         nc = int(params["nc"], 16)
