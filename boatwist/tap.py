@@ -31,7 +31,7 @@ from boatwist.auth.portal import build_authentication
 from boatwist.auth.watch import CredentialWatch
 from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
-from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
+from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, load_config, plain_endpoint, ssl_files
 from boatwist.core import Core, build_core
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
@@ -73,7 +73,7 @@ class Options(usage.Options):
 
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
     """A service listening on the endpoint of C{[server] key}."""
-    description = getattr(settings.server, key)
+    description = plain_endpoint(getattr(settings.server, key))
     endpoint: IStreamServerEndpoint
     if description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
@@ -149,13 +149,17 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
                                 nonce_key=persistent_key(state_dir / NONCE_KEY_FILE))
     auth.offer.state()  # logs what is offered and which users limit it
 
-    # -- listeners
+    # -- listeners (the automatic TLS certificate first: any of them may serve it)
+    _make_automatic_certificate(settings)
     _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
 
-        chat = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor, settings.chat)
+        chat: IProtocolFactory = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor,
+                                             settings.chat)
+        if is_tls(settings.server.chat):  # chat = tls:PORT: the https certificate, TLS put on by us
+            chat = _with_tls(settings, chat)
         _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT)).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
@@ -178,17 +182,9 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
                         secure_hosts=settings.http.hosts or None)
     if settings.server.https:
-        from boatwist.tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
-
-        try:
-            cert, key = certificate_files(settings.server)
-            if settings.server.certificate == "auto":
-                _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
-            https_factory: IProtocolFactory = site
-            if not settings.server.https.startswith("ssl:"):
-                https_factory = wrap_tls(site, server_tls_options(cert, key))
-        except TLSConfigError as e:
-            _fail(str(e))
+        https_factory: IProtocolFactory = site
+        if not settings.server.https.startswith("ssl:"):
+            https_factory = _with_tls(settings, site)
         _listen(reactor, settings, "https", core.tracker.wrap(https_factory, Kind.HTTP)).setServiceParent(top)
     if settings.server.http:
         http_site = site
@@ -197,6 +193,42 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
                                      access_log=access_file, secure_hosts=settings.http.hosts or None)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
+
+
+def _make_automatic_certificate(settings: Settings) -> None:
+    """
+    Make (or check) the automatic certificate in state_dir before anything
+    listens, when a listener uses it: https or a tls: endpoint with
+    C{[server] certificate = auto}, or an ssl: endpoint naming its files
+    (which do not exist on first start).  Logs its fingerprint.
+    """
+    from boatwist.tls import TLSConfigError, certificate_files, ensure_self_signed, fingerprint
+
+    server = settings.server
+    automatic = server.certificate.strip().lower() == "auto"
+    wanted = automatic and (bool(server.https) or is_tls(server.chat))
+    tls_dir = (server.state_dir / "tls").resolve()
+    for description in (server.http, server.https, server.chat):
+        if description.startswith("ssl:"):
+            wanted = wanted or any(Path(f).resolve().parent == tls_dir for f in ssl_files(description).values())
+    if not wanted:
+        return
+    try:
+        cert, _key = certificate_files(server) if automatic else ensure_self_signed(server.state_dir)
+    except TLSConfigError as e:
+        _fail(str(e))
+    _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
+
+
+def _with_tls(settings: Settings, factory: IProtocolFactory) -> IProtocolFactory:
+    """C{factory} behind TLS with the certificate of C{[server] certificate} (https, chat = tls:)."""
+    from boatwist.tls import TLSConfigError, certificate_files, server_tls_options, wrap_tls
+
+    try:
+        cert, key = certificate_files(settings.server)
+        return wrap_tls(factory, server_tls_options(cert, key))
+    except TLSConfigError as e:
+        _fail(str(e))
 
 
 def systemd_endpoint(reactor: Any, where: str, description: str, environ: dict[str, str] | None = None) -> Any:
