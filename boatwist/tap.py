@@ -106,10 +106,12 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     # -- users
     password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm, state_dir)
     if password is not None:
+        # Never the password itself: twistd --logfile creates its log world-readable (0644), and logs
+        # are shipped and kept.  The file is 0600, readable by the daemon's user (and root) only.
         _log.warn(
-            "created user 'admin' with password {password} (also in {path}, mode 0600); "
-            "change it with embweb-passwd",
-            password=password, path=state_dir / "initial-admin-password",
+            "created user 'admin' with a random password, written to {path} (mode 0600): log in with it, "
+            "change it with embweb-passwd passwd admin, then delete the file",
+            path=str(state_dir / "initial-admin-password"),
         )
     try:
         # A changed users file takes effect within a second (embweb-passwd, a hand edit).
