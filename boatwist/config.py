@@ -583,6 +583,9 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(f"{s.source}: [server] redirect_http = yes: expected [server] https to be set too")
     if not (s.server.http or s.server.https):
         raise ConfigError(f"{s.source}: [server] http and https are both empty: expected at least one listener")
+    if is_tls(s.server.http):
+        raise ConfigError(f"{s.source}: [server] http = {s.server.http!r}: the plain HTTP listener takes no TLS; "
+                          f"expected tcp:PORT here and tls:PORT in [server] https")
     _check_ssl_files(s)
     if s.admission.max_connections_per_user > s.admission.max_connections:
         raise ConfigError(

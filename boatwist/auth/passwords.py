@@ -312,10 +312,10 @@ class UserDatabase:
                 if algorithm == "MD5" and (user, realm, "SHA-256") not in ha1
             )
             if md5_only:
-                # htdigest writes MD5 only; clients pick the SHA-256 challenge (offered first).
+                # htdigest writes MD5 only.  What that does to the offer is logged by boatwist.auth.offer.
                 self._log.warn(
-                    "{path}: no SHA-256 HA1 for {users}: Digest clients that choose SHA-256 "
-                    "(current browsers, curl) cannot log in as them; set their passwords with embweb-passwd",
+                    "{path}: no SHA-256 HA1 for {users} (written by htdigest?): Digest SHA-256 cannot be "
+                    "offered while they have none; set their passwords with embweb-passwd passwd USER",
                     path=str(self.digest_path), users=", ".join(md5_only),
                 )
 
