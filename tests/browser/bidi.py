@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from cdp import _REAPER, WebSocket
+from cdp import _REAPER, WebSocket, end_browser
 from pagebase import PageBase
 
 
@@ -116,7 +115,10 @@ class BiDi:
 
     def on(self, method: str, handler: Callable[[dict], None]) -> None:
         """Run C{handler(params)} on the reader thread for every C{method} event."""
-        self._handlers.setdefault(method, []).append(handler)
+        self._handlers[method] = [*self._handlers.get(method, []), handler]  # the reader iterates a snapshot
+
+    def off(self, method: str, handler: Callable[[dict], None]) -> None:
+        self._handlers[method] = [h for h in self._handlers.get(method, []) if h != handler]
 
     def wait_event(self, method: str, predicate: Callable[[dict], bool] = lambda p: True,
                    timeout: float = 10.0) -> dict:
@@ -262,26 +264,15 @@ class Firefox:
 
     def close(self) -> None:
         """
-        End the session (browser.close), then SIGTERM and at last SIGKILL
-        the whole process group, until the reaper reports every process of
-        it gone; remove the profile and HOME.
+        Close the browser (browser.close), then end every process of it
+        (cdp.end_browser); remove the profile and HOME.
         """
         if self.bidi is not None and self.bidi.closed is None:
             try:
                 self.bidi.send("browser.close")
             except OSError:
                 pass
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-            try:
-                self.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_browser(self.proc)
         if self.bidi is not None:
             self.bidi.close()
         self._log.close()
@@ -338,7 +329,8 @@ class Page(PageBase):
 
     Console messages, JavaScript errors and CSP violations (Firefox reports
     them as ``log.entryAdded`` of type ``javascript``) are collected from
-    the start, before the first navigation.
+    the start, before the first navigation.  Requests and dialogs of
+    frames inside the page are not looked at (the console has none).
     """
 
     browser = "firefox"
@@ -497,8 +489,11 @@ class Page(PageBase):
         return self.bidi.handler_errors
 
     def close(self) -> None:
+        self.bidi.off("network.authRequired", self._auth)
+        self.bidi.off("network.beforeRequestSent", self._before_request)
         for command, params in [
             *[("network.removeIntercept", {"intercept": i}) for i in self._intercepts],
+            *([("session.unsubscribe", {"subscriptions": [self._subscription]})] if self._subscription else []),
             ("browser.removeUserContext", {"userContext": self.user_context}),
         ]:
             try:

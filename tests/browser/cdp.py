@@ -271,6 +271,74 @@ sys.exit(status if status >= 0 else 128 - status)
 """
 
 
+def process_tree(root: int, include_root: bool = False) -> dict[int, str]:
+    """
+    Every live descendant of C{root} (and C{root} itself if
+    C{include_root}): pid -> start time (Linux /proc), so a
+    pid reused later is not mistaken for it.  Browsers start helpers in
+    sessions of their own (Chromium's crashpad handlers, Firefox's
+    crashhelper), which a signal to the browser's process group misses.
+    """
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    found: dict[int, str] = {}
+    if include_root:
+        found.update((pid, start) for ppid, kids in children.items() for pid, start in kids if pid == root)
+    todo = [root]
+    while todo:
+        for pid, start in children.get(todo.pop(), []):
+            found[pid] = start
+            todo.append(pid)
+    return found
+
+
+def still_running(snapshot: dict[int, str]) -> list[int]:
+    """The processes of a L{process_tree} snapshot that still run (zombies count as gone)."""
+    alive = []
+    for pid, start in snapshot.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def end_browser(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """
+    After the browser was asked to close: SIGTERM and at last SIGKILL the
+    reaper's process group until the reaper reports every process of it
+    gone, then SIGKILL whatever descendant lives on in another session.
+    """
+    tree = process_tree(proc.pid) if proc.poll() is None else {}
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                os.killpg(proc.pid, sig)  # the reaper ignores SIGTERM; the browser's processes do not
+            except ProcessLookupError:
+                break
+        try:
+            proc.wait(timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for pid in still_running(tree):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.wait(timeout)
+
+
 class Chromium:
     """A headless Chromium with a fresh profile, driven over CDP."""
 
@@ -325,26 +393,15 @@ class Chromium:
 
     def close(self) -> None:
         """
-        Close the browser (Browser.close), then SIGTERM and at last SIGKILL
-        its whole process group, until the reaper reports every process of
-        it gone.
+        Close the browser (Browser.close), then end every process of it
+        (L{end_browser}) and remove the profile.
         """
         if self.cdp is not None and self.cdp.closed is None:
             try:
                 self.cdp.send("Browser.close")
             except OSError:
                 pass
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if sig is not None:
-                try:
-                    os.killpg(self.proc.pid, sig)  # the reaper ignores SIGTERM; the browser's processes do not
-                except ProcessLookupError:
-                    break
-            try:
-                self.proc.wait(5)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        end_browser(self.proc)
         if self.cdp is not None:
             self.cdp.close()
         self._log.close()
