@@ -315,10 +315,82 @@ def _endpoint(optional: bool) -> Parser:
             if optional:
                 return ""
             raise ConfigError("expected a Twisted endpoint string like tcp:8080:interface=127.0.0.1")
-        check_endpoint(text)
+        if text.startswith("ssl:"):
+            # Its files are checked with the whole [server] section (_check_ssl_files): the
+            # automatic certificate in state_dir may not exist yet.
+            return text
+        check_endpoint(plain_endpoint(text))
         return text
 
     return parse
+
+
+def plain_endpoint(description: str) -> str:
+    """
+    The stream endpoint under C{description}: C{tls:PORT[:options]} is
+    C{tcp:PORT[:options]} with TLS put on top by boatwist, using the
+    certificate of C{[server] certificate} (the automatic one by default),
+    as the https listener always does.
+    """
+    return "tcp:" + description[4:] if description.startswith("tls:") else description
+
+
+def is_tls(description: str) -> bool:
+    """Whether boatwist puts TLS on the endpoint C{description} itself (C{tls:}; not C{ssl:}, Twisted's own)."""
+    return description.startswith("tls:")
+
+
+#: Options of Twisted's ssl: server endpoint that name files.
+_SSL_FILE_OPTIONS = ("privateKey", "certKey", "extraCertChain", "dhParameters")
+
+
+def ssl_files(description: str) -> dict[str, str]:
+    """The files an C{ssl:} endpoint names, by option (certKey defaults to privateKey, as in Twisted)."""
+    import re
+
+    fields = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)[1:]]
+    options = dict(field.split("=", 1) for field in fields if "=" in field)
+    files = {name: options[name] for name in _SSL_FILE_OPTIONS if options.get(name)}
+    if "privateKey" in files and "certKey" not in files:
+        files["certKey"] = files["privateKey"]
+    return files
+
+
+def _check_ssl_files(settings: Settings) -> None:
+    """
+    An C{ssl:} listener's files must exist -- except the automatic
+    certificate and key in C{state_dir/tls/}, which the daemon makes before
+    it listens -- and a missing one is named (Twisted's own message says
+    only that the endpoint string is wrong).  When they all exist, Twisted
+    checks the whole endpoint.
+    """
+    from .tls import CERT_FILE, KEY_FILE, TLS_DIRECTORY
+
+    s = settings
+    automatic = {(s.server.state_dir / TLS_DIRECTORY / name).resolve() for name in (CERT_FILE, KEY_FILE)}
+    for key in ("http", "https", "chat"):
+        description = getattr(s.server, key)
+        if not description.startswith("ssl:"):
+            continue
+        where = f"{s.source}: [server] {key} = {description!r}"
+        files = ssl_files(description)
+        if "privateKey" not in files:
+            raise ConfigError(f"{where}: expected privateKey=FILE (and certKey=FILE), or use tls:PORT for the "
+                              f"certificate of [server] certificate")
+        pending = False
+        for option, name in files.items():
+            path = Path(name)
+            if path.exists():
+                continue
+            if path.resolve() in automatic and option in ("privateKey", "certKey"):
+                pending = True  # made on first start, before the listeners
+                continue
+            raise ConfigError(f"{where}: {option} file {name!r} does not exist")
+        if not pending:
+            try:
+                check_endpoint(description)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
 
 
 def check_endpoint(description: str) -> None:
@@ -544,6 +616,10 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(f"{s.source}: [server] redirect_http = yes: expected [server] https to be set too")
     if not (s.server.http or s.server.https):
         raise ConfigError(f"{s.source}: [server] http and https are both empty: expected at least one listener")
+    if is_tls(s.server.http):
+        raise ConfigError(f"{s.source}: [server] http = {s.server.http!r}: the plain HTTP listener takes no TLS; "
+                          f"expected tcp:PORT here and tls:PORT in [server] https")
+    _check_ssl_files(s)
     if s.admission.max_connections_per_user > s.admission.max_connections:
         raise ConfigError(
             f"{s.source}: [admission] max_connections_per_user = {s.admission.max_connections_per_user}: "

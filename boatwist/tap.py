@@ -26,13 +26,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from boatwist import __version__
+from boatwist.auth.digest import NONCE_KEY_FILE, persistent_key
 from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
 from boatwist.auth.portal import build_authentication
 from boatwist.auth.watch import CredentialWatch
 from boatwist.chat.device import device_commands
 from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
-from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
+from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, load_config, plain_endpoint, ssl_files
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.registry import ControlsService
 from boatwist.core import Core, build_core
@@ -76,7 +77,7 @@ class Options(usage.Options):
 
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
     """A service listening on the endpoint of C{[server] key}."""
-    description = getattr(settings.server, key)
+    description = plain_endpoint(getattr(settings.server, key))
     endpoint: IStreamServerEndpoint
     if description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
@@ -109,10 +110,12 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     # -- users
     password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm, state_dir)
     if password is not None:
+        # Never the password itself: twistd --logfile creates its log world-readable (0644), and logs
+        # are shipped and kept.  The file is 0600, readable by the daemon's user (and root) only.
         _log.warn(
-            "created user 'admin' with password {password} (also in {path}, mode 0600); "
-            "change it with embweb-passwd",
-            password=password, path=state_dir / "initial-admin-password",
+            "created user 'admin' with a random password, written to {path} (mode 0600): log in with it, "
+            "change it with embweb-passwd passwd admin, then delete the file",
+            path=str(state_dir / "initial-admin-password"),
         )
     try:
         # A changed users file takes effect within a second (embweb-passwd, a hand edit).
@@ -155,7 +158,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
-                                lambda user: OperatorRoot(core, user))
+                                lambda user: OperatorRoot(core, user),
+                                nonce_key=persistent_key(state_dir / NONCE_KEY_FILE))
+    auth.offer.state()  # logs what is offered and which users limit it
 
     # -- the fleet: an MQTT broker (off unless [mqtt] broker is set; paho is imported only then)
     if settings.mqtt.enabled:
@@ -177,14 +182,17 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         bridge.setServiceParent(top)
         core.metrics.add_source(bridge.stats_metrics)
 
-    # -- listeners
-    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top)
+    # -- listeners (the automatic TLS certificate first: any of them may serve it)
+    _make_automatic_certificate(settings)
+    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
 
-        chat = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor, settings.chat,
-                           commands=device_commands(core))
+        chat: IProtocolFactory = ChatFactory(core.room, core.presence, core.tracker, chat_login, reactor,
+                                             settings.chat, commands=device_commands(core))
+        if is_tls(settings.server.chat):  # chat = tls:PORT: the https certificate, TLS put on by us
+            chat = _with_tls(settings, chat)
         _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT)).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
@@ -207,25 +215,53 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
                         secure_hosts=settings.http.hosts or None)
     if settings.server.https:
-        from boatwist.tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
-
-        try:
-            cert, key = certificate_files(settings.server)
-            if settings.server.certificate == "auto":
-                _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
-            https_factory: IProtocolFactory = site
-            if not settings.server.https.startswith("ssl:"):
-                https_factory = wrap_tls(site, server_tls_options(cert, key))
-        except TLSConfigError as e:
-            _fail(str(e))
+        https_factory: IProtocolFactory = site
+        if not settings.server.https.startswith("ssl:"):
+            https_factory = _with_tls(settings, site)
         _listen(reactor, settings, "https", core.tracker.wrap(https_factory, Kind.HTTP)).setServiceParent(top)
     if settings.server.http:
         http_site = site
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file)
+                                     access_log=access_file, secure_hosts=settings.http.hosts or None)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
+
+
+def _make_automatic_certificate(settings: Settings) -> None:
+    """
+    Make (or check) the automatic certificate in state_dir before anything
+    listens, when a listener uses it: https or a tls: endpoint with
+    C{[server] certificate = auto}, or an ssl: endpoint naming its files
+    (which do not exist on first start).  Logs its fingerprint.
+    """
+    from boatwist.tls import TLSConfigError, certificate_files, ensure_self_signed, fingerprint
+
+    server = settings.server
+    automatic = server.certificate.strip().lower() == "auto"
+    wanted = automatic and (bool(server.https) or is_tls(server.chat))
+    tls_dir = (server.state_dir / "tls").resolve()
+    for description in (server.http, server.https, server.chat):
+        if description.startswith("ssl:"):
+            wanted = wanted or any(Path(f).resolve().parent == tls_dir for f in ssl_files(description).values())
+    if not wanted:
+        return
+    try:
+        cert, _key = certificate_files(server) if automatic else ensure_self_signed(server.state_dir)
+    except TLSConfigError as e:
+        _fail(str(e))
+    _log.info("TLS certificate {cert}, SHA-256 fingerprint {fp}", cert=cert, fp=fingerprint(cert))
+
+
+def _with_tls(settings: Settings, factory: IProtocolFactory) -> IProtocolFactory:
+    """C{factory} behind TLS with the certificate of C{[server] certificate} (https, chat = tls:)."""
+    from boatwist.tls import TLSConfigError, certificate_files, server_tls_options, wrap_tls
+
+    try:
+        cert, key = certificate_files(settings.server)
+        return wrap_tls(factory, server_tls_options(cert, key))
+    except TLSConfigError as e:
+        _fail(str(e))
 
 
 def systemd_endpoint(reactor: Any, where: str, description: str, environ: dict[str, str] | None = None) -> Any:

@@ -57,3 +57,12 @@ def run_htdigest(path: Path, realm: str, user: str, password: str, create: bool 
             os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, output
+
+
+def run_htpasswd(path: Path, user: str, password: str, create: bool = False) -> None:
+    """Apache's ``htpasswd -B`` (bcrypt, its default cost 5), the password on standard input (``-i``)."""
+    import subprocess
+
+    argv = ["htpasswd", *(["-c"] if create else []), "-B", "-i", str(path), user]
+    done = subprocess.run(argv, input=password + "\n", capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr

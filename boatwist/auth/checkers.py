@@ -35,7 +35,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from boatwist.auth.digest import AvatarId, StaleNonce
+from boatwist.auth.digest import AvatarId
+from boatwist.auth.refusals import NoUsableHash, NotAGuess
 from boatwist.logs import NamespacedLogger
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
@@ -87,7 +88,14 @@ class _CredentialCache:
 
 @implementer(ICredentialsChecker)
 class BcryptChecker:
-    """Basic credentials against the htpasswd file's bcrypt hashes."""
+    """
+    Basic credentials (and the chat port's) against the htpasswd file's
+    bcrypt hashes -- or, for a user who has none (made with Apache's
+    ``htdigest``), against their HA1: the password hashed as
+    H(user:realm:password) must give the stored value.  Such a check costs
+    a bcrypt all the same (a dummy one), so its time does not tell which
+    kind of user a name is.
+    """
 
     credentialInterfaces = (ccred.IUsernamePassword,)
     _log = Logger()
@@ -123,7 +131,13 @@ class BcryptChecker:
         except UnicodeDecodeError:
             name = ""
         stored = self._db.bcrypt_hash(name) if name else None
-        d = self._verify((version, key), password, stored)
+        digest = None
+        if stored is None and name:
+            found = self._db.basic_hash(name)
+            if found is not None and self._db.realm is not None:
+                algorithm, ha1 = found
+                digest = (algorithm, ha1, f"{name}:{self._db.realm}:".encode("utf-8"))
+        d = self._verify((version, key), password, stored, digest)
 
         def decided(ok: bool) -> bytes:
             if not ok:
@@ -135,7 +149,8 @@ class BcryptChecker:
 
         return d.addCallback(decided)
 
-    def _verify(self, flight: tuple[int, bytes], password: bytes, stored: bytes | None) -> "defer.Deferred[bool]":
+    def _verify(self, flight: tuple[int, bytes], password: bytes, stored: bytes | None,
+                digest: tuple[str, str, bytes] | None = None) -> "defer.Deferred[bool]":
         # Keyed by the users file's version too: a check begun against the old
         # hashes must not answer for a request made after the file changed.
         waiters = self._in_flight.get(flight)
@@ -152,7 +167,11 @@ class BcryptChecker:
             if stored is None or len(password) > 72:
                 # Hashing costs exactly what checking does (checkpw is hashpw and a compare).
                 bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=dummy_cost))
-                return False
+                if digest is None or len(password) > 72:
+                    return False
+                algorithm, ha1, prefix = digest
+                computed = hashlib.new(_HASHLIB[algorithm], prefix + password).hexdigest()
+                return hmac.compare_digest(computed, ha1)
             return bcrypt.checkpw(password, stored)
 
         def finish(ok: bool) -> None:
@@ -167,6 +186,9 @@ class BcryptChecker:
         defer.maybeDeferred(self._run, check).addCallbacks(finish, failed)
         return result
 
+
+#: hashlib's names of the Digest algorithms an HA1 is stored for.
+_HASHLIB = {"MD5": "md5", "SHA-256": "sha256"}
 
 #: The bcrypt cost assumed when the users file has no usable hash.
 DEFAULT_COST = 12
@@ -258,10 +280,13 @@ class ThrottledChecker:
             return avatar
 
         def bad(failure: Any) -> Any:
-            if failure.check(StaleNonce):
-                # A right answer on a used-up nonce: browsers do this in normal use.
+            if failure.check(NotAGuess):
+                # A right answer on a used-up nonce (browsers do this in normal use), or
+                # a user with no hash for what the client chose: nothing was guessed.
                 if first:
                     self._throttle.refund(peer, name)
+                    if failure.check(NoUsableHash):
+                        self._log_unusable(failure.value, peer)
                 return failure
             if not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
                 if first:
@@ -274,6 +299,17 @@ class ThrottledChecker:
             return failure
 
         return d.addBoth(done).addCallbacks(ok, bad)
+
+    def _log_unusable(self, refusal: NoUsableHash, peer: str) -> None:
+        """Say why a user could not log in when it was not their password (unless logged in from there already)."""
+        if self._throttle.recently_succeeded(peer, refusal.user):
+            return  # logged in already: the client tried another scheme first, nothing to fix
+        can = ", ".join(f"Digest {a}" if a != "basic" else "Basic" for a in refusal.available) or "nothing"
+        self._log.warn(
+            "login {user!r} from {peer}: the client chose {scheme} but {user!r} has no {scheme} hash "
+            "(can use {can}); not a wrong password, the next 401 offers only that. "
+            "Set the password with embweb-passwd passwd {user} to give them every kind",
+            user=refusal.user, peer=peer, scheme=_scheme_words(refusal.scheme), can=can)
 
     def _guess_key(self, credentials: Any) -> Any:
         """Identical Basic credentials share a key (an HMAC, never the password); others are unique."""
@@ -288,3 +324,8 @@ class ThrottledChecker:
         return credential_key(self._key, user, password)
 
 
+
+
+def _scheme_words(scheme: str) -> str:
+    """'Digest SHA-256', 'Basic': a scheme or algorithm as the log says it."""
+    return "Basic" if scheme == "basic" else f"Digest {scheme}"

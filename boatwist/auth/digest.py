@@ -27,19 +27,26 @@ without it there is no ``nc`` and no replay protection.  ``auth-int``,
 ``-sess`` algorithms and ``userhash`` are refused.
 
 Nonce: ``urlsafe_b64(issued_ms[8] + random[16] + HMAC-SHA256(key, realm,
-issued, random)[:24])``; the key is random per process, so a restart
-invalidates every nonce (clients get a plain 401 and retry).  Issuing keeps
-no state, so unauthenticated clients cannot fill memory.  A nonce is
-tracked (its highest ``nc``) from its first *successful* use, until it
-expires; when the table is full the oldest entries are dropped and every
-nonce issued up to then becomes stale, so forgetting never reopens a
-replay.  ``opaque`` is an HMAC of the nonce.
+issued, random)[:24])``.  Issuing keeps no state, so unauthenticated clients
+cannot fill memory.  A nonce is tracked (its highest ``nc``) from its first
+*successful* use, until it expires; when the table is full the oldest
+entries are dropped and every nonce issued up to then becomes stale, so
+forgetting never reopens a replay.  ``opaque`` is an HMAC of the nonce.
 
-``stale=true`` is sent when a correctly signed nonce has expired, and when
-a *correct* response reuses an ``nc`` (a replay, or a browser's parallel
-requests arriving out of order): the client may retry with a new nonce
-without asking the user again.  Replays of a captured header thus still
-fail, but cost a legitimate browser nothing more than a round trip.
+The key is kept in ``state_dir`` (L{persistent_key}, mode 0600), so the
+nonces a browser holds across a daemon restart are still recognised as
+ours -- but the nonce counts seen before are not, so every nonce issued
+before the process started is treated as stale (C{forget_before}): the
+browser's next request is answered ``stale=true`` and it retries with a
+fresh nonce without asking the person, and a header captured before the
+restart cannot be replayed after it.
+
+``stale=true`` is sent only when the response was otherwise right (RFC 7616
+section 3.3): a correctly signed nonce that expired, was forgotten or was
+issued before this process, or a *correct* response reusing an ``nc`` (a
+replay, or a browser's parallel requests arriving out of order).  The
+client may then retry with a new nonce without asking the user again; a
+wrong password on an old nonce gets a plain 401, as any wrong password.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import struct
@@ -62,12 +70,15 @@ from twisted.logger import Logger
 from twisted.web.iweb import ICredentialFactory, IRequest
 from zope.interface import implementer
 
+from boatwist.auth.refusals import NoUsableHash, StaleNonce
+
 __all__ = [
     "DigestAuthority",
     "DigestChallengeFactory",
     "DigestCredentials",
     "DigestChecker",
     "StaleNonce",
+    "persistent_key",
     "parse_params",
     "ALGORITHMS",
 ]
@@ -117,15 +128,6 @@ def _hex(algorithm: str, data: bytes) -> bytes:
     return hashlib.new(_HASHES[algorithm], data).hexdigest().encode("ascii")
 
 
-class StaleNonce(error.UnauthorizedLogin):
-    """
-    The response was right but its nonce may not be used again (``nc`` not
-    above the last one seen).  A subclass of UnauthorizedLogin so the guard
-    answers 401 (with ``stale=true``); distinct so a failure counter can
-    tell it from a wrong password: browsers cause it in normal use.
-    """
-
-
 def parse_params(value: bytes) -> dict[str, bytes]:
     """
     The auth-params of a Digest Authorization header (without the scheme),
@@ -170,6 +172,63 @@ def _b64decode(text: bytes, size: int) -> bytes:
     return raw
 
 
+#: Bytes of the key that signs nonces.
+KEY_BYTES = 32
+#: Its file, in state_dir.
+NONCE_KEY_FILE = "digest-nonce.key"
+
+
+def persistent_key(path: str | os.PathLike[str]) -> bytes:
+    """
+    The key that signs nonces, kept in C{path} so it survives restarts:
+    read it, or create it (mode 0600, exclusively, never through a
+    symlink) with fresh random bytes.  A file that cannot be read or made,
+    or has the wrong size, is logged and replaced by a key of this process
+    only -- browsers then ask for the password again after a restart, which
+    is what a lost key costs, nothing worse.
+
+    The key only proves a nonce was issued here; it is no password
+    equivalent (a Digest response still needs the HA1).
+    """
+    log = Logger(namespace="boatwist.auth.digest")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warn("{path}: cannot read the Digest nonce key ({error}); using a new one until the next restart",
+                 path=str(path), error=e.strerror or str(e))
+        return secrets.token_bytes(KEY_BYTES)
+    else:
+        with os.fdopen(fd, "rb") as f:
+            key = f.read(KEY_BYTES + 1)
+            mode = os.fstat(f.fileno()).st_mode
+        if len(key) == KEY_BYTES:
+            if mode & 0o077:
+                log.warn("{path}: the Digest nonce key is readable by others (mode {mode:o}); expected 0600",
+                         path=str(path), mode=mode & 0o777)
+            return key
+        log.warn("{path}: the Digest nonce key has {size} bytes, expected {expected}; making a new one",
+                 path=str(path), size=len(key), expected=KEY_BYTES)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    key = secrets.token_bytes(KEY_BYTES)
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, create, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        log.warn("{path}: cannot keep the Digest nonce key ({error}); browsers will ask for the password again "
+                 "after a restart", path=str(path), error=e.strerror or str(e))
+    return key
+
+
 class DigestAuthority:
     """
     Issues and verifies the nonces of one realm, for the whole process.
@@ -179,16 +238,20 @@ class DigestAuthority:
     algorithm it answers), and it must be the only one: nonces are signed
     with its key.  C{clock} is anything with C{seconds()} (the reactor);
     C{lifetime} is how long a nonce may be used, in seconds
-    (``[auth] nonce_lifetime``); C{secret} fixes the key, for tests: nonce
-    counts are remembered in this process only, so two processes sharing a
-    key would accept each other's replays.  C{max_tracked} bounds the nonces
+    (``[auth] nonce_lifetime``); C{secret} fixes the key (the daemon's
+    L{persistent_key}, or a test's).  Nonce counts are remembered in this
+    process only, so an authority using a key that nonces were issued with
+    before must be given C{forget_before} (when it started): nonces issued
+    up to then are stale, never accepted -- else a header captured before a
+    restart could be replayed after it.  C{max_tracked} bounds the nonces
     remembered (about 200 bytes each).
     """
 
     _log = Logger()
 
     def __init__(self, realm: str, clock: IClock, lifetime: float, secret: bytes | None = None,
-                 max_tracked: int = 4096, algorithms: Sequence[str] = ("SHA-256", "MD5")) -> None:
+                 max_tracked: int = 4096, algorithms: Sequence[str] = ("SHA-256", "MD5"),
+                 forget_before: float | None = None) -> None:
         if lifetime <= 0:
             raise ValueError("nonce lifetime must be positive")
         unknown = [a for a in algorithms if a not in _HASHES]
@@ -204,8 +267,9 @@ class DigestAuthority:
         self.max_tracked = max(16, max_tracked)
         #: nonce -> [issued (seconds), highest nc accepted]
         self._seen: dict[bytes, list[float]] = {}
-        #: Nonces issued at or before this time and not tracked are stale (dropped when full).
-        self._forgotten_before = float("-inf")
+        #: Nonces issued at or before this time and not tracked are stale (dropped when full; an earlier process's).
+        #: Nonces carry milliseconds: those of the millisecond we start in are our own.
+        self._forgotten_before = float("-inf") if forget_before is None else forget_before - 0.001
         self._last_purge = clock.seconds()
         self._stale: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
@@ -237,22 +301,21 @@ class DigestAuthority:
             raise error.LoginFailed("Digest nonce not issued here")
         return float(_TIME.unpack(issued)[0]) / 1000.0
 
-    def check_nonce(self, nonce: bytes, opaque: bytes, request: object | None = None) -> None:
+    def check_nonce(self, nonce: bytes, opaque: bytes) -> bool:
         """
-        Refuse (LoginFailed) a nonce that is forged, expired or forgotten, or
-        whose opaque is wrong.  An expired (or forgotten) but genuine nonce
-        marks C{request} so its next challenge says ``stale=true``.
+        Refuse (LoginFailed) a nonce that is forged or whose opaque is wrong;
+        True if it is genuine but may not be used any more (expired, from
+        the future, forgotten, issued before this process): a right response
+        on it earns ``stale=true``, a wrong one a plain 401.
         """
         issued = self.nonce_issued(nonce)
         if not hmac.compare_digest(opaque, self.opaque_for(nonce)):
             raise error.LoginFailed("Digest opaque does not match the nonce")
         now = self._clock.seconds()
         age = now - issued
-        if age > self.lifetime or age < -FUTURE_SLACK or (
+        return age > self.lifetime or age < -FUTURE_SLACK or (
             nonce not in self._seen and issued <= self._forgotten_before
-        ):
-            self.mark_stale(request)
-            raise error.LoginFailed("Digest nonce is stale")
+        )
 
     def accept_count(self, nonce: bytes, nc: int) -> bool:
         """
@@ -359,8 +422,11 @@ class DigestAuthority:
         if not hmac.compare_digest(params["realm"], self._realm_bytes):
             raise error.LoginFailed("Digest realm does not match")
         uri = getattr(request, "uri", None)
-        if not isinstance(uri, bytes) or params["uri"] != uri:
+        # An absolute-form target (GET http://host/p) is served as /p; the client signed what it sent.
+        sent = getattr(request, "boatwist_target", None)
+        if not isinstance(uri, bytes) or params["uri"] not in (uri, sent):
             raise error.LoginFailed("Digest uri does not match the request")
+        uri = params["uri"]
         if not _NC.fullmatch(params["nc"]):
             raise error.LoginFailed("Digest nc is not 8 hex digits")
         nc = int(params["nc"], 16)
@@ -375,7 +441,7 @@ class DigestAuthority:
             username = params["username"].decode("utf-8")
         except UnicodeDecodeError:
             raise error.LoginFailed("Digest username is not UTF-8") from None
-        self.check_nonce(params["nonce"], params["opaque"], request)
+        stale = self.check_nonce(params["nonce"], params["opaque"])
         return DigestCredentials(
             authority=self,
             request=request,
@@ -388,6 +454,7 @@ class DigestAuthority:
             nc=params["nc"],
             cnonce=params["cnonce"],
             response=digest,
+            nonce_stale=stale,
         )
 
 
@@ -404,7 +471,7 @@ class DigestCredentials:
 
     def __init__(self, *, authority: DigestAuthority, request: object, username: str, realm: str,
                  algorithm: str, method: bytes, uri: bytes, nonce: bytes, nc: bytes, cnonce: bytes,
-                 response: bytes) -> None:
+                 response: bytes, nonce_stale: bool = False) -> None:
         self._authority = authority
         try:
             self._request: Callable[[], object | None] = weakref.ref(request)
@@ -419,6 +486,8 @@ class DigestCredentials:
         self.nc = nc
         self.cnonce = cnonce
         self._response = response
+        #: The nonce is genuine but may not be used: a right response is refused as stale.
+        self._nonce_stale = nonce_stale
         self.stale = False
 
     def expected_response(self, ha1: str | bytes) -> bytes:
@@ -431,12 +500,15 @@ class DigestCredentials:
     def checkHash(self, digestHash: str | bytes) -> bool:
         """
         True if the response was computed from C{digestHash} (the HA1 for
-        C{algorithm}) and its nonce count was not used before; the count is
-        then used up.  Constant-time comparison.
+        C{algorithm}) on a nonce that may still be used and its nonce count
+        was not used before; the count is then used up.  A right response
+        on a used-up or outdated nonce sets C{stale} (and the request's next
+        challenge says ``stale=true``); a wrong one never does.
+        Constant-time comparison.
         """
         if not hmac.compare_digest(self.expected_response(digestHash), self._response):
             return False
-        if not self._authority.accept_count(self.nonce, int(self.nc, 16)):
+        if self._nonce_stale or not self._authority.accept_count(self.nonce, int(self.nc, 16)):
             self.stale = True
             self._authority.mark_stale(self._request())
             return False
@@ -479,17 +551,25 @@ class _HA1Source(Protocol):
     def ha1(self, user: str, realm: str, algorithm: str) -> str | None: ...
 
 
+#: What a user can log in with, when the database can say (UserDatabase.available).
+_Available = Callable[[str], tuple[str, ...]]
+
+
 @implementer(ICredentialsChecker)
 class DigestChecker:
     """
     Checks Digest credentials against the HA1 values of a
     L{boatwist.auth.passwords.UserDatabase}; the avatar id is the user name (str).
 
-    An unknown user (or one with no HA1 for the algorithm used) is checked
-    against a random HA1 so that the work, and the time, are the same as
-    for a known one: response timing does not say which names exist.  The
-    database is asked to re-read its files first (a stat of each), so a
-    deleted user cannot log in with Digest a moment later.
+    An unknown user is checked against a random HA1 so that the work, and
+    the time, are the same as for a known one: response timing does not say
+    which names exist.  A known user with no HA1 for the algorithm the
+    client chose (an ``htdigest`` user answering SHA-256, an ``htpasswd -B``
+    user answering Digest at all) is refused with L{NoUsableHash}, naming
+    what the user does have: nothing was checked, so it is no guess, and
+    the guard's next 401 offers only that.  The database is asked to
+    re-read its files first (a stat of each), so a deleted user cannot log
+    in with Digest a moment later.
     """
 
     credentialInterfaces = (IUsernameDigestHash,)
@@ -525,6 +605,10 @@ class DigestChecker:
         ha1 = None
         if isinstance(username, str) and realm == self.realm:
             ha1 = self._database.ha1(username, self.realm, algorithm)
+            available: _Available | None = getattr(self._database, "available", None)
+            usable = available(username) if ha1 is None and available is not None else ()
+            if usable:
+                raise NoUsableHash(username, algorithm, usable)
         matched = credentials.checkHash(ha1 if ha1 is not None else self._dummy[algorithm])
         if ha1 is not None and matched is True and isinstance(username, str):
             return username.encode("utf-8")

@@ -143,7 +143,8 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                     kinds.append("basic")
                 kinds += [f"digest-{algorithm.lower()}" for algorithm in ("MD5", "SHA-256")
                           if database.ha1(name, realm, algorithm) is not None]
-                stdout.write(f"{name}\t{','.join(kinds)}\n")
+                advice = _advice(name, kinds)
+                stdout.write(f"{name}\t{','.join(kinds)}" + (f"\t{advice}" if advice else "") + "\n")
             return
         user = str(args.user)
         if args.command == "delete":
@@ -151,6 +152,8 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                 raise _Failure(f"user {user!r} does not exist in {users} or {digest}")
             stdout.write(f"deleted {user}\n")
             return
+        if args.command == "add" and not user.isascii():
+            raise _Usage(f"user name {user!r} is not ASCII: {NON_ASCII_REASON}")
         # add / passwd: refuse early, before asking for a password that would be wasted.
         exists = user_exists(users, digest, realm, user)
         if args.command == "add" and exists:
@@ -163,6 +166,27 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         stdout.write(f"{verb} {user} in {users} and {digest} (realm {realm})\n")
     except PasswordFileError as e:
         raise _Failure(str(e)) from None
+
+
+#: Why ``add`` refuses non-ASCII names (measured; tests/browser/test_logins.py pins it).
+NON_ASCII_REASON = (
+    "Firefox sends no Digest answer at all for a non-ASCII user name (with or without charset=UTF-8 or "
+    "userhash) and asks again for every challenge offered before falling back to Basic, and httpx's Digest "
+    "fails before sending; choose an ASCII name (the name is only a login, a label may say more)"
+)
+
+
+def _advice(user: str, kinds: list[str]) -> str:
+    """What a user made by another tool is missing, what that costs, and the command that fixes it."""
+    fix = f"fix: {PROG} passwd {user}"
+    if "digest-md5" not in kinds and "digest-sha-256" not in kinds:
+        return (f"no Digest HA1 (htpasswd -B?): Digest clients cannot log in, browsers ask twice and use "
+                f"Basic; {fix}")
+    if "digest-sha-256" not in kinds:
+        return f"no SHA-256 HA1 (htdigest?): the daemon offers no one Digest SHA-256 while this lasts; {fix}"
+    if "digest-md5" not in kinds:
+        return f"no MD5 HA1: the daemon offers no one Digest MD5 while this lasts; {fix}"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None,

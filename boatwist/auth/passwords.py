@@ -312,10 +312,10 @@ class UserDatabase:
                 if algorithm == "MD5" and (user, realm, "SHA-256") not in ha1
             )
             if md5_only:
-                # htdigest writes MD5 only; clients pick the SHA-256 challenge (offered first).
+                # htdigest writes MD5 only.  What that does to the offer is logged by boatwist.auth.offer.
                 self._log.warn(
-                    "{path}: no SHA-256 HA1 for {users}: Digest clients that choose SHA-256 "
-                    "(current browsers, curl) cannot log in as them; set their passwords with embweb-passwd",
+                    "{path}: no SHA-256 HA1 for {users} (written by htdigest?): Digest SHA-256 cannot be "
+                    "offered while they have none; set their passwords with embweb-passwd passwd USER",
                     path=str(self.digest_path), users=", ".join(md5_only),
                 )
 
@@ -357,6 +357,35 @@ class UserDatabase:
     def ha1(self, user: str, realm: str, algorithm: str) -> str | None:
         """The user's stored H(user:realm:password) for C{algorithm} ('MD5' or 'SHA-256'), lower-case hex, or None."""
         return self._ha1.get((user, realm, algorithm))
+
+    def available(self, user: str) -> tuple[str, ...]:
+        """
+        What C{user} can log in with: the Digest algorithms they have an HA1
+        for (in C{realm}; strongest first), and ``"basic"`` when a password
+        can be checked -- against the bcrypt hash, or else against an HA1
+        (L{basic_hash}).  Empty for an unknown user.
+        """
+        algorithms = tuple(a for a in ("SHA-256", "MD5") if self.realm is not None
+                           and (user, self.realm, a) in self._ha1)
+        if user in self._hashes or algorithms:
+            return algorithms + ("basic",)
+        return ()
+
+    def basic_hash(self, user: str) -> tuple[str, str] | None:
+        """
+        For a user with no bcrypt hash, what a Basic password can be checked
+        against: (algorithm, HA1), SHA-256 preferred; None if there is none.
+        An HA1 is H(user:realm:password), so the password a Basic client
+        sends can be hashed and compared -- which lets an ``htdigest``-made
+        user log in with Basic too (wget, a browser's Basic, the chat port).
+        """
+        if self.realm is None:
+            return None
+        for algorithm in ("SHA-256", "MD5"):
+            ha1 = self._ha1.get((user, self.realm, algorithm))
+            if ha1 is not None:
+                return algorithm, ha1
+        return None
 
     def users(self) -> list[str]:
         """Every user name in either file (for C{realm}'s lines if one was given), sorted."""

@@ -27,6 +27,7 @@ from zope.interface import Interface, implementer
 
 from boatwist.auth.checkers import BcryptChecker, ThrottledChecker
 from boatwist.auth.digest import AvatarId, DigestAuthority, DigestChecker
+from boatwist.auth.offer import ChallengeOffer
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
 from boatwist.config import AuthSettings
@@ -156,6 +157,8 @@ class Authentication:
     factories: list[ICredentialFactory]
     #: User name and password (the chat port): bcrypt, throttled and logged like HTTP.
     passwords: ThrottledChecker
+    #: What each 401 offers (boatwist.auth.offer); the guard asks it.
+    offer: ChallengeOffer
 
     def check_password(self, user: str, password: str, peer: str, via: str) -> Deferred[str]:
         """The user name when C{password} is right; fails with UnauthorizedLogin otherwise."""
@@ -176,17 +179,24 @@ class PeerCredentials(UsernamePassword):
 
 def build_authentication(settings: AuthSettings, database: UserDatabase, clock: IReactorTime,
                          monotonic: Callable[[], float], run_in_thread: ThreadRun, audit: Audit,
-                         avatar: Callable[[str], IResource]) -> Authentication:
+                         avatar: Callable[[str], IResource], nonce_key: bytes | None = None) -> Authentication:
     """
     One throttle, one Digest authority, one bcrypt checker (with its cache)
     for the process; the portal offers the schemes C{settings} names.
+
+    C{nonce_key}: the key Digest nonces are signed with, kept across
+    restarts (L{boatwist.auth.digest.persistent_key}); nonces issued before
+    now are then answered ``stale=true``, so open browsers re-authenticate
+    without asking.  None: a key of this process only.
     """
     throttle = LoginThrottle(monotonic, settings.max_failures, settings.failure_window, settings.failure_delay)
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []
+    authority = None
     if "digest" in settings.schemes:
-        authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime,
-                                    algorithms=settings.digest_algorithms)
+        authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime, secret=nonce_key,
+                                    algorithms=settings.digest_algorithms,
+                                    forget_before=clock.seconds() if nonce_key is not None else None)
         factories += digest_factories(authority, settings.digest_algorithms)
         checkers.append(ThrottledChecker(DigestChecker(database, settings.realm), throttle, clock, audit))
     # The chat port checks the same bcrypt users, through the same throttle.
@@ -195,4 +205,6 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     if "basic" in settings.schemes:
         factories.append(basic_factory(settings.realm))
         checkers.append(passwords)
-    return Authentication(Portal(OperatorRealm(avatar), checkers), factories, passwords)
+    offer = ChallengeOffer(database, settings.realm, settings.digest_algorithms, authority,
+                           "basic" in settings.schemes, order=digest_order)
+    return Authentication(Portal(OperatorRealm(avatar), checkers), factories, passwords, offer)

@@ -12,7 +12,14 @@ Wire behaviour (what a client sees), in the order a request meets it::
       Deadline passes, something received   -> 408, Connection: close
       Deadline passes, nothing received     -> closed silently
       Idle keep-alive connection            -> closed after idle_timeout s
+    request line longer than 16 KiB         -> 414, closed, logged
+    a header line longer than 16 KiB, or all header lines together
+                                            -> 431, closed, logged
     request line + headers complete
+      more than one Host header             -> 400, closed (RFC 9112 section 3.2)
+      absolute-form target (GET http://host/p) -> served as /p; its authority
+                                               is the Host (a different Host
+                                               header: 400), RFC 9112 3.2.2
       Host not in secure_hosts (if given)   -> 421, closed, body unread
       unsafe method (not GET/HEAD/OPTIONS) with Origin naming another
       origin, Origin: null, or Sec-Fetch-Site cross-site / same-site
@@ -29,7 +36,11 @@ Wire behaviour (what a client sees), in the order a request meets it::
       without the expectation).  A chunked body passing max_body -> 413,
       closed.  Bodies are kept in memory (they are bounded), never spooled
       to a temporary file.
-    response (every one: 2xx, 3xx, 400, 401, 403, 404, 408, 413, 417, 5xx)
+    resource
+      a method the resource does not implement -> 405 with Allow (JSON under
+                                               /api); an unknown method -> 501
+    response (every one: 2xx, 3xx, 400, 401, 403, 404, 405, 408, 413, 414,
+      417, 431, 5xx)
       Content-Security-Policy, X-Content-Type-Options: nosniff,
       X-Frame-Options: DENY, Referrer-Policy: no-referrer, Server: boatwist;
       Cache-Control: no-store under /api and on 401;
@@ -46,12 +57,15 @@ from __future__ import annotations
 
 import re
 from io import BytesIO
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
+from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import IResource
 
 from boatwist.config import HttpSettings
 from boatwist.web.errors import error_page
@@ -64,6 +78,13 @@ __all__ = ["BoatwistChannel", "BoatwistRequest", "DEFAULT_MIN_BODY_RATE", "Rejec
 DEFAULT_MIN_BODY_RATE = 4096.0
 
 _HTTP_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+
+#: Methods HTTP defines (RFC 9110 section 9, RFC 5789): a resource that does not
+#: implement one answers 405; any other method is not known here at all (501).
+KNOWN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"})
+
+#: Longest request line, and longest header line, in bytes (Twisted's LineReceiver limit).
+MAX_LINE = 16384
 
 #: (status code, message) the channel answers with instead of the resource.
 Rejection = tuple[int, str]
@@ -121,6 +142,20 @@ class BoatwistRequest(server.Request):
         if reactor is not None:
             self.responseHeaders.setRawHeaders(b"Date", [http.datetimeToString(reactor.seconds())])
 
+    def render(self, resrc: IResource) -> None:
+        """
+        Render C{resrc}; a method it does not implement is answered 405 with
+        C{Allow} (RFC 9110 section 15.5.6) in the project's error format,
+        where Twisted would say "501 Huh?" for any method but GET, HEAD and
+        POST.  Resources implement methods as usual (C{render_DELETE} ...),
+        so the 405 comes from here, for all of them.  HEAD keeps Twisted's
+        own handling (served as GET without the body).
+        """
+        if self.method == b"HEAD":
+            super().render(resrc)
+        else:
+            super().render(_Allowed(resrc))
+
     def processingFailed(self, reason: Failure) -> Failure:
         """
         A 500 in the project's error format (JSON under /api), and no
@@ -138,6 +173,31 @@ class BoatwistRequest(server.Request):
         self.write(body)
         self.finish()
         return reason
+
+
+class _Allowed:
+    """A resource's render, with UnsupportedMethod turned into our 405 (or 501 for an unknown method)."""
+
+    def __init__(self, resource: IResource) -> None:
+        self._resource = resource
+
+    def render(self, request: Any) -> Any:
+        try:
+            return self._resource.render(request)
+        except UnsupportedMethod as e:
+            return method_not_allowed(request, e.allowedMethods)
+
+
+def method_not_allowed(request: Any, allowed: Sequence[bytes]) -> bytes:
+    """405 with Allow listing C{allowed} (501 for a method HTTP does not define)."""
+    method = request.method.decode("ascii", "replace")
+    if request.method not in KNOWN_METHODS:
+        return error_page(request, http.NOT_IMPLEMENTED, f"the method {method} is not known here")
+    allowed = sorted(set(allowed) | ({b"HEAD"} if b"GET" in allowed else set()))
+    request.setHeader(b"Allow", b", ".join(allowed))
+    names = ", ".join(m.decode("ascii") for m in allowed)
+    return error_page(request, http.NOT_ALLOWED, f"{method} is not allowed here (allowed: {names})",
+                      allowed=names)
 
 
 # ------------------------------------------------------------------ channel
@@ -320,7 +380,31 @@ class BoatwistChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize and self.line_mode:
+            self._tooLong("all header lines together are")
+            return
         super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A request line or header line over C{MAX_LENGTH} (16 KiB): Twisted
+        drops the connection with no answer and no log line; this answers
+        414 for the request line, 431 for a header line, and logs it.
+        """
+        if self._closing:
+            return
+        self._tooLong("a header line is" if self._inHeaders() else "the request line is")
+
+    def _inHeaders(self) -> bool:
+        """Whether the request line of the request being received has been read."""
+        return hasattr(self, "_command")
+
+    def _tooLong(self, what: str) -> None:
+        code = 431 if self._inHeaders() else http.REQUEST_URI_TOO_LONG
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._log.info("{peer}: {what} longer than {limit} bytes: {code}", peer=peer, what=what,
+                       limit=self.MAX_LENGTH, code=code)
+        self._refuse(code, f"{what} longer than {self.MAX_LENGTH} bytes")
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -340,8 +424,10 @@ class BoatwistChannel(http.HTTPChannel):
         request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
+        refusal = self._checkTarget(request)
         self._fillRequestLine(request)
-        refusal = self._screen(request) if self._screen is not None else None
+        if refusal is None and self._screen is not None:
+            refusal = self._screen(request)
         if refusal is None and self.length is not None and self.length > self._settings.max_body:
             refusal = (http.REQUEST_ENTITY_TOO_LARGE, self._too_large())
         if refusal is not None:
@@ -357,6 +443,39 @@ class BoatwistChannel(http.HTTPChannel):
             expected = self.length if self.length is not None else self._settings.max_body
             allowed = self._settings.header_timeout + expected / self._minBodyRate
             self._bodyCall = self.callLater(allowed, self._bodyDeadlinePassed)
+
+    def _checkTarget(self, request: http.Request) -> Rejection | None:
+        """
+        One Host header (RFC 9112 section 3.2: more is a 400), and an
+        absolute-form request target (C{GET http://host/path}) turned into
+        the origin form its resource is found by, its authority standing for
+        the Host (section 3.2.2) -- a Host header naming another is a 400.
+        The target as sent stays in C{request.boatwist_target} (a Digest
+        client signs it).
+        """
+        hosts = request.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) > 1:
+            self._log.info("{peer}: {n} Host headers: 400", peer=request.getClientAddress(), n=len(hosts))
+            return http.BAD_REQUEST, "more than one Host header"
+        target = getattr(self, "_path", b"")
+        if not target or target.startswith(b"/") or target == b"*":
+            return None
+        try:
+            parts = urlsplit(target.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return http.BAD_REQUEST, "malformed request target"
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+            return http.BAD_REQUEST, "malformed request target"
+        authority = parts.netloc.encode("ascii")
+        if hosts and hosts[0].strip().lower() != authority.lower():
+            self._log.info("{peer}: request target names {authority!r} but Host is {host!r}: 400",
+                           peer=request.getClientAddress(), authority=authority, host=hosts[0])
+            return http.BAD_REQUEST, "the Host header does not match the request target"
+        request.requestHeaders.setRawHeaders(b"host", [authority])
+        request.boatwist_target = target  # type: ignore[attr-defined]
+        origin = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._path = origin.encode("ascii")
+        return None
 
     def _too_large(self) -> str:
         return f"the request body is larger than {self._settings.max_body} bytes"

@@ -9,9 +9,15 @@ authenticated request the resource tree made for its user
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable, Optional, Sequence
 
+from twisted.cred import error
+from twisted.cred.credentials import Anonymous
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web import util
 from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource, Resource
@@ -20,7 +26,12 @@ from zope.interface import implementer
 
 from boatwist import __version__
 
-__all__ = ["Healthz", "OperatorGuard", "PublicRoot", "guarded_root"]
+__all__ = ["Challenges", "Healthz", "OperatorGuard", "PublicRoot", "Unauthorized", "guarded_root"]
+
+#: One WWW-Authenticate challenge: (scheme, parameters).
+Challenge = tuple[bytes, dict[str, bytes]]
+#: What a 401 offers: (request, why the login was refused or None) -> the challenges.
+Challenges = Callable[[Any, Optional[BaseException]], Sequence[Challenge]]
 
 
 class Healthz(Resource):
@@ -85,16 +96,107 @@ class _LoggedIn:
         return self.resource.render(request)
 
 
-class OperatorGuard(HTTPAuthSessionWrapper):
-    """HTTPAuthSessionWrapper with a wrapper class made once, not per request."""
+def _format(scheme: bytes, params: dict[str, bytes]) -> bytes:
+    """A WWW-Authenticate value, every parameter quoted (as twisted.web.guard does)."""
+    def quote(value: bytes) -> bytes:
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
-    # Private Twisted API (HTTPAuthSessionWrapper._loginSucceeded): the one
-    # hook between a successful login and the avatar; overriding it is the
-    # only way to avoid the per-request class the stock one builds.
+    return scheme + b" " + b", ".join(name.encode("ascii") + b"=" + quote(value) for name, value in params.items())
+
+
+@implementer(IResource)
+class Unauthorized:
+    """
+    The 401: one WWW-Authenticate per challenge C{challenges} gives for this
+    request and this refusal (so a user who cannot use what their client
+    chose is offered what they can), and C{Retry-After} when the refusal
+    says when to come back -- any exception with a numeric C{retry_after}
+    attribute (a throttled login), in seconds.
+    """
+
+    isLeaf = True
+
+    def __init__(self, challenges: Challenges, refusal: BaseException | None) -> None:
+        self._challenges = challenges
+        self._refusal = refusal
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(401)
+        for scheme, params in self._challenges(request, self._refusal):
+            request.responseHeaders.addRawHeader(b"www-authenticate", _format(scheme, params))
+        retry_after = getattr(self._refusal, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) and retry_after >= 0:
+            request.setHeader(b"retry-after", b"%d" % (max(1, math.ceil(retry_after)),))
+        if request.method == b"HEAD":
+            return b""
+        return b"Unauthorized"
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> "Unauthorized":
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError()
+
+
+def _from_factories(factories: Sequence[ICredentialFactory]) -> Challenges:
+    """What twisted.web.guard offers: each factory's challenge, whatever the refusal."""
+    def challenges(request: Any, refusal: BaseException | None) -> list[Challenge]:
+        out = []
+        for factory in factories:
+            params = factory.getChallenge(request)
+            out.append((factory.scheme, {k: v.encode("ascii") if isinstance(v, str) else v
+                                         for k, v in params.items()}))
+        return out
+
+    return challenges
+
+
+class OperatorGuard(HTTPAuthSessionWrapper):
+    """
+    HTTPAuthSessionWrapper with a wrapper class made once, not per request,
+    and 401s that can depend on why the login was refused (C{challenges}:
+    by default every factory's challenge, as the stock guard).
+    """
+
+    def __init__(self, portal: Portal, credentialFactories: Sequence[ICredentialFactory],
+                 challenges: Challenges | None = None) -> None:
+        super().__init__(portal, credentialFactories)
+        self._challenges = challenges or _from_factories(credentialFactories)
+
+    # Private Twisted API (HTTPAuthSessionWrapper._authorizedResource and
+    # _loginSucceeded): the stock guard renders every 401 alike and drops
+    # the refusal; these are the hooks between the header, the login and
+    # the avatar.  Same steps as the stock method otherwise.
+    def _authorizedResource(self, request: Request) -> IResource:
+        header = request.getHeader(b"authorization")
+        if not header:
+            return util.DeferredResource(self._loginFor(Anonymous(), request))
+        factory, response = self._selectParseHeader(header)
+        if factory is None:
+            return Unauthorized(self._challenges, None)
+        try:
+            credentials = factory.decode(response, request)
+        except error.LoginFailed as e:
+            return Unauthorized(self._challenges, e)
+        except BaseException:
+            self._log.failure("Unexpected failure from credentials factory")
+            raise
+        return util.DeferredResource(self._loginFor(credentials, request))
+
+    def _loginFor(self, credentials: object, request: Request) -> "Deferred[IResource]":
+        d = self._portal.login(credentials, None, IResource)
+        return d.addCallbacks(self._loginSucceeded, self._refused)
+
+    def _refused(self, failure: Failure) -> IResource:
+        if failure.check(error.Unauthorized, error.LoginFailed):
+            return Unauthorized(self._challenges, failure.value)
+        return self._loginFailed(failure)
+
     def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> _LoggedIn:
         _interface, avatar, logout = args
         return _LoggedIn(avatar, logout)
 
 
-def guarded_root(portal: Portal, credential_factories: list[ICredentialFactory]) -> IResource:
-    return PublicRoot(OperatorGuard(portal, credential_factories))
+def guarded_root(portal: Portal, credential_factories: list[ICredentialFactory],
+                 challenges: Challenges | None = None) -> IResource:
+    return PublicRoot(OperatorGuard(portal, credential_factories, challenges))

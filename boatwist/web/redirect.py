@@ -18,12 +18,16 @@ __all__ = ["HttpsRedirect"]
 
 class HttpsRedirect(resource.Resource):
     """
-    Answers every request with 301 to the same path on https, for
+    Answers every request with a redirect to the same path on https, for
     C{[server] redirect_http}: the plain-HTTP listener serves nothing else.
+    301 for GET and HEAD, 308 for every other method (a 301 lets clients
+    resend a POST as a GET, dropping its body).
 
-    The host comes from the Host header (validated; the address the
-    connection came in on when it is missing or malformed), the port from
-    C{port} (omitted when 443).
+    The host comes from the Host header (validated, and checked against
+    C{[http] hosts} by the site before this is reached: a foreign name gets
+    421, never a Location pointing at it; the address the connection came
+    in on when it is missing or malformed), the port from C{port} (omitted
+    when 443).
     """
 
     isLeaf = True
@@ -49,7 +53,9 @@ class HttpsRedirect(resource.Resource):
 
     def render(self, request: server.Request) -> bytes:
         location = self.location(request)
-        request.setResponseCode(http.MOVED_PERMANENTLY)
+        # 301 lets a client turn a POST into a GET (RFC 9110 section 15.4.2); 308 keeps the method and body.
+        permanent = http.MOVED_PERMANENTLY if request.method in (b"GET", b"HEAD") else http.PERMANENT_REDIRECT
+        request.setResponseCode(permanent)
         request.setHeader(b"Location", location)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         href = html.escape(location.decode("ascii"))

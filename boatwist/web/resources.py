@@ -13,7 +13,8 @@ The resource tree.
       /api/floor        who holds the floor; take, request, release
       /api/kick         an admin removes a user
       /api/reasons      the words for every presence reason
-      /metrics          Prometheus text format
+      /metrics          Prometheus text format: authenticated, but a scrape takes no
+                        seat and shows no one online (any user reading /metrics)
 
 The guard hands each request an L{OperatorRoot} made for the authenticated
 user; it is there, with the request in hand, that admission is decided:
@@ -111,6 +112,10 @@ class OperatorRoot(Resource):
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         request.boatwist_user = self.user  # type: ignore[attr-defined]
         core = self.core
+        if path == b"metrics" and not request.postpath:
+            # A scrape is authenticated but is no operator: no seat, no presence,
+            # never a 503 when the seats are full (Prometheus would call the device down).
+            return MetricsResource(core.metrics)
         is_stream = path == b"api" and (request.postpath or [])[:1] == [b"events"]
         if not is_stream:
             # An event stream is admitted as persistent presence by its resource.
@@ -120,8 +125,6 @@ class OperatorRoot(Resource):
                 return _Refused(refusal)
         if path == b"api":
             return ApiRoot(core, self.user)
-        if path == b"metrics" and not request.postpath:
-            return MetricsResource(core.metrics)
         unconsume(request)
         return core.static
 

@@ -120,14 +120,11 @@ def test_stale_true_is_answered_without_asking(browser_name, open_page, auth_pro
     assert len(page.auth_challenges) == 2, "a plain 401 to a known nonce did not make the browser ask"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 2: a nonce of the previous process gets a plain 401 "
-                                       "without stale=true, so every open browser asks for the password again")
 def test_a_daemon_restart_asks_for_no_password(browser_name, make_daemon, open_page) -> None:
     """
-    The acceptance test of issue 8 item 2, ready to pass: a page open
-    across a daemon restart reconnects its event stream without the person
-    typing anything (measured today: exactly one dialog per browser, for
-    /api/events).
+    The acceptance test of issue 8 item 2: a page open across a daemon
+    restart reconnects its event stream without the person typing anything
+    (the nonce key survives the restart; an old nonce gets stale=true).
     """
     daemon = make_daemon().start()
     page = open_page(daemon, "alice")

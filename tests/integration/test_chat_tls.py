@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from client_tools import require_program
 from daemon import Daemon, free_port
 from test_chat_port import BANNER, CHINESE, LOGIN, PASSWORD, Terminal
 
@@ -118,3 +119,71 @@ def test_tls_chat_port_speaks_no_plaintext(make_daemon: Any, tmp_path: Path) -> 
         else:
             raise AssertionError(f"the TLS chat port kept a plaintext client open; got {received!r}")
     assert b"boatwist" not in received and b"login" not in received, received
+
+
+# ------------------------------------------- issue 8 item 8: the automatic certificate
+
+
+def log_in_over_tls(daemon: Daemon, argv: list[str]) -> None:
+    """Through C{argv} (s_client, ncat --ssl): the banner, the prompts, alice logged in."""
+    term = Terminal(argv)
+    try:
+        term.expect(BANNER, timeout=15)
+        term.expect(LOGIN)
+        term.send("alice\n")
+        term.expect(PASSWORD)
+        term.send("alice-pw\n")
+        term.expect(re.compile(rb"welcome, alice\."))
+    finally:
+        term.close()
+
+
+def test_tls_chat_with_the_automatic_certificate_on_first_start(make_daemon: Any) -> None:
+    """
+    ``chat = tls:PORT`` (a plain endpoint boatwist puts TLS on, as it does
+    for https) starts on a first start, when no certificate exists yet: the
+    automatic one is made in state_dir/tls before the listeners, and
+    ``openssl s_client`` verifying against it, and ``ncat --ssl``, log in.
+    """
+    require_program("ncat", "ncat")
+    port = free_port()
+    daemon = make_daemon(f"[server]\nchat = tls:{port}:interface=127.0.0.1\n")
+    daemon.chat_port = port
+    cert = daemon.state / "tls" / "cert.pem"
+    assert not cert.exists()
+    daemon.start()
+    assert cert.exists()
+    daemon.wait_for_log("SHA-256 fingerprint")
+    log_in_over_tls(daemon, ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{port}", "-CAfile", str(cert),
+                             "-verify_return_error"])
+    log_in_over_tls(daemon, ["ncat", "--ssl", "127.0.0.1", str(port)])
+
+
+def test_an_ssl_endpoint_naming_the_automatic_files_starts_on_first_start(make_daemon: Any) -> None:
+    """
+    ``chat = ssl:PORT:privateKey=STATE/tls/key.pem:certKey=STATE/tls/cert.pem``
+    -- the files boatwist makes -- no longer fails on first start with
+    "expected a Twisted endpoint string": they are made before anything
+    listens, and s_client verifies the chat port against them.
+    """
+    port = free_port()
+    daemon = make_daemon()
+    tls = daemon.state / "tls"
+    daemon.config_path.write_text(daemon.config_path.read_text().replace(
+        f"chat = tcp:{daemon.chat_port}:interface=127.0.0.1",
+        f"chat = ssl:{port}:interface=127.0.0.1:privateKey={tls / 'key.pem'}:certKey={tls / 'cert.pem'}"))
+    daemon.chat_port = port
+    daemon.start()
+    log_in_over_tls(daemon, ["openssl", "s_client", "-quiet", "-connect", f"127.0.0.1:{port}",
+                             "-CAfile", str(tls / "cert.pem"), "-verify_return_error"])
+
+
+def test_a_missing_ssl_file_is_named(make_daemon: Any, tmp_path: Path) -> None:
+    """Any other missing file of an ssl: endpoint stops the daemon with one line naming that file."""
+    key, _cert = make_certificate(tmp_path)
+    missing = tmp_path / "nowhere" / "cert.pem"
+    daemon = make_daemon(f"[server]\nchat = ssl:{free_port()}:privateKey={key}:certKey={missing}\n")
+    daemon.spawn()
+    assert daemon.proc is not None and daemon.proc.wait(30) == 2
+    daemon.wait_for_log(f"[server] chat = ")
+    assert f"certKey file '{missing}' does not exist" in daemon.log_text(), daemon.log_text()

@@ -514,6 +514,29 @@ def test_first_start_creates_admin_with_random_password(make_daemon: Any) -> Non
     assert request(d, "GET", "/api/whoami", basic("admin", passwords[1])).status == 200
 
 
+def test_first_start_logs_where_the_password_is_never_the_password(make_daemon: Any) -> None:
+    """
+    Issue 8 item 9: twistd's --logfile is created world-readable (0644), so
+    the first start's log names the file the admin password is in (mode
+    0600) and what to do, and never contains the password -- not in the
+    text, not in any field of the event.
+    """
+    d = make_daemon(users={})
+    logfile = d.workdir / "embweb.log"
+    d.spawn(d.argv()[:2] + [f"--logfile={logfile}"] + d.argv()[2:])
+    d.wait_ready()
+    secret = d.state / "initial-admin-password"
+    password = secret.read_text().strip()
+    deadline = time.monotonic() + 10
+    while "created user 'admin'" not in (logfile.read_text() if logfile.exists() else ""):
+        assert time.monotonic() < deadline, "no first-start line in the log file"
+        time.sleep(0.05)  # bounded wait for twistd's log file
+    text = logfile.read_text()
+    assert str(secret) in text and "embweb-passwd passwd admin" in text
+    assert password not in text and password not in d.log_text()
+    assert request(d, "GET", "/api/whoami", basic("admin", password)).status == 200
+
+
 @needs_htpasswd
 def test_md5_apr1_users_file_stops_the_start_with_one_line(make_daemon: Any) -> None:
     """

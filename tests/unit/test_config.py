@@ -135,3 +135,25 @@ def test_hosts_are_a_list_and_garbage_is_refused() -> None:
         "device.local", ".example.com", "192.0.2.1:8080")
     with pytest.raises(ConfigError, match=r"\[http\] hosts"):
         parse_config("[http]\nhosts = http://x/\n")
+
+
+def test_tls_endpoints_and_ssl_files(tmp_path: Path) -> None:
+    """
+    Issue 8 item 8: ``tls:PORT`` is a tcp endpoint boatwist puts TLS on;
+    an ``ssl:`` endpoint naming the automatic certificate in state_dir/tls
+    is accepted before that certificate exists (it is made before the
+    listeners), while any other missing file is named in the one line.
+    """
+    from boatwist.config import is_tls, plain_endpoint
+
+    settings = parse_config("[server]\nchat = tls:8992:interface=127.0.0.1\nhttps = tls:8443\n")
+    assert is_tls(settings.server.chat) and plain_endpoint(settings.server.chat) == "tcp:8992:interface=127.0.0.1"
+    with pytest.raises(ConfigError, match="expected a Twisted endpoint string"):
+        parse_config("[server]\nchat = tls:notaport\n")
+    state = tmp_path / "var"
+    auto = f"ssl:8992:privateKey={state}/tls/key.pem:certKey={state}/tls/cert.pem"
+    assert parse_config(f"[server]\nstate_dir = {state}\nchat = {auto}\n").server.chat == auto
+    with pytest.raises(ConfigError, match=r"\[server\] chat = .*: privateKey file '/nowhere/key.pem' does not exist"):
+        parse_config("[server]\nchat = ssl:8992:privateKey=/nowhere/key.pem\n")
+    with pytest.raises(ConfigError, match="expected privateKey"):
+        parse_config("[server]\nchat = ssl:8992\n")

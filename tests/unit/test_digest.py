@@ -297,16 +297,16 @@ def test_bad_nc_refused(md5: DigestChallengeFactory, nc: str) -> None:
 
 
 def test_expired_nonce_is_stale(md5: DigestChallengeFactory, clock: Clock) -> None:
-    """A nonce older than the lifetime is refused with LoginFailed (before any password check), and the next
-    challenge for that request, from every factory, says stale=true; other requests' do not."""
+    """A nonce older than the lifetime is refused (StaleNonce) when the response on it is right, and the next
+    challenge for that request, from every factory, says stale=true; other requests' do not.  (Issue 8: no
+    longer before the password check -- a wrong password on it gets no stale=true, see the next test.)"""
     challenge = md5.getChallenge(make_request())
     header = client_response(challenge, "alice", "secret")
     clock.advance(LIFETIME - 1)
     md5.decode(header, make_request())  # still fine
     clock.advance(2)
     request = make_request()
-    with pytest.raises(error.LoginFailed):
-        md5.decode(header, request)
+    assert login(DigestChecker(FakeDatabase(), REALM), md5.decode(header, request)).check(StaleNonce)
     assert md5.getChallenge(request)["stale"] == b"true"
     assert DigestChallengeFactory(md5.authority, "SHA-256").getChallenge(request)["stale"] == b"true"
     assert "stale" not in md5.getChallenge(make_request())
@@ -317,9 +317,38 @@ def test_nonce_from_the_future_is_stale(md5: DigestChallengeFactory, clock: Cloc
     challenge = md5.getChallenge(make_request())
     clock.rightNow -= 3600
     request = make_request()
-    with pytest.raises(error.LoginFailed):
-        md5.decode(client_response(challenge, "alice", "secret"), request)
+    credentials = md5.decode(client_response(challenge, "alice", "secret"), request)
+    assert login(DigestChecker(FakeDatabase(), REALM), credentials).check(StaleNonce)
     assert md5.getChallenge(request)["stale"] == b"true"
+
+
+@pytest.mark.parametrize("outdated", ["expired", "future", "before this process"])
+def test_a_wrong_password_on_an_outdated_nonce_is_not_stale(clock: Clock, outdated: str) -> None:
+    """
+    Issue 8 item 2 (RFC 7616 section 3.3: stale only for an otherwise valid
+    response): a wrong password on an expired, future or previous-process
+    nonce is an ordinary failed login -- plain 401, no stale=true, counted
+    -- while the right one on the same nonce gets stale=true.
+    """
+    before = DigestAuthority(REALM, clock, LIFETIME, secret=b"k" * 32)
+    challenge = DigestChallengeFactory(before, "MD5").getChallenge(make_request())
+    authority = before
+    if outdated == "expired":
+        clock.advance(LIFETIME + 1)
+    elif outdated == "future":
+        clock.rightNow -= 3600
+    else:
+        clock.advance(1)
+        authority = DigestAuthority(REALM, clock, LIFETIME, secret=b"k" * 32, forget_before=clock.seconds())
+    factory = DigestChallengeFactory(authority, "MD5")
+    checker = DigestChecker(FakeDatabase(), REALM)
+    wrong = make_request()
+    failure = login(checker, factory.decode(client_response(challenge, "alice", "guess"), wrong))
+    assert failure.check(error.UnauthorizedLogin) and not failure.check(StaleNonce)
+    assert "stale" not in factory.getChallenge(wrong)
+    right = make_request()
+    assert login(checker, factory.decode(client_response(challenge, "alice", "secret", nc=2), right)).check(StaleNonce)
+    assert factory.getChallenge(right)["stale"] == b"true"
 
 
 def test_stale_flag_dies_with_the_request(md5: DigestChallengeFactory, authority: DigestAuthority) -> None:
@@ -348,8 +377,7 @@ def test_tracked_nonces_are_bounded(clock: Clock) -> None:
         clock.advance(0.01)
     assert authority.tracked() <= 16
     replay = make_request()
-    with pytest.raises(error.LoginFailed):
-        factory.decode(headers[0], replay)
+    assert login(checker, factory.decode(headers[0], replay)).check(StaleNonce)
     assert factory.getChallenge(replay)["stale"] == b"true"
     # the newest nonce is still tracked and refuses its replay
     assert login(checker, factory.decode(headers[-1], make_request())).check(StaleNonce)

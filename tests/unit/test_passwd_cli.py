@@ -214,3 +214,15 @@ def test_console_script_is_declared() -> None:
     """pyproject.toml points embweb-passwd at this main()."""
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     assert 'embweb-passwd = "boatwist.auth.passwd_cli:main"' in pyproject.read_text()
+
+
+def test_add_refuses_a_non_ascii_name_and_says_why(paths: tuple[Path, Path, list[str]]) -> None:
+    """
+    Issue 8 item 6: ``add jürgen`` is a usage error naming the reason (Firefox
+    sends no Digest answer for such a name), and nothing is written.
+    """
+    users, digest, options = paths
+    run = Run([*options, "--password-stdin", "add", "jürgen"], stdin="pw\n")
+    assert run.status == 2
+    assert "not ASCII" in run.err and "Firefox" in run.err
+    assert not users.exists() or "jürgen" not in users.read_text()

@@ -206,12 +206,27 @@ def test_tree_names_the_user_on_the_request(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_metrics_is_served() -> None:
-    """/metrics is the Prometheus text of the core's metrics."""
+    """/metrics is the Prometheus text of the core's metrics (bob online: one seat used; the scrape takes none)."""
     w = World()
+    assert w.http("bob", b"/api/whoami")[0] == 200
     status, headers, body = w.http("alice", b"/metrics")
     assert status == 200
     assert b'boatwist_seats{kind="used"} 1.0' in body
     assert headers[b"content-type"].startswith(b"text/plain")
+
+
+def test_a_scrape_takes_no_seat_even_in_a_full_house() -> None:
+    """
+    Issue 8 item 4: any user reading /metrics is authenticated but not an
+    operator -- with every seat taken by bob, alice's scrape is served (no
+    503) and alice is not online; bob's seat count is what it says.
+    """
+    w = full_world()
+    status, _headers, body = w.http("alice", b"/metrics")
+    assert status == 200, body
+    assert b'boatwist_seats{kind="used"} 1.0' in body
+    assert [u.name for u in w.presence.users()] == ["bob"]
+    assert w.http("alice", b"/api/whoami")[0] == 503  # the same user asking for anything else is refused
 
 
 def full_world() -> World:
