@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import secrets
 import socket
 import stat
 from pathlib import Path
@@ -44,6 +43,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtoc
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from boatwist.files import atomic_write
 
 if TYPE_CHECKING:
     from boatwist.config import ServerSettings
@@ -311,14 +312,14 @@ class _SelfSigned:
         cert = _build_certificate(key, _subject_alt_names(self._hostnames, self._log), now)
         # Key first: a crash in between leaves a key without a certificate,
         # which the next start treats as "incomplete" and replaces.
-        _write_atomically(
+        atomic_write(
             self._key,
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ),
             0o600,
         )
-        _write_atomically(self._cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(self._cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self._log.info(
             "Made a self-signed TLS certificate {cert} for {names}",
             cert=str(self._cert),
@@ -440,48 +441,6 @@ def _names_of(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [str(name.value) for name in san]
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """
-    Replace C{path} with C{data} so that a reader (or a power cut) sees the
-    old file or the new one, never a part.  The temporary is created with
-    C{mode} by C{os.open}, so a private key is never readable by others,
-    not even for an instant; it is synced before the rename, and the
-    directory after it, because flash on embedded boards loses unsynced data.
-    """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have taken bits off; put back exactly `mode`
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            temporary.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename stands
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------ loading and checking

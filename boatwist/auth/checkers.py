@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from boatwist.auth.digest import AvatarId
+from boatwist.auth.hashes import digest_hex
 from boatwist.auth.refusals import NoUsableHash, NotAGuess
 from boatwist.logs import NamespacedLogger
 from boatwist.auth.passwords import UserDatabase
@@ -170,7 +171,7 @@ class BcryptChecker:
                 if digest is None or len(password) > 72:
                     return False
                 algorithm, ha1, prefix = digest
-                computed = hashlib.new(_HASHLIB[algorithm], prefix + password).hexdigest()
+                computed = digest_hex(algorithm, prefix + password)
                 return hmac.compare_digest(computed, ha1)
             return bcrypt.checkpw(password, stored)
 
@@ -186,9 +187,6 @@ class BcryptChecker:
         defer.maybeDeferred(self._run, check).addCallbacks(finish, failed)
         return result
 
-
-#: hashlib's names of the Digest algorithms an HA1 is stored for.
-_HASHLIB = {"MD5": "md5", "SHA-256": "sha256"}
 
 #: The bcrypt cost assumed when the users file has no usable hash.
 DEFAULT_COST = 12

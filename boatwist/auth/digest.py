@@ -70,6 +70,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import ICredentialFactory, IRequest
 from zope.interface import implementer
 
+from boatwist.auth.hashes import DIGEST_ALGORITHMS, digest_hex
 from boatwist.auth.refusals import NoUsableHash, StaleNonce
 
 __all__ = [
@@ -86,7 +87,7 @@ __all__ = [
 #: Algorithms spoken, strongest first (the order challenges should be offered in).
 ALGORITHMS = ("SHA-256", "MD5")
 
-_HASHES = {"MD5": "md5", "SHA-256": "sha256"}
+_HASHES = DIGEST_ALGORITHMS
 
 #: What cred's checkers answer (ICredentialsChecker.requestAvatarId): the user
 #: name as bytes (an empty tuple would be the anonymous avatar, never used here).
@@ -125,7 +126,7 @@ class IClock(Protocol):
 
 def _hex(algorithm: str, data: bytes) -> bytes:
     """H(data) in lower-case hex for a Digest algorithm name ('MD5' or 'SHA-256')."""
-    return hashlib.new(_HASHES[algorithm], data).hexdigest().encode("ascii")
+    return digest_hex(algorithm, data).encode("ascii")
 
 
 def parse_params(value: bytes) -> dict[str, bytes]:

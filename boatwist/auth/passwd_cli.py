@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from boatwist.config import ConfigError, load_config
+from boatwist.controls.roles import RolePolicy
 from boatwist.auth.passwords import (
     PasswordFileError,
     UserDatabase,
@@ -69,8 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
-    """(htpasswd path, htdigest path, realm) from the config and the overriding options."""
+def _locations(args: argparse.Namespace) -> tuple[Path, Path, str, RolePolicy | None]:
+    """
+    (htpasswd path, htdigest path, realm, the roles) from the config and the
+    overriding options; the roles are known only when a config was read.
+    """
     explicit = args.users is not None and args.digest_users is not None
     config = args.config
     if config is None and not explicit:
@@ -80,6 +84,7 @@ def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
     users = Path(args.users) if args.users is not None else None
     digest = Path(args.digest_users) if args.digest_users is not None else None
     realm = args.realm
+    roles: RolePolicy | None = None
     if config is not None:
         try:
             settings = load_config(config)
@@ -88,6 +93,7 @@ def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
         users = users or settings.users_file
         digest = digest or settings.digest_users_file
         realm = realm if realm is not None else settings.auth.realm
+        roles = RolePolicy(settings.roles)
     assert users is not None and digest is not None
     if realm is None:
         realm = "boatwist"  # the daemon's default realm
@@ -95,7 +101,7 @@ def _locations(args: argparse.Namespace) -> tuple[Path, Path, str]:
         check_realm(realm)
     except PasswordFileError as e:
         raise _Usage(str(e)) from None
-    return users, digest, realm
+    return users, digest, realm, roles
 
 
 def _read_password(from_stdin: bool, stdin: TextIO) -> str:
@@ -133,7 +139,7 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             raise _Usage(str(e)) from None
     if not 4 <= args.rounds <= 31:
         raise _Usage("--rounds: expected 4 to 31")
-    users, digest, realm = _locations(args)
+    users, digest, realm, roles = _locations(args)
     try:
         if args.command == "list":
             database = UserDatabase(users, digest, realm=realm)
@@ -144,7 +150,8 @@ def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
                 kinds += [f"digest-{algorithm.lower()}" for algorithm in ("MD5", "SHA-256")
                           if database.ha1(name, realm, algorithm) is not None]
                 advice = _advice(name, kinds)
-                stdout.write(f"{name}\t{','.join(kinds)}" + (f"\t{advice}" if advice else "") + "\n")
+                role = f"\trole {roles.role_of(name).label}" if roles is not None else ""
+                stdout.write(f"{name}\t{','.join(kinds)}{role}" + (f"\t{advice}" if advice else "") + "\n")
             return
         user = str(args.user)
         if args.command == "delete":

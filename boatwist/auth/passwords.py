@@ -20,16 +20,17 @@ logging in with Digest.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import bcrypt
 from twisted.logger import Logger
+
+from boatwist.auth.hashes import DIGEST_ALGORITHMS, digest_hex
+from boatwist.files import atomic_write
 
 __all__ = [
     "PasswordFileError",
@@ -119,12 +120,9 @@ def digest_ha1(user: str, realm: str, password: str, algorithm: str = "MD5") -> 
     H(user:realm:password) in lower-case hex, as RFC 7616 section 3.4.2 and
     ``htdigest`` compute it (UTF-8 bytes).  SHA-256 is our htdigest extension.
     """
-    data = f"{user}:{realm}:{password}".encode("utf-8")
-    if algorithm == "MD5":
-        return hashlib.md5(data).hexdigest()
-    if algorithm == "SHA-256":
-        return hashlib.sha256(data).hexdigest()
-    raise ValueError(f"unsupported Digest algorithm {algorithm!r}")
+    if algorithm not in DIGEST_ALGORITHMS:
+        raise ValueError(f"unsupported Digest algorithm {algorithm!r}")
+    return digest_hex(algorithm, f"{user}:{realm}:{password}".encode("utf-8"))
 
 
 # ----------------------------------------------------------------- reading
@@ -403,13 +401,10 @@ class UserDatabase:
 
 def _atomic_write(path: Path, lines: Iterable[str]) -> None:
     """
-    Replace C{path} with C{lines} at once, mode 0600.
-
-    The temporary file is made in the same directory (os.replace is atomic
-    only within a file system) by mkstemp, which creates it 0600: the hashes
-    are never readable by others, not even for a moment.  When root edits a
-    file that belongs to the daemon's user, ownership is carried over so the
-    daemon can still read it.
+    Replace C{path} with C{lines} at once, mode 0600 (L{boatwist.files.atomic_write}):
+    the hashes are never readable by others, not even for a moment.  When
+    root edits a file that belongs to the daemon's user, ownership is
+    carried over so the daemon can still read it.
     """
     directory = path.parent
     if not directory.is_dir():
@@ -420,36 +415,14 @@ def _atomic_write(path: Path, lines: Iterable[str]) -> None:
         previous = None
     except OSError as e:
         raise PasswordFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    owner = None
+    if previous is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        owner = (previous.st_uid, previous.st_gid)
     data = "".join(line + "\n" for line in lines).encode("utf-8")
     try:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        atomic_write(path, data, 0o600, owner)
     except OSError as e:
-        raise PasswordFileError(f"{path}: cannot write in {directory} ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o600)
-            if previous is not None and hasattr(os, "geteuid") and os.geteuid() == 0:
-                os.fchown(f.fileno(), previous.st_uid, previous.st_gid)
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as e:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise PasswordFileError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:  # make the rename itself durable (power loss on a device is routine)
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _existing(path: Path) -> list[str]:

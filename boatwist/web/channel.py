@@ -215,6 +215,16 @@ class BoatwistChannel(http.HTTPChannel):
 
     Timers use C{self.callLater}, which L{http.HTTPFactory.buildProtocol}
     sets to the site's reactor: a L{Clock} drives them in tests.
+
+    Private Twisted API, because HTTPChannel offers no public hook for any of
+    this (checked against Twisted 24.7 to 26.x, the range pyproject pins):
+    C{_handlingRequest} and C{_buffer} (is a request being received, is the
+    next one pipelined: when the header clock starts), C{_command}, C{_path},
+    C{_version} (the request line, for refusing before dispatch and for
+    absolute-form targets), C{_respondToBadRequestAndDisconnect} (Twisted's
+    bare 400 gets our headers and a log line) and C{_send100Continue} (never
+    invite a body before authentication).  A test per behaviour fails if
+    Twisted changes one of them.
     """
 
     _log = Logger()

@@ -149,7 +149,10 @@ def test_embweb_passwd_list_says_what_each_user_lacks(make_daemon: Callable[...,
     tool = str(Path(sys.executable).parent / "embweb-passwd")
     done = subprocess.run([tool, "--config", str(d.config_path), "list"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    lines = {line.split("\t")[0]: line.split("\t")[1:] for line in done.stdout.splitlines()}
+    # name, what they can log in with, their role (from the config), advice when something is missing
+    lines = {line.split("\t")[0]: [f for f in line.split("\t")[1:] if not f.startswith("role ")]
+             for line in done.stdout.splitlines()}
+    assert all("\trole operator" in line for line in done.stdout.splitlines())
     assert lines["alice"] == ["basic,digest-md5,digest-sha-256"]
     kinds, advice = lines["carol"]
     assert kinds == "digest-md5" and "no SHA-256 HA1" in advice and "embweb-passwd passwd carol" in advice

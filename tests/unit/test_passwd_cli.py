@@ -226,3 +226,16 @@ def test_add_refuses_a_non_ascii_name_and_says_why(paths: tuple[Path, Path, list
     assert run.status == 2
     assert "not ASCII" in run.err and "Firefox" in run.err
     assert not users.exists() or "jürgen" not in users.read_text()
+
+
+def test_list_shows_each_users_role_from_the_config(tmp_path: Path) -> None:
+    """With a config, list names each user's role ([roles]; the first-start admin is an admin)."""
+    state = tmp_path / "var"
+    state.mkdir()
+    config = tmp_path / "embweb.ini"
+    config.write_text(f"[server]\nstate_dir = {state}\n[roles]\nviewer = carol\n")
+    for user in ("admin", "bob", "carol"):
+        assert Run(["--config", str(config), "--rounds", "4", "--password-stdin", "add", user],
+                   stdin="pw\n").status == 0
+    roles = [line.split("\t")[2] for line in Run(["--config", str(config), "list"]).out.splitlines()]
+    assert roles == ["role admin", "role operator", "role viewer"]
