@@ -112,6 +112,9 @@ class Controls:
         self._observe = observe
         self._states: dict[str, ControlState] = {}
         self._pollers: list[LoopingCall] = []
+        #: Fired once every control has its state (L{when_built}).
+        self._waiting: list[Deferred[None]] = []
+        self._built = False
 
     # ------------------------------------------------------------ queries
 
@@ -127,6 +130,24 @@ class Controls:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self._specs)
+
+    @property
+    def built(self) -> bool:
+        """Whether every control has its state: not yet in the moment after start when the store is read."""
+        return self._built
+
+    def when_built(self) -> Deferred[None]:
+        """
+        Fires once every control has its state (at once when it has): the
+        listeners open while the recorded values are still being read, and a
+        request in that moment must wait for them, not be told a declared
+        control does not exist.
+        """
+        if self._built:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
 
     def quality_of(self, state: ControlState) -> Quality:
         """The quality now: a good value whose poll is overdue has gone stale."""
@@ -197,6 +218,10 @@ class Controls:
                 poller.clock = self._clock
                 poller.start(spec.poll, now=False)
                 self._pollers.append(poller)
+        self._built = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
         return defer.gatherResults(reads).addCallback(lambda _: None)
 
     def stop(self) -> Deferred[None]:

@@ -1,0 +1,108 @@
+"""
+The operation pipeline (boatwist.controls.pipeline) in a whole real core on a
+Clock (tests/core_rig.py): memory controls, the in-memory store on a
+synchronous runner, the real hub, floor, roles and confirmations.
+
+Pinned here what the integration tests cannot pin without waiting or racing:
+a confirmation's expiry (15 s, on the Clock), and requests that arrive in the
+moment after start when the controls are still being built (they wait; they
+are not told that a declared control does not exist).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from boatwist.config import parse_config
+from boatwist.controls.pipeline import Outcome
+from boatwist.web.controls_api import ControlResource, ControlsResource
+from core_rig import Rig
+
+DEVICE = """
+[floor]
+mode = off
+[control:pump]
+type = switch
+backend = memory
+initial = off
+safe_value = off
+[control:heater]
+type = switch
+backend = memory
+initial = off
+confirm = Turn the heater on?
+"""
+
+
+def rig(text: str = DEVICE, start: bool = True) -> Rig:
+    r = Rig(parse_config(text))
+    if start:
+        r.core.controls.start()
+    return r
+
+
+def result(d: Deferred[Outcome]) -> Outcome:
+    """The outcome of an operation that has completed (synchronous store, memory backends, a Clock)."""
+    got: list[Any] = []
+    d.addBoth(got.append)
+    assert got, "the operation has not completed"
+    assert isinstance(got[0], Outcome), got[0]
+    return got[0]
+
+
+def control_events(r: Rig) -> list[dict]:
+    return [e.data for e in r.events if e.kind == "control"]
+
+
+# ------------------------------------------------------------------ start
+
+
+def test_operation_in_the_moment_before_the_controls_are_built_waits_for_them() -> None:
+    """
+    The listeners open while the store is still giving back the recorded
+    values: an operation on a declared control in that moment waits and is
+    then carried out (200) -- it is not answered 404 "no control named pump"
+    -- while an undeclared name is still 404 at once.
+    """
+    r = rig(start=False)
+    ops = r.core.operations
+    waiting = ops.operate("alice", "pump", True, "api")
+    unknown = result(ops.operate("alice", "nope", True, "api"))
+    assert unknown.status == 404 and "controls: pump, heater" in str(unknown.error), unknown
+    got: list[Outcome] = []
+    waiting.addCallback(got.append)
+    assert got == []
+    r.core.controls.start()
+    assert [o.status for o in got] == [200], got
+    assert got[0].operation is not None and got[0].operation["old"] is False
+
+
+def render(resource: Any) -> DummyRequest:
+    request = DummyRequest([b""])
+    out = resource.render_GET(request)
+    if out is not NOT_DONE_YET:
+        request.write(out)
+        request.finish()
+    return request
+
+
+def test_controls_api_in_the_moment_before_the_controls_are_built_waits_for_them() -> None:
+    """
+    ``GET /api/controls`` and ``GET /api/controls/pump`` asked before the
+    controls are built are answered once they are: the full list (not an
+    empty one) and the control (not a 404).
+    """
+    r = rig(start=False)
+    listing = render(ControlsResource("alice", r.core))
+    one = render(ControlResource("alice", r.core, "pump"))
+    assert not listing.finished and not one.finished
+    r.core.controls.start()
+    assert listing.finished and one.finished
+    assert [c["name"] for c in json.loads(b"".join(listing.written))["controls"]] == ["pump", "heater"]
+    assert one.responseCode in (None, 200)
+    assert json.loads(b"".join(one.written))["value"] is False
