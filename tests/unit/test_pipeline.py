@@ -59,6 +59,42 @@ def control_events(r: Rig) -> list[dict]:
     return [e.data for e in r.events if e.kind == "control"]
 
 
+# ------------------------------------------------------------------ confirmation
+
+
+def test_confirmation_token_expires_after_15_seconds() -> None:
+    """
+    A 428's token answered after 15 s (on the Clock) is refused with another
+    428 that says it expired and asks again with a fresh token; nothing is
+    operated or broadcast.  The fresh token, answered in time, operates.
+    """
+    r = rig()
+    ops = r.core.operations
+    asked = result(ops.operate("alice", "heater", True, "api"))
+    assert asked.status == 428 and asked.detail["expires_in"] == 15.0, asked
+    r.clock.advance(15.0)
+    late = result(ops.operate("alice", "heater", True, "api", confirm=str(asked.detail["confirm"])))
+    assert late.status == 428, late
+    assert late.error == "the confirmation expired (15 s to answer): ask again", late
+    assert late.detail["confirm"] != asked.detail["confirm"]
+    assert control_events(r) == []
+    assert r.core.controls.get("heater").value is False  # type: ignore[union-attr]
+
+    done = result(ops.operate("alice", "heater", True, "api", confirm=str(late.detail["confirm"])))
+    assert done.status == 200, done
+    assert [(e["control"], e["old"], e["value"]) for e in control_events(r)] == [("heater", False, True)]
+
+
+def test_confirmation_token_just_in_time_operates() -> None:
+    """The same token answered 14.9 s after the question (on the Clock) still operates."""
+    r = rig()
+    ops = r.core.operations
+    asked = result(ops.operate("alice", "heater", True, "api"))
+    r.clock.advance(14.9)
+    done = result(ops.operate("alice", "heater", True, "api", confirm=str(asked.detail["confirm"])))
+    assert done.status == 200, done
+
+
 # ------------------------------------------------------------------ start
 
 
