@@ -30,7 +30,7 @@ from boatwist.controls.registry import Controls
 from boatwist.controls.roles import RolePolicy
 from boatwist.events import Event, EventHub
 from boatwist.heartbeat import HeartbeatService
-from boatwist.metrics import Metrics
+from boatwist.metrics import BackendCalls, Metrics
 from boatwist.net.tracking import ConnectionTracker
 from boatwist.presence import Presence
 from boatwist.ratelimit import TokenBuckets
@@ -99,18 +99,20 @@ def build_core(
     room = ChatRoom(hub, store, presence, clock, settings.chat, rate)
     hub.subscribe(audit_presence(store))
     roles = RolePolicy(settings.roles)
-    controls = Controls(settings.controls, backends, store, hub, clock, wall)
+    # Backend call times for /metrics: not events, so told through the controls' and pipeline's hook.
+    backend_calls = BackendCalls()
+    controls = Controls(settings.controls, backends, store, hub, clock, wall, observe=backend_calls.observe)
     # The safe state follows the floor's "lost" event on the hub (the pipeline subscribes), not a callback.
     floor = Floor(settings.floor, roles, hub, clock, lambda event: None, wall=wall)
     pipeline = Pipeline(controls, roles, floor, Confirmations(clock), LastOperatorTracker(), rate, store, hub,
-                        clock, wall)
+                        clock, wall, observe=backend_calls.observe)
     # Presence offline -> the floor lost -> the safe state: delivered in that order (EventHub).
     hub.subscribe(floor.on_event)
     hub.subscribe(pipeline.on_event)
     streams = StreamRegistry()
     heartbeat = HeartbeatService(tracker, presence, streams, settings.heartbeat, clock, monotonic,
                                  keepalive=settings.keepalive, watchdog=watchdog)
-    metrics = Metrics(presence, tracker, heartbeat, streams)
+    metrics = Metrics(presence, tracker, heartbeat, streams, backend_calls)
     hub.subscribe(metrics.on_event)
     return Core(settings=settings, clock=clock, monotonic=monotonic, wall=wall, hub=hub, presence=presence,
                 tracker=tracker, streams=streams, store=store, room=room, roles=roles, floor=floor,
