@@ -53,9 +53,14 @@ class BackendCalls:
                                  labelnames=("control", "call"), buckets=BACKEND_BUCKETS, registry=None)
         #: control -> reads that failed.
         self.read_errors: Counter[str] = Counter()
+        # labels() validates and locks on every call: 100 controls polled each second make it count.
+        self._children: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, control: str, call: str, seconds: float, ok: bool) -> None:
-        self.latency.labels(control, call).observe(max(0.0, seconds))
+        child = self._children.get((control, call))
+        if child is None:
+            child = self._children[(control, call)] = self.latency.labels(control, call)
+        child.observe(max(0.0, seconds))
         if not ok and call == "read":
             self.read_errors[control] += 1
 
