@@ -274,3 +274,34 @@ def test_admin_kick_closes_the_stream_frees_the_floor_and_sets_the_safe_value(de
     assert history(d)[-1]["via"] == "safe-state"
     status, body = curl(d, "POST", "/api/kick", "alice", json.dumps({"user": "bob"}))
     assert status == 404 and "not online" in body["error"], body
+
+
+# ------------------------------------------------------------------ mode off
+
+
+def test_floor_off_the_last_operator_leaving_sets_the_safe_value(device: Any, streams: list[Watch]) -> None:
+    """
+    ``[floor] mode = off``: bob, whose only persistent connection is his
+    event stream, switches the pump on and then closes the stream (his
+    curl requests came before, so nothing keeps him online): dave sees bob
+    offline (``closed``) and then the pump set off by ``safe-state``; the
+    set-point he also changed has no safe value and is left alone.
+    """
+    d = device("off")
+    dave = watch(d, "dave", streams)
+    bob = Watch(d, "bob")
+    status, body = curl(d, "POST", "/api/controls/pump", "bob", '{"value": true}')
+    assert status == 200, body
+    status, body = curl(d, "POST", "/api/controls/setpoint", "bob", '{"value": 30}')
+    assert status == 200, body
+    mark = dave.mark()
+    bob.close()
+    gone = dave.wait_index(lambda k, e: k == "presence" and e["user"] == "bob" and e["state"] == "offline",
+                           since=mark)
+    safe = dave.wait_index(ops_of("pump", via="safe-state"), since=mark)
+    assert gone < safe, dave.dump(mark)
+    assert dave.events[gone][1]["reason"] == "closed"
+    op = dave.events[safe][1]
+    assert (op["user"], op["old"], op["value"], op["reason"]) == ("bob", True, False, "closed"), op
+    assert [e["control"] for e in dave.of_kind("control", mark)] == ["pump"], dave.dump(mark)
+    assert d.get_json("/api/controls/setpoint", "alice")["value"] == 30.0
