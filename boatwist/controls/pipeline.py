@@ -137,6 +137,10 @@ class Pipeline:
             return self._refused(state, user, value, via, 409, held.message, detail)
         if spec.confirm is not None:
             checked = None if confirm is None else self._confirmations.confirm(user, spec, value, confirm)
+            if checked is not None:
+                # A token that does not answer this question: refused, and written down (issue 11 item 6).
+                line = f"{spec.name} = {value!r}: {checked.reason.value}: {checked.message}"
+                self._store.audit("confirm-refused", user, None, line).addErrback(lambda _: None)
             if confirm is None or checked is not None:
                 question = self._confirmations.ask(user, spec, value, via=via)
                 error = "confirmation needed" if checked is None else checked.message

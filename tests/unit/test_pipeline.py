@@ -142,3 +142,49 @@ def test_controls_api_in_the_moment_before_the_controls_are_built_waits_for_them
     assert [c["name"] for c in json.loads(b"".join(listing.written))["controls"]] == ["pump", "heater"]
     assert one.responseCode in (None, 200)
     assert json.loads(b"".join(one.written))["value"] is False
+
+
+# ------------------------------------------------------------------ the audit log
+
+
+def audit(r: Rig) -> list[tuple[str, str, str]]:
+    entries: list[Any] = []
+    r.store.audit_log().addCallback(entries.append)
+    return [(e["kind"], e["user"], e["detail"]) for e in entries[0]]
+
+
+def test_a_refused_confirmation_is_written_to_the_audit_log() -> None:
+    """
+    A token that does not answer the question (another value, another user,
+    a replay) is refused with a 428 and written to the audit log with who,
+    what and why; asking the question is not a refusal and is not written.
+    """
+    r = rig()
+    ops = r.core.operations
+    token = str(result(ops.operate("alice", "heater", True, "api")).detail["confirm"])
+    assert audit(r) == []
+    assert result(ops.operate("alice", "heater", False, "api", confirm=token)).status == 428
+    assert result(ops.operate("bob", "heater", True, "api", confirm=token)).status == 428
+    assert result(ops.operate("alice", "heater", True, "api", confirm=token)).status == 200
+    assert result(ops.operate("alice", "heater", True, "api", confirm=token)).status == 428
+    assert audit(r) == [
+        ("confirm-refused", "alice", "heater = False: wrong-value: this confirmation is for heater = True, not False"),
+        ("confirm-refused", "bob", "heater = True: wrong-user: this confirmation was given to another user"),
+        ("confirm-refused", "alice", "heater = True: used: this confirmation was already used: ask again"),
+    ]
+
+
+def test_every_floor_change_is_written_to_the_audit_log() -> None:
+    """Taking, requesting, handing over and releasing the floor are audit entries, in the chat port's words."""
+    r = rig(DEVICE.replace("mode = off", "mode = optional"))
+    floor = r.core.floor
+    assert floor.take("alice") is None
+    assert floor.request("bob", "may I?") is None
+    assert floor.hand_over("alice") is None
+    assert floor.release("bob") is None
+    assert audit(r) == [
+        ("floor", "alice", "taken: alice took the floor"),
+        ("floor", "bob", "requested: bob asks alice for the floor ('may I?')"),
+        ("floor", "bob", "taken: alice handed the floor over to bob"),
+        ("floor", "bob", "released: bob released the floor"),
+    ]
