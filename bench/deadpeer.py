@@ -425,11 +425,11 @@ def part_cpu(counts: list[int], ticks: int) -> None:
                     raise SystemExit(f"socket options missing here: {missing}")
                 # As the daemon has it: a recorder is installed on the transport,
                 # and the tracked connection's ``sock`` is the real socket under it.
-                recorder = recorder.RecordingSocket(s, recorder.SocketRecord())
-                conns.append(BenchConnection(i + 1, recorder.wrapped, f"user{i % 10}"))
+                recording = recorder.RecordingSocket(s, recorder.SocketRecord())
+                conns.append(BenchConnection(i + 1, recording.wrapped, f"user{i % 10}"))
             presence = BenchPresence()
             hb = HeartbeatService(BenchTracker(conns), presence, [], HeartbeatSettings(interval=HEARTBEAT),
-                                  Clock(), time.monotonic)
+                                  Clock(), time.monotonic, keepalive=keepalive)
             heartbeat = cpu_of(hb.check_connections, ticks)
             whole = cpu_of(hb.tick, ticks)
             read = tcpinfo.read_tcp_info
