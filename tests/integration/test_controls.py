@@ -339,8 +339,9 @@ def test_hanging_command_is_504_at_timeout_while_the_reactor_keeps_serving(share
     A write command that never ends: the POST is answered 504 once
     ``timeout`` (1.5 s) has passed, not before and not much after, and the
     program is killed.  Meanwhile the daemon keeps serving: ``/healthz``
-    answers every 50 ms within 0.5 s, bob's stream gets the failure, and the
-    heartbeat goes on ticking (``boatwist_heartbeat_ticks_total`` advances).
+    answers every 50 ms within 1 s (a blocked reactor would take the whole
+    1.5 s), bob's stream gets the failure, and the heartbeat goes on ticking
+    (``boatwist_heartbeat_ticks_total`` advances).
     """
     bob = watch("bob")
     ticks_before = metric(shared, "alice", "boatwist_heartbeat_ticks_total")
@@ -366,7 +367,7 @@ def test_hanging_command_is_504_at_timeout_while_the_reactor_keeps_serving(share
     assert body["error"] == f"timed out after {HANG_TIMEOUT:g} s", body
     assert HANG_TIMEOUT - 0.05 <= elapsed <= HANG_TIMEOUT + 2.0, elapsed
     assert saw_process, "the command was running during the wait"
-    assert len(health) >= 5 and max(health) < 0.5, health
+    assert len(health) >= 5 and max(health) < 1.0, health  # blocked, one would take the whole 1.5 s
     event = bob.wait(ops_of("flush", id=body["operation"]["id"]))
     assert (event["result"], event["error"]) == ("error", f"timed out after {HANG_TIMEOUT:g} s"), event
     ticks_after = metric(shared, "alice", "boatwist_heartbeat_ticks_total")
