@@ -186,7 +186,14 @@ class Controls:
 
     def start(self) -> Deferred[None]:
         """Build the backends (memory ones with their recorded value), read each control once, start polling."""
-        return Deferred.fromCoroutine(self._start())
+        d = Deferred.fromCoroutine(self._start())
+
+        def failed(failure: Failure) -> Failure:
+            # Whatever was built is all there will be: nobody may wait for the rest forever.
+            self._release_waiting()
+            return failure
+
+        return d.addErrback(failed)
 
     async def _start(self) -> None:
         try:
@@ -218,11 +225,14 @@ class Controls:
                 poller.clock = self._clock
                 poller.start(spec.poll, now=False)
                 self._pollers.append(poller)
+        self._release_waiting()
+        return defer.gatherResults(reads).addCallback(lambda _: None)
+
+    def _release_waiting(self) -> None:
         self._built = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
-        return defer.gatherResults(reads).addCallback(lambda _: None)
 
     def stop(self) -> Deferred[None]:
         for poller in self._pollers:

@@ -188,3 +188,24 @@ def test_every_floor_change_is_written_to_the_audit_log() -> None:
         ("floor", "bob", "taken: alice handed the floor over to bob"),
         ("floor", "bob", "released: bob released the floor"),
     ]
+
+
+def test_controls_that_fail_to_start_do_not_leave_requests_waiting() -> None:
+    """
+    If building the controls fails (a backend that cannot be made), the
+    requests waiting for them are answered with what there is -- here a 404
+    naming the declared controls -- instead of waiting forever.
+    """
+    r = rig(start=False)
+    ops = r.core.operations
+    got: list[Outcome] = []
+    ops.operate("alice", "pump", True, "api").addCallback(got.append)
+
+    def broken(*args: object, **kw: object) -> object:
+        raise TypeError("pump: unknown backend")
+
+    r.backends.build = broken  # type: ignore[method-assign]
+    failures: list[object] = []
+    r.core.controls.start().addErrback(failures.append)
+    assert len(failures) == 1
+    assert [o.status for o in got] == [404], got
