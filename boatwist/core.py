@@ -24,14 +24,13 @@ from boatwist.chat.room import ChatRoom
 from boatwist.config import AdmissionSettings, Settings
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.confirm import Confirmations
-from boatwist.controls.floor import Floor, LastOperatorTracker
+from boatwist.controls.floor import Floor, FloorEvent, LastOperatorTracker, describe
 from boatwist.controls.pipeline import Pipeline
 from boatwist.controls.registry import Controls
 from boatwist.controls.roles import RolePolicy
-from boatwist.controls.words import floor_line
 from boatwist.events import Event, EventHub
 from boatwist.heartbeat import HeartbeatService
-from boatwist.metrics import Metrics
+from boatwist.metrics import BackendCalls, Metrics
 from boatwist.net.tracking import ConnectionTracker
 from boatwist.presence import Presence
 from boatwist.ratelimit import TokenBuckets
@@ -40,7 +39,7 @@ from boatwist.store.service import Store
 from boatwist.web.static import StaticFiles, static_dir
 from boatwist.web.stream import StreamRegistry
 
-__all__ = ["Core", "audit_presence", "build_core"]
+__all__ = ["Core", "audit_floor", "audit_presence", "build_core"]
 
 
 @dataclass(frozen=True)
@@ -99,19 +98,22 @@ def build_core(
     rate = TokenBuckets(clock, settings.chat.rate_messages, settings.chat.rate_period)
     room = ChatRoom(hub, store, presence, clock, settings.chat, rate)
     hub.subscribe(audit_presence(store))
+    hub.subscribe(audit_floor(store))
     roles = RolePolicy(settings.roles)
-    controls = Controls(settings.controls, backends, store, hub, clock, wall)
+    # Backend call times for /metrics: not events, so told through the controls' and pipeline's hook.
+    backend_calls = BackendCalls()
+    controls = Controls(settings.controls, backends, store, hub, clock, wall, observe=backend_calls.observe)
     # The safe state follows the floor's "lost" event on the hub (the pipeline subscribes), not a callback.
-    floor = Floor(settings.floor, roles, hub, clock, lambda event: None, wall=wall)
+    floor = Floor(settings.floor, roles, hub, clock, wall=wall)
     pipeline = Pipeline(controls, roles, floor, Confirmations(clock), LastOperatorTracker(), rate, store, hub,
-                        clock, wall)
+                        clock, wall, observe=backend_calls.observe)
     # Presence offline -> the floor lost -> the safe state: delivered in that order (EventHub).
     hub.subscribe(floor.on_event)
     hub.subscribe(pipeline.on_event)
     streams = StreamRegistry()
     heartbeat = HeartbeatService(tracker, presence, streams, settings.heartbeat, clock, monotonic,
                                  keepalive=settings.keepalive, watchdog=watchdog)
-    metrics = Metrics(presence, tracker, heartbeat, streams)
+    metrics = Metrics(presence, tracker, heartbeat, streams, backend_calls)
     hub.subscribe(metrics.on_event)
     return Core(settings=settings, clock=clock, monotonic=monotonic, wall=wall, hub=hub, presence=presence,
                 tracker=tracker, streams=streams, store=store, room=room, roles=roles, floor=floor,
@@ -122,15 +124,13 @@ def build_core(
 def audit_presence(store: Store) -> Callable[[Event], None]:
     """
     An event-hub subscriber writing to the audit log: logouts (with their
-    reasons), refusals of a seat, every floor change, and every operation
-    refused by role or floor (operations themselves are in their own table).
+    reasons), refusals of a seat, and every operation refused by role or
+    floor (operations themselves are in their own table; floor changes are
+    L{audit_floor}'s).
     """
 
     def on_event(event: Event) -> None:
         data = event.data
-        if event.kind == "floor":
-            store.audit("floor", data.get("user"), None, floor_line(data)).addErrback(lambda _: None)
-            return
         if event.kind == "control" and data.get("refused"):
             detail = f"{data.get('control')}: {data.get('error')} via {data.get('via')}"
             store.audit("refused-operation", data.get("user"), None, detail).addErrback(lambda _: None)
@@ -146,5 +146,17 @@ def audit_presence(store: Store) -> Callable[[Event], None]:
         else:
             return
         store.audit(kind, data.get("user"), None, f"{detail} via {data.get('via')}").addErrback(lambda _: None)
+
+    return on_event
+
+
+def audit_floor(store: Store) -> Callable[[Event], None]:
+    """An event-hub subscriber writing every change of the floor to the audit log, in the chat port's words."""
+
+    def on_event(event: Event) -> None:
+        if event.kind != "floor":
+            return
+        floor = FloorEvent.from_data(event.data)
+        store.audit("floor", floor.user, None, f"{floor.state.value}: {describe(floor)}").addErrback(lambda _: None)
 
     return on_event

@@ -5,7 +5,19 @@ A registry of our own per process (never prometheus_client's global one, so
 tests and two daemons in one interpreter do not collide).  Gauges are read
 at scrape time from presence, the tracker, the heartbeat and the open event
 streams; counters and histograms are fed by the event hub, so data still
-flows one way.
+flows one way.  The one exception is the device's backend calls, which are
+not events: L{BackendCalls} is made before the controls and handed to them
+and to the pipeline as their C{observe} hook.
+
+The device:
+
+    boatwist_operations_total{control, result}   every operation (from the
+        C{control} events): result ok or error -- refusals by role or floor,
+        failed writes and safe-state operations included
+    boatwist_backend_call_seconds{control, call}  histogram of backend call
+        times: call C{read} (the first read and every poll) or C{write}
+    boatwist_poll_errors_total{control}   reads that failed (a poll, or the
+        first read at start): the device not answering
 """
 
 from __future__ import annotations
@@ -23,25 +35,59 @@ from boatwist.presence import Kind, Presence
 from boatwist.reasons import VANISHED, Reason
 
 
+#: Backend call buckets, seconds: memory answers in microseconds, a file in a fraction of a
+#: millisecond, Modbus on a LAN in milliseconds, a command in tens of them, a timeout in seconds.
+BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class BackendCalls:
+    """
+    Every backend call the controls (reads, polls) and the pipeline (writes)
+    make: L{observe} is their C{observe} hook.  Made before them, read by
+    L{Metrics} at scrape time.
+    """
+
+    def __init__(self) -> None:
+        # Not registered here: Metrics registers it in its own registry.
+        self.latency = Histogram("boatwist_backend_call_seconds", "Seconds per backend call, by control and call",
+                                 labelnames=("control", "call"), buckets=BACKEND_BUCKETS, registry=None)
+        #: control -> reads that failed.
+        self.read_errors: Counter[str] = Counter()
+        # labels() validates and locks on every call: 100 controls polled each second make it count.
+        self._children: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, control: str, call: str, seconds: float, ok: bool) -> None:
+        child = self._children.get((control, call))
+        if child is None:
+            child = self._children[(control, call)] = self.latency.labels(control, call)
+        child.observe(max(0.0, seconds))
+        if not ok and call == "read":
+            self.read_errors[control] += 1
+
+
 class Metrics:
     def __init__(self, presence: Presence, tracker: ConnectionTracker, heartbeat: HeartbeatService,
-                 streams: Sized) -> None:
+                 streams: Sized, backend_calls: BackendCalls) -> None:
         self.presence = presence
         self.tracker = tracker
         self.heartbeat = heartbeat
         self.streams = streams
+        self.backend_calls = backend_calls
         self.registry = CollectorRegistry(auto_describe=True)
         #: More families, read at each scrape (the MQTT bridge's counters when it runs).
         self._sources: list[Callable[[], Iterable[Metric]]] = []
         self.offline_reasons: Counter[str] = Counter()
         self.chat_messages: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
+        #: (control, result) -> operations.
+        self.operations: Counter[tuple[str, str]] = Counter()
         self.detection = Histogram(
             "boatwist_detection_seconds",
             "Seconds from a vanished peer's last sign of life to its offline event",
             buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 300, 900),
             registry=self.registry,
         )
+        self.registry.register(backend_calls.latency)
         # A custom collector: prometheus_client calls collect() at each scrape.
         self.registry.register(self)
 
@@ -57,6 +103,8 @@ class Metrics:
                 self.detection.observe(after)
         elif event.kind == "chat":
             self.chat_messages[data.get("via", "unknown")] += 1
+        elif event.kind == "control":
+            self.operations[(str(data.get("control")), str(data.get("result")))] += 1
 
     def collect(self) -> Iterator[Metric]:
         users = GaugeMetricFamily("boatwist_users_online", "Users online, by state", labels=["state"])
@@ -90,9 +138,25 @@ class Metrics:
         tick = SummaryMetricFamily("boatwist_heartbeat_tick_seconds", "CPU seconds per heartbeat tick (recent)",
                                    count_value=len(durations), sum_value=sum(durations))
         yield tick
+        # The summary above covers recent ticks only (its count stops at the window's size): this one
+        # only grows, so rate() says whether the heartbeat is ticking at all.
+        yield CounterMetricFamily("boatwist_heartbeat_ticks", "Heartbeat ticks since start",
+                                  value=self.heartbeat.ticks)
+        yield CounterMetricFamily("boatwist_heartbeat_failed_ticks", "Heartbeat ticks with a failed step",
+                                  value=self.heartbeat.failed_ticks)
         last = GaugeMetricFamily("boatwist_heartbeat_last_tick_seconds", "CPU seconds of the last heartbeat tick")
         last.add_metric([], durations[-1] if durations else 0.0)
         yield last
+        operations = CounterMetricFamily("boatwist_operations", "Operations of the device, by control and result",
+                                         labels=["control", "result"])
+        for (control, result), n in sorted(self.operations.items()):
+            operations.add_metric([control, result], n)
+        yield operations
+        polls = CounterMetricFamily("boatwist_poll_errors", "Reads of a control that failed (polls, the first read)",
+                                    labels=["control"])
+        for control, n in sorted(self.backend_calls.read_errors.items()):
+            polls.add_metric([control], n)
+        yield polls
         streams = GaugeMetricFamily("boatwist_event_streams", "Open event streams")
         streams.add_metric([], len(self.streams))
         yield streams

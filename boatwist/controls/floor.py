@@ -51,13 +51,13 @@ states still shows the right holder.
 
 Safe state: the floor writes no hardware.  When the floor is lost in a way
 that calls for the safe state (C{safe} true in the event: the holder went
-offline or was kicked), L{Floor} publishes the event and then calls the
-injected C{on_lost(event)}; the pipeline sets the safe values from there
-with C{via} C{safe-state}.  A callback rather than a hub subscription, so the
-safe state cannot be lost to a subscriber that failed to parse a dict, and
-is typed.  The hub delivers the C{floor} event before anything the callback
-publishes, even when the loss happens inside the delivery of the C{presence}
-event that caused it (L{boatwist.events}).
+offline or was kicked), L{Floor} publishes the event; the operation
+pipeline, a hub subscriber (L{boatwist.controls.pipeline.Pipeline.on_event}),
+sets the safe values from it with C{via} C{safe-state}.  The hub delivers
+the C{floor} event to everyone before anything the pipeline then publishes,
+even when the loss happens inside the delivery of the C{presence} event
+that caused it (L{boatwist.events}).  An C{on_lost(event)} callback may
+also be given, called right after the event is published.
 
 C{safe} per cause, and why:
 
@@ -550,7 +550,7 @@ class Floor:
         roles: RolePolicy,
         hub: Publisher,
         clock: IReactorTime,
-        on_lost: Callable[[FloorEvent], None],
+        on_lost: Callable[[FloorEvent], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -773,7 +773,7 @@ class Floor:
         """Tell everyone, then -- when the loss calls for it -- the safe state."""
         self._hub.publish("floor", dict(event.as_data()))
         self._log.info("floor: {line}", line=describe(event))
-        if event.safe:
+        if event.safe and self._on_lost is not None:
             self._on_lost(event)
 
     def _check_active(self) -> FloorRefusal | None:

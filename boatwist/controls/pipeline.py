@@ -110,6 +110,10 @@ class Pipeline:
         refusal is an L{Outcome} with its status.
         """
         state = self._controls.get(name)
+        if state is None and not self._controls.built and name in self._controls.names:
+            # Declared, and the recorded values are being read at start: a moment, not a 404.
+            return self._controls.when_built().addCallback(
+                lambda _: self.operate(user, name, raw, via, confirm, text))
         if state is None:
             known = ", ".join(self._controls.names) or "none"
             return defer.succeed(Outcome(404, error=f"no control named {name!r} (controls: {known})"))
@@ -134,9 +138,9 @@ class Pipeline:
         if spec.confirm is not None:
             checked = None if confirm is None else self._confirmations.confirm(user, spec, value, confirm)
             if checked is not None:
-                # A wrong, replayed or late answer: on the record (someone tried to skip the question).
-                self._store.audit("refused-confirmation", user, None,
-                                  f"{spec.name}: {checked.message} via {via}").addErrback(lambda _: None)
+                # A token that does not answer this question: refused, and written down (issue 11 item 6).
+                line = f"{spec.name} = {value!r}: {checked.reason.value}: {checked.message}"
+                self._store.audit("confirm-refused", user, None, line).addErrback(lambda _: None)
             if confirm is None or checked is not None:
                 question = self._confirmations.ask(user, spec, value, via=via)
                 error = "confirmation needed" if checked is None else checked.message
@@ -144,7 +148,7 @@ class Pipeline:
                     "confirm": question.token, "question": question.question, "expires_in": question.expires_in,
                     "control": spec.name, "value": value}))
         # Before the controls were read at start, an operation waits for them (not a 404, not a failure).
-        ready = self._controls.when_ready()
+        ready = self._controls.when_built()
         return ready.addCallback(lambda _: state.lock.run(self._write, state, user, value, via, None))
 
     def safe_state(self, user: str, reason: str, names: tuple[str, ...] | None = None) -> Deferred[list[Outcome]]:

@@ -114,8 +114,9 @@ class Controls:
         # backend is built once the recorded values are read (L{start}).
         self._states: dict[str, ControlState] = {spec.name: ControlState(spec, _Starting(spec)) for spec in specs}
         self._pollers: list[LoopingCall] = []
-        self._ready = False
+        #: Fired once every control has its state (L{when_built}).
         self._waiting: list[Deferred[None]] = []
+        self._built = False
 
     # ------------------------------------------------------------ queries
 
@@ -132,13 +133,23 @@ class Controls:
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self._specs)
 
-    def when_ready(self) -> Deferred[None]:
-        """Fires once every control has its backend (at once after start): operations wait for it."""
-        if self._ready:
+    @property
+    def built(self) -> bool:
+        """Whether every control has its state: not yet in the moment after start when the store is read."""
+        return self._built
+
+    def when_built(self) -> Deferred[None]:
+        """
+        Fires once every control has its state (at once when it has): the
+        listeners open while the recorded values are still being read, and a
+        request in that moment must wait for them, not be told a declared
+        control does not exist.
+        """
+        if self._built:
             return defer.succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiting.append(waiter)
-        return waiter
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
 
     def quality_of(self, state: ControlState) -> Quality:
         """The quality now: a good value whose poll is overdue has gone stale."""
@@ -177,7 +188,20 @@ class Controls:
 
     def start(self) -> Deferred[None]:
         """Build the backends (memory ones with their recorded value), read each control once, start polling."""
-        return Deferred.fromCoroutine(self._start())
+        d = Deferred.fromCoroutine(self._start())
+
+        def failed(failure: Failure) -> Failure:
+            # Whatever was built is all there will be: nobody may wait for the rest forever,
+            # and a control left without a backend says why.
+            why = f"not started: {failure.getErrorMessage()}"
+            for state in self._states.values():
+                if isinstance(state.backend, _Starting):
+                    state.backend.why = why
+                    state.quality, state.error = Quality.ERROR, why
+            self._release_waiting()
+            return failure
+
+        return d.addErrback(failed)
 
     async def _start(self) -> None:
         try:
@@ -210,12 +234,14 @@ class Controls:
                 poller.clock = self._clock
                 poller.start(spec.poll, now=False)
                 self._pollers.append(poller)
-        # Operations may run now (each waits for its control's lock, so after the first read).
-        self._ready = True
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(None)
+        self._release_waiting()
         return defer.gatherResults(reads).addCallback(lambda _: None)
+
+    def _release_waiting(self) -> None:
+        self._built = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
 
     def stop(self) -> Deferred[None]:
         for poller in self._pollers:
@@ -295,12 +321,14 @@ class _Starting:
 
     def __init__(self, spec: ControlSpec) -> None:
         self._spec = spec
+        #: Why the control has no backend: still starting, or what went wrong.
+        self.why = "boatwist is starting"
 
     def read(self) -> Deferred[Value]:
-        return defer.fail(BackendError(f"{self._spec.name}: boatwist is starting"))
+        return defer.fail(BackendError(f"{self._spec.name}: {self.why}"))
 
     def write(self, value: Value) -> Deferred[None]:
-        return defer.fail(BackendError(f"{self._spec.name}: boatwist is starting"))
+        return defer.fail(BackendError(f"{self._spec.name}: {self.why}"))
 
     def close(self) -> Deferred[None]:
         return defer.succeed(None)

@@ -31,7 +31,7 @@ C{web}; from anything else (curl, a script) C{api}.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -84,13 +84,16 @@ class ControlsResource(Resource):
             return ErrorResource(404, "no such control")
         return ControlResource(self.user, self.core, name)
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
+        return _once_built(request, self.core, self._listing)
+
+    def _listing(self) -> tuple[int, JSON]:
         core = self.core
-        return json_body(request, {
+        return 200, {
             "controls": [core.controls.describe(state, self.user, core.roles) for state in core.controls],
             "floor": dict(core.floor.snapshot()),
             "role": core.roles.role_of(self.user).label,
-        })
+        }
 
 
 class ControlResource(Resource):
@@ -102,12 +105,15 @@ class ControlResource(Resource):
         self.core = core
         self.name = name
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
+        return _once_built(request, self.core, self._one)
+
+    def _one(self) -> tuple[int, JSON]:
         state = self.core.controls.get(self.name)
         if state is None:
             known = ", ".join(self.core.controls.names) or "none"
-            return json_body(request, {"error": f"no control named {self.name!r} (controls: {known})"}, 404)
-        return json_body(request, self.core.controls.describe(state, self.user, self.core.roles))
+            return 404, {"error": f"no control named {self.name!r} (controls: {known})"}
+        return 200, self.core.controls.describe(state, self.user, self.core.roles)
 
     def render_POST(self, request: Request) -> bytes | int:
         try:
@@ -131,6 +137,27 @@ class ControlResource(Resource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         d.addCallback(lambda outcome: None if gone else answer(outcome))
         return NOT_DONE_YET
+
+
+def _once_built(request: Request, core: Core, answer: Callable[[], tuple[int, JSON]]) -> bytes | int:
+    """
+    Answer with C{answer()} (status, body) -- at once, or, in the moment
+    after start when the controls do not have their states yet, once they do.
+    """
+    if core.controls.built:
+        status, body = answer()
+        return json_body(request, body, status)
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def write(_: None) -> None:
+        if not gone:
+            status, body = answer()
+            request.write(json_body(request, body, status))
+            request.finish()
+
+    core.controls.when_built().addCallback(write)
+    return NOT_DONE_YET
 
 
 class OperationsResource(Resource):

@@ -8,11 +8,13 @@ prometheus_client's own parser, as a scraper would.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from boatwist.config import parse_config
 from boatwist.net.tracking import TrackedConnection
 from boatwist.presence import Kind
 from boatwist.reasons import Reason
@@ -180,3 +182,134 @@ def test_each_instance_has_its_own_registry() -> None:
     one.presence.detach(conn, Reason.CLOSED, 0.0)
     assert value(one.samples(), "boatwist_offline_events_total", reason="closed") == 1
     assert value(two.samples(), "boatwist_offline_events_total", reason="closed") is None
+
+
+def test_heartbeat_ticks_counter_keeps_counting() -> None:
+    """
+    Ticks since start are a counter that only grows (the summary above covers
+    a window of recent ticks, so its count stops growing once the window is
+    full): rate() of it says whether the heartbeat is ticking at all.
+    """
+    rig = Rig()
+    rig.core.heartbeat.startService()
+    try:
+        for _ in range(3):
+            rig.clock.advance(rig.settings.heartbeat.interval)
+    finally:
+        rig.core.heartbeat.stopService()
+    s = rig.samples()
+    assert value(s, "boatwist_heartbeat_ticks_total") == 3
+    assert value(s, "boatwist_heartbeat_failed_ticks_total") == 0
+    assert rig.families()["boatwist_heartbeat_ticks"].type == "counter"
+
+
+# ------------------------------------------------------------------ the device
+
+DEVICE = """
+[roles]
+viewer = carol
+[floor]
+mode = off
+[control:pump]
+type = switch
+backend = memory
+initial = off
+[control:setpoint]
+type = number
+backend = memory
+min = 0
+max = 10
+initial = 1
+[control:temp]
+type = sensor
+backend = file
+path = {path}
+unit = °C
+poll = 1
+"""
+
+
+def device(tmp_path: Path) -> tuple[CoreRig, Path]:
+    """A started core with two memory controls and a polled file sensor whose file does not exist yet."""
+    path = tmp_path / "temp"
+    rig = CoreRig(parse_config(DEVICE.format(path=path)))
+    rig.core.controls.start()
+    return rig, path
+
+
+def device_samples(rig: CoreRig) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(rig.core.metrics.render().decode("utf-8")):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_operations_by_control_and_result(tmp_path: Path) -> None:
+    """
+    Every operation is counted by control and result, from the ``control``
+    events: successes, a viewer's refused attempt (an error everyone saw),
+    and nothing for a bad value (no operation happened).
+    """
+    rig, _ = device(tmp_path)
+    ops = rig.core.operations
+    ops.operate("alice", "pump", True, "api")
+    ops.operate("alice", "pump", False, "web")
+    ops.operate("alice", "setpoint", 5, "api")
+    ops.operate("carol", "pump", True, "api")
+    ops.operate("alice", "setpoint", 50, "api")  # 400: out of range
+    s = device_samples(rig)
+    assert value(s, "boatwist_operations_total", control="pump", result="ok") == 2
+    assert value(s, "boatwist_operations_total", control="pump", result="error") == 1
+    assert value(s, "boatwist_operations_total", control="setpoint", result="ok") == 1
+    assert value(s, "boatwist_operations_total", control="setpoint", result="error") is None
+
+
+def test_backend_calls_are_timed_by_control_and_call(tmp_path: Path) -> None:
+    """
+    The controls' reads (the first one at start) and the pipeline's writes
+    reach the histogram through the ``observe`` hooks core.py wires, by
+    control and call.
+    """
+    rig, path = device(tmp_path)
+    rig.core.operations.operate("alice", "pump", True, "api")
+    s = device_samples(rig)
+    assert value(s, "boatwist_backend_call_seconds_count", control="pump", call="read") == 1
+    assert value(s, "boatwist_backend_call_seconds_count", control="pump", call="write") == 1
+    assert value(s, "boatwist_backend_call_seconds_count", control="temp", call="read") == 1
+    assert value(s, "boatwist_backend_call_seconds_count", control="setpoint", call="write") is None
+    families = {f.name: f for f in text_string_to_metric_families(rig.core.metrics.render().decode("utf-8"))}
+    assert families["boatwist_backend_call_seconds"].type == "histogram"
+
+
+def test_backend_call_histogram_buckets() -> None:
+    """A call's seconds land in the right bucket (Modbus on a LAN: milliseconds; a hung command: its timeout)."""
+    rig = Rig()
+    calls = rig.core.metrics.backend_calls
+    calls.observe("plc", "write", 0.004, True)
+    calls.observe("plc", "write", 2.0, False)
+    s = rig.samples()
+    assert value(s, "boatwist_backend_call_seconds_bucket", control="plc", call="write", le="0.005") == 1
+    assert value(s, "boatwist_backend_call_seconds_bucket", control="plc", call="write", le="2.5") == 2
+    assert value(s, "boatwist_backend_call_seconds_sum", control="plc", call="write") == pytest.approx(2.004)
+    assert value(s, "boatwist_poll_errors_total", control="plc") is None, "a failed write is not a poll error"
+
+
+def test_poll_errors_by_control(tmp_path: Path) -> None:
+    """
+    A polled sensor whose file is missing counts one error per failed read
+    (the first read at start, then each poll); once the file is there the
+    count stops growing.
+    """
+    rig, path = device(tmp_path)
+    assert value(device_samples(rig), "boatwist_poll_errors_total", control="temp") == 1
+    rig.clock.advance(1)
+    rig.clock.advance(1)
+    assert value(device_samples(rig), "boatwist_poll_errors_total", control="temp") == 3
+    path.write_text("21.5\n")
+    rig.clock.advance(1)
+    rig.clock.advance(1)
+    s = device_samples(rig)
+    assert value(s, "boatwist_poll_errors_total", control="temp") == 3
+    assert value(s, "boatwist_backend_call_seconds_count", control="temp", call="read") == 5
+    assert rig.core.controls.get("temp").value == 21.5  # type: ignore[union-attr]
