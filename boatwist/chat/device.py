@@ -74,7 +74,8 @@ def device_commands(core: Core) -> dict[str, Command]:
         if outcome.status == 428:
             token = str(outcome.detail.get("confirm", ""))
             question = str(outcome.detail.get("question", "confirm?"))
-            ctx.ask(f"{question} (/yes within 15 s)", lambda: operate(ctx, name, value, token))
+            # The session adds "type /yes within 15 s to confirm" on a line of its own.
+            ctx.ask(question, lambda: operate(ctx, name, value, token))
         elif outcome.status not in _BROADCAST:
             ctx.error(outcome.error or f"could not set {name}")
 
