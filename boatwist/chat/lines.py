@@ -7,6 +7,7 @@ anything else that describes an event to a person say it alike:
     <bob> the valve is open                  chat
     * bob waves                              chat, an action (/me)
     * bob is offline (no answer to keepalive probes, detected after 3.1 s)
+    * bob is offline (removed by alice)
     * carol was refused: server full (10 of 10 operators online)
     * alice set pump to on (was off)         control (boatwist.controls.words)
     * alice took the floor                   floor (boatwist.controls.words)
@@ -59,6 +60,9 @@ def presence_sentence(data: Mapping[str, Any]) -> str:
     user = clean_message(str(data.get("user", "?")))
     state = clean_message(str(data.get("state", "?")))
     words = reason_words(data.get("reason"))
+    by = data.get("by")
+    if data.get("reason") == "kicked" and isinstance(by, str) and by:
+        words = f"removed by {clean_message(by)}"  # the same words as the floor's line, naming the admin
     if data.get("reason") == "login" and data.get("via"):
         words += f" via {clean_message(str(data['via']))}"
     after = data.get("detected_after")

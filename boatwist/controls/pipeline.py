@@ -149,15 +149,19 @@ class Pipeline:
                     "control": spec.name, "value": value}))
         # Before the controls were read at start, an operation waits for them (not a 404, not a failure).
         ready = self._controls.when_built()
-        return ready.addCallback(lambda _: state.lock.run(self._write, state, user, value, via, None))
+        return ready.addCallback(lambda _: state.lock.run(self._write, state, user, value, via, {}))
 
-    def safe_state(self, user: str, reason: str, names: tuple[str, ...] | None = None) -> Deferred[list[Outcome]]:
+    def safe_state(self, user: str, reason: str, names: tuple[str, ...] | None = None,
+                   by: str | None = None) -> Deferred[list[Outcome]]:
         """
         Set every control with a C{safe_value} (or those of C{names}) to it,
-        because C{user} vanished for C{reason}: no role, floor, confirmation
-        or rate applies.
+        because C{user} vanished for C{reason} (C{by}: the admin who kicked
+        them, when they were kicked): no role, floor, confirmation or rate
+        applies.  The operations carry C{reason} (and C{by}) for the line
+        everyone reads.
         """
-        outcomes = [state.lock.run(self._write, state, user, state.spec.safe_value, "safe-state", reason)
+        cause: dict[str, object] = {"reason": reason, **({"by": by} if by is not None else {})}
+        outcomes = [state.lock.run(self._write, state, user, state.spec.safe_value, "safe-state", cause)
                     for state in self._controls
                     if state.spec.safe_value is not None and (names is None or state.name in names)]
         return defer.gatherResults(outcomes)
@@ -173,8 +177,9 @@ class Pipeline:
         pending questions unanswered.
         """
         data = event.data
+        by = data.get("by") if isinstance(data.get("by"), str) else None
         if event.kind == "floor" and data.get("safe"):
-            self.safe_state(str(data.get("user")), str(data.get("reason")))
+            self.safe_state(str(data.get("user")), str(data.get("reason")), by=by)
             return
         if event.kind != "presence" or data.get("state") != "offline" or data.get("reason") == Reason.REFUSED:
             return
@@ -183,7 +188,7 @@ class Pipeline:
         if self._floor.mode is FloorMode.OFF and reason != Reason.SHUTDOWN:
             names = self._last.user_offline(user)
             if names:
-                self.safe_state(user, reason, names)
+                self.safe_state(user, reason, names, by=by)
 
     # ------------------------------------------------------------ private
 
@@ -193,14 +198,18 @@ class Pipeline:
         d = self._record(state, user, state.value, value, via, error, None, dict(detail))
         return d.addCallback(lambda operation: Outcome(status, operation, error, detail))
 
-    def _write(self, state: ControlState, user: str, value: Value, via: str, reason: str | None) -> Deferred[Outcome]:
-        """Under the control's lock: write, read back, record, broadcast."""
-        return Deferred.fromCoroutine(self._write_now(state, user, value, via, reason))
+    def _write(self, state: ControlState, user: str, value: Value, via: str,
+               cause: Mapping[str, object]) -> Deferred[Outcome]:
+        """
+        Under the control's lock: write, read back, record, broadcast (with
+        C{cause}: the safe state's C{reason} and C{by}, empty otherwise).
+        """
+        return Deferred.fromCoroutine(self._write_now(state, user, value, via, cause))
 
     async def _write_now(self, state: ControlState, user: str, value: Value, via: str,
-                         reason: str | None) -> Outcome:
+                         cause: Mapping[str, object]) -> Outcome:
         spec, old = state.spec, state.value
-        extra: dict[str, object] = {"reason": reason} if reason is not None else {}
+        extra: dict[str, object] = dict(cause)
         started = self._clock.seconds()
         try:
             await with_timeout(state.backend.write(value), spec.timeout, self._clock)

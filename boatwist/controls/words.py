@@ -9,6 +9,8 @@ audit log and the server log use the same words:
     alice pressed reset
     bob could not set valve to open: timed out after 2 s
     pump set to off (safe state: alice is offline, no answer to keepalive probes)
+    pump set to off (safe state: bob is offline, removed by alice)
+    pump set to off (safe state: carol left)
     !! pump could not be set to its safe value off: exit status 1: relay stuck (safe state: alice ...)
     alice took the floor
     the floor is free: alice is offline (no answer to keepalive probes, detected after 3.1 s)
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from boatwist.controls.floor import FloorEvent, describe
-from boatwist.reasons import words_for
+from boatwist.reasons import Reason, words_for
 from boatwist.textsafe import clean_message
 
 __all__ = ["floor_line", "format_value", "operation_line"]
@@ -47,8 +49,7 @@ def operation_line(data: Mapping[str, Any]) -> str:
     ok = data.get("result") == "ok"
     error = clean_message(str(data.get("error") or "failed"))
     if data.get("via") == "safe-state":
-        why = words_for(str(data.get("reason") or "")) or clean_message(str(data.get("reason") or "vanished"))
-        cause = f"safe state: {user} is offline, {why}" if data.get("reason") else f"safe state: {user} vanished"
+        cause = "safe state: " + _vanished(user, data)
         if ok:
             return f"{control} set to {value} ({cause})"
         return f"!! {control} could not be set to its safe value {value}: {error} ({cause})"
@@ -59,6 +60,23 @@ def operation_line(data: Mapping[str, Any]) -> str:
     old = data.get("old")
     was = f" (was {format_value(old, unit)})" if old is not None else ""
     return f"{user} set {control} to {value}{was}"
+
+
+def _vanished(user: str, data: Mapping[str, Any]) -> str:
+    """
+    Why the safe state was called for, from a safe-state operation's
+    C{reason} and C{by}: C{alice is offline, no answer to keepalive probes},
+    C{alice left}, C{bob is offline, removed by alice}.
+    """
+    reason = str(data.get("reason") or "")
+    if not reason:
+        return f"{user} vanished"
+    if reason == Reason.CLOSED.value:
+        return f"{user} left"  # not "alice is offline, left"
+    by = data.get("by")
+    if reason == Reason.KICKED.value and by:
+        return f"{user} is offline, removed by {clean_message(str(by))}"
+    return f"{user} is offline, {words_for(reason) or clean_message(reason)}"
 
 
 def floor_line(data: Mapping[str, Any]) -> str:

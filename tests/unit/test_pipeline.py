@@ -218,6 +218,36 @@ def test_safe_state_that_fails_is_broadcast_as_an_error() -> None:
     assert (last["via"], last["result"], last["error"]) == ("safe-state", "error", "relay stuck")
 
 
+def test_a_kick_names_the_admin_on_the_safe_state_operation() -> None:
+    """
+    The holder kicked by an admin: the safe-state operation carries the
+    presence reason and C{by}, the admin, for the line everyone reads; in
+    mode off too, from the offline event.
+    """
+    for mode in ("optional", "off"):
+        d = Device(mode=mode)
+        d.online("alice")
+        if mode != "off":
+            d.core.floor.take("alice")
+        assert d.operate("alice", "pump", True).status == 200
+        d.core.presence.kick("alice", Reason.KICKED, by="root")
+        [conn] = [c for c in d.core.tracker.connections() if c.user == "alice"]
+        d.core.presence.detach(conn, Reason.KICKED, None)
+        safe = d.controls_events()[-1]
+        assert (safe["via"], safe["value"], safe["reason"], safe["by"]) == ("safe-state", False, "kicked", "root"), \
+            (mode, safe)
+
+
+def test_a_vanished_holder_has_no_by() -> None:
+    """Nobody removed a holder whose link died: the operation has no C{by} at all."""
+    d = Device()
+    conn = d.online("alice")
+    d.core.floor.take("alice")
+    d.operate("alice", "pump", True)
+    d.core.presence.detach(conn, Reason.KEEPALIVE_TIMEOUT, 3.1)
+    assert "by" not in d.controls_events()[-1]
+
+
 def test_a_reading_changed_outside_is_a_value_event() -> None:
     """A poll that reads a new value publishes a value event, changed_by nobody."""
     d = Device(scripted=("pump",))
