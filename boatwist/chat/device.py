@@ -118,9 +118,17 @@ def device_commands(core: Core) -> dict[str, Command]:
         if act is None:
             ctx.error("usage: /floor [take | request MESSAGE | give | refuse | withdraw | release | break]")
             return
+        before = (floor_.holder, floor_.requested_by)
         refusal = act()
         if refusal is not None:
             ctx.error(refusal.message)
+        elif (floor_.holder, floor_.requested_by) == before:
+            # Taking the floor one holds, asking again while one's request waits:
+            # nothing changed, so no line reached anyone -- say where things stand.
+            if floor_.holder == user:
+                ctx.reply("you hold the floor already")
+            else:
+                ctx.reply(f"your request is pending: {floor_.holder} has not answered yet")
 
     def kick(ctx: CommandContext, arg: str) -> None:
         target = arg.strip()

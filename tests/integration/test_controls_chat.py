@@ -384,7 +384,8 @@ def test_the_floor_from_nc(device: Any, clients: Any) -> None:
     bob's ``/set`` then fails with a line naming alice; ``/floor`` shows the
     holder and the pending request; ``/floor request MSG``, ``/floor
     refuse``, ``/floor give``, ``/floor release`` each show as one line on
-    every nc; the new holder operates.
+    every nc; the new holder operates.  Taking the floor one holds is
+    answered to the typist (nothing changed, nobody else is told).
     """
     d = device("optional")
     dave = chat(clients, d, "dave")
@@ -399,6 +400,7 @@ def test_the_floor_from_nc(device: Any, clients: Any) -> None:
     assert fence(bob) == ["the floor is free (mode optional): /floor take"]
     alice.send("/floor take\n")
     all_read("* alice took the floor")
+    assert _command(alice, "/floor take") == ["you hold the floor already"]
     bob.send("/set pump on\n")
     all_read("* bob could not set pump to on: alice holds the floor: request it")
     assert fence(bob) == []

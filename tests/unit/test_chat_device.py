@@ -90,3 +90,25 @@ def test_bad_input_is_one_error_line_and_nothing_is_broadcast() -> None:
     assert run(d, commands, "bob", "/set").lines == [
         "error: usage: /set NAME VALUE (an action: /set NAME); /controls lists them"]
     assert d.controls_events() == []
+
+
+def test_floor_commands_that_change_nothing_say_where_things_stand() -> None:
+    """
+    ``/floor take`` by the holder and ``/floor request`` by a user whose
+    request already waits change nothing and publish nothing, so no line
+    would reach the typist at all: they are told instead.  A change is
+    published (everyone's line) and says nothing more to the typist.
+    """
+    d = Device(mode="optional")
+    commands = device_commands(d.core)
+    floor_events = lambda: [e.data["state"] for e in d.events if e.kind == "floor"]  # noqa: E731
+    assert run(d, commands, "bob", "/floor take").lines == []
+    assert floor_events() == ["taken"]
+    assert run(d, commands, "bob", "/floor take").lines == ["you hold the floor already"]
+    assert run(d, commands, "root", "/floor request please").lines == []
+    assert run(d, commands, "root", "/floor request").lines == ["your request is pending: bob has not answered yet"]
+    assert floor_events() == ["taken", "requested"]
+    assert run(d, commands, "carol", "/floor take").lines == ["error: carol is a viewer: viewers do not take the floor"]
+    assert run(d, commands, "bob", "/floor give").lines == []
+    assert floor_events() == ["taken", "requested", "taken"]
+    assert d.core.floor.holder == "root"
