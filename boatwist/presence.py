@@ -70,8 +70,8 @@ class Connection(Protocol):
     rtt_ms: float | None
     unstable: bool
 
-    def close(self, reason: Reason) -> None:
-        """End the connection; C{reason} is what everyone will be told."""
+    def close(self, reason: Reason, note: str | None = None) -> None:
+        """End the connection; C{reason} is what everyone will be told (C{note}: who decided it)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class Presence:
         if not conns:
             self._go_offline(state, reason, None, state.via)
         for conn in conns:
-            conn.close(reason)
+            conn.close(reason, f"by {by}" if by is not None else None)
         return True
 
     # ------------------------------------------------------------ private

@@ -76,10 +76,10 @@ class RefusalReason(str, enum.Enum):
 
 #: Reasons for which the peer vanished rather than said goodbye.
 VANISHED = frozenset({Reason.KEEPALIVE_TIMEOUT, Reason.HEARTBEAT_TIMEOUT, Reason.TCP_STATE})
-#: Reasons for which the peer is presumed gone: abort, don't wait for a flush.
-ABORTED = frozenset(
-    {Reason.HEARTBEAT_TIMEOUT, Reason.TCP_STATE, Reason.SLOW_READER, Reason.KICKED, Reason.KEEPALIVE_TIMEOUT}
-)
+#: Reasons for which the peer is presumed gone: abort, don't wait for a flush.  (A kicked
+#: user is there: they are told why before the connection closes; a peer that then does not
+#: read is ended by the heartbeat once the kernel no longer calls the socket ESTABLISHED.)
+ABORTED = frozenset({Reason.HEARTBEAT_TIMEOUT, Reason.TCP_STATE, Reason.SLOW_READER, Reason.KEEPALIVE_TIMEOUT})
 
 #: Every reason in the words users read: one table for the chat port and the browser.
 WORDS: Mapping[str, str] = MappingProxyType(

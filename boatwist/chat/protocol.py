@@ -108,6 +108,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from boatwist.chat.commands import Command
+from boatwist.chat.lines import reason_words
 from boatwist.chat.gate import LoginGate
 from boatwist.chat.room import ChatRoom
 from boatwist.chat.session import DEFAULT_BANNER, Authenticate, Session, SessionParts
@@ -291,7 +292,17 @@ class ChatProtocol(Protocol):
 
     def _admit(self, user: str) -> Refusal | None:
         """Make this connection part of C{user}'s presence (presence decides)."""
-        return self.factory.presence.admit(self.factory.tracker.connection_for(self), user, Kind.CHAT)
+        conn = self.factory.tracker.connection_for(self)
+        refusal = self.factory.presence.admit(conn, user, Kind.CHAT)
+        if refusal is None:
+            conn.farewell = self._farewell
+        return refusal
+
+    def _farewell(self, reason: Reason, note: str | None) -> None:
+        """The connection is being closed for someone else's reason: say which before it goes."""
+        # "removed by root" rather than "removed by an operator": the note names who.
+        words = f"removed {note}" if reason is Reason.KICKED and note else reason_words(reason.value)
+        self.write_line(f"closing: {words}")
 
     def _peer_host(self) -> str:
         peer: IAddress | None = self.transport.getPeer() if self.transport is not None else None

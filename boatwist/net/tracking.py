@@ -56,6 +56,8 @@ EOF_PROBE_DELAY = 0.05
 class TrackedConnection:
     """One accepted connection, as presence and the heartbeat see it."""
 
+    _log = Logger()
+
     def __init__(self, ident: int, kind: Kind, peer_host: str, peer_port: int, wrapper: "TrackingProtocol",
                  now: float, max_held: int) -> None:
         self.id = ident
@@ -72,6 +74,9 @@ class TrackedConnection:
         self.peer_eof = False
         #: Called when the peer half-closes; an event stream sets it to send a probe.
         self.on_peer_eof: Callable[[], None] | None = None
+        #: Called once, before a close for a reason the peer can still hear (kicked, revoked,
+        #: shutdown), with the reason and a note (who kicked): the chat port says goodbye.
+        self.farewell: Callable[[Reason, str | None], None] | None = None
         #: The real socket (test transports have none), and its inode (how sock_diag names it).
         self.sock: socket.socket | None = None
         self.inode: int | None = None
@@ -86,13 +91,19 @@ class TrackedConnection:
     def __repr__(self) -> str:
         return f"<TrackedConnection {self.id} {self.kind} {self.peer_host}:{self.peer_port} user={self.user}>"
 
-    def close(self, reason: Reason) -> None:
-        """End the connection; C{reason} is what everyone will be told."""
-        if self.close_reason is None:
+    def close(self, reason: Reason, note: str | None = None) -> None:
+        """End the connection; C{reason} is what everyone will be told (C{note}: who decided it)."""
+        first = self.close_reason is None
+        if first:
             self.close_reason = reason
         transport = self._wrapper.transport
         if transport is None:
             return
+        if first and self.farewell is not None and reason not in ABORTED:
+            try:
+                self.farewell(reason, note)
+            except Exception:
+                self._log.failure("the last words to {conn} failed", conn=self)
         if reason in ABORTED and hasattr(transport, "abortConnection"):
             transport.abortConnection()
         else:

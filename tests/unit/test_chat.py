@@ -825,3 +825,12 @@ def test_operations_reach_the_terminal_and_sensor_values_do_not() -> None:
     h.hub.publish("control", {"id": 3, "user": "bob", "control": "reset", "type": "action", "result": "ok",
                               "via": "web", "at": 1.0})
     assert lines(transport) == ["* bob pressed reset"]
+
+
+def test_a_kicked_user_reads_why_and_by_whom_before_the_close() -> None:
+    """/kick (presence.kick) closes the chat connection gracefully after one line naming the reason and the admin."""
+    h = Harness()
+    proto, transport = h.login("bob")
+    assert h.presence.kick("bob", Reason.KICKED, by="root")
+    assert lines(transport)[-1] == "closing: removed by root"
+    assert transport.disconnecting

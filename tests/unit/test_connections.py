@@ -380,7 +380,7 @@ def test_connection_for_walks_down_from_the_application_protocol() -> None:
 # -------------------------------------------------------------- close()
 
 
-@pytest.mark.parametrize("reason", ["heartbeat-timeout", "tcp-state", "slow-reader", "kicked", "keepalive-timeout"])
+@pytest.mark.parametrize("reason", ["heartbeat-timeout", "tcp-state", "slow-reader", "keepalive-timeout"])
 def test_close_aborts_for_a_peer_presumed_gone(reason: str) -> None:
     """A peer presumed gone is not waited for: the transport is aborted, not flushed."""
     w = World()
@@ -389,6 +389,19 @@ def test_close_aborts_for_a_peer_presumed_gone(reason: str) -> None:
     conn.close(reason)
     assert transport.disconnected
     assert conn.close_reason == reason
+
+
+def test_a_kicked_peer_hears_why_before_a_graceful_close() -> None:
+    """Kicked (the peer is there): the farewell hook speaks first, then the close flushes; once only."""
+    w = World()
+    _, transport = w.connect()
+    [conn] = w.tracker.connections()
+    said: list[tuple[str, str | None]] = []
+    conn.farewell = lambda reason, note: said.append((reason, note))
+    conn.close("kicked", "by root")
+    conn.close("kicked", "by root")
+    assert said == [("kicked", "by root")]
+    assert transport.disconnecting and not transport.disconnected
 
 
 def test_close_for_other_reasons_flushes_and_first_reason_sticks() -> None:

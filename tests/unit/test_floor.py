@@ -452,7 +452,7 @@ class FakeConn:
     user: str | None = None
     closed: list[str] = field(default_factory=list)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, note: str | None = None) -> None:
         self.closed.append(reason)
 
 

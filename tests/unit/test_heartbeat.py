@@ -56,7 +56,7 @@ class FakeConn:
     def window_recently_closed(self, now: float) -> bool:
         return self.window_closed_at is not None and now - self.window_closed_at <= 3.0
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, note: str | None = None) -> None:
         self.closed.append(reason)
 
 

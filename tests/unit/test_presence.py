@@ -25,7 +25,7 @@ class FakeConn:
     user: str | None = None
     closed: list[str] = field(default_factory=list)
 
-    def close(self, reason: Reason) -> None:
+    def close(self, reason: Reason, note: str | None = None) -> None:
         self.closed.append(reason)
 
 

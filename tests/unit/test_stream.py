@@ -88,7 +88,7 @@ class FakeConn:
         self.user = "alice"
         self.peer_host = "10.0.0.7"
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, note: str | None = None) -> None:
         self.closed.append(reason)
 
 
