@@ -24,7 +24,7 @@ from boatwist.chat.room import ChatRoom
 from boatwist.config import AdmissionSettings, Settings
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.confirm import Confirmations
-from boatwist.controls.floor import Floor, LastOperatorTracker
+from boatwist.controls.floor import Floor, FloorEvent, LastOperatorTracker, describe
 from boatwist.controls.pipeline import Pipeline
 from boatwist.controls.registry import Controls
 from boatwist.controls.roles import RolePolicy
@@ -39,7 +39,7 @@ from boatwist.store.service import Store
 from boatwist.web.static import StaticFiles, static_dir
 from boatwist.web.stream import StreamRegistry
 
-__all__ = ["Core", "audit_presence", "build_core"]
+__all__ = ["Core", "audit_floor", "audit_presence", "build_core"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ def build_core(
     rate = TokenBuckets(clock, settings.chat.rate_messages, settings.chat.rate_period)
     room = ChatRoom(hub, store, presence, clock, settings.chat, rate)
     hub.subscribe(audit_presence(store))
+    hub.subscribe(audit_floor(store))
     roles = RolePolicy(settings.roles)
     controls = Controls(settings.controls, backends, store, hub, clock, wall)
     # The safe state follows the floor's "lost" event on the hub (the pipeline subscribes), not a callback.
@@ -134,5 +135,17 @@ def audit_presence(store: Store) -> Callable[[Event], None]:
         else:
             return
         store.audit(kind, data.get("user"), None, f"{detail} via {data.get('via')}").addErrback(lambda _: None)
+
+    return on_event
+
+
+def audit_floor(store: Store) -> Callable[[Event], None]:
+    """An event-hub subscriber writing every change of the floor to the audit log, in the chat port's words."""
+
+    def on_event(event: Event) -> None:
+        if event.kind != "floor":
+            return
+        floor = FloorEvent.from_data(event.data)
+        store.audit("floor", floor.user, None, f"{floor.state.value}: {describe(floor)}").addErrback(lambda _: None)
 
     return on_event
