@@ -177,7 +177,7 @@ def refusal_page(request: Any, refusal: Refusal) -> bytes:
         title = "All seats are taken"
         explain = (
             f'<p class="big"><strong>{used} of {limit}</strong> seats are taken: this device lets '
-            f"{limit} operators in at once.</p>"
+            f"{limit} operator{'' if limit == 1 else 's'} in at once.</p>"
             "<p>A seat frees as soon as someone logs out, closes the console or loses their connection "
             "(found within seconds).</p>"
         )
