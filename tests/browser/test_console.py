@@ -369,7 +369,10 @@ def test_opened_with_credentials_in_the_url(make_daemon, open_page) -> None:
     Pins item 7's bookmark form: opened as http://alice:alice-pw@host/ (no
     dialog: the URL answers the challenge) the console is complete -- who
     am I, controls, floor, operators, activity -- and operates the device:
-    every request is built from location.origin, none fails.
+    every request is built from location.origin, none fails.  Logging out
+    from such a page really logs out: the next page asks (the console goes
+    to location.origin + "/", which carries no credentials, where a relative
+    URL would carry the bookmark's again).
     """
     daemon = console_daemon(make_daemon)
     page = open_page(daemon, "alice", path=None, credentials=None)
@@ -386,6 +389,10 @@ def test_opened_with_credentials_in_the_url(make_daemon, open_page) -> None:
     assert page.auth_challenges == []
     assert page.evaluate("document.getElementById('notice').hidden"), page.text("#notice")
     assert page.problems() == [] and page.handler_errors == []
+
+    page.click("#logout")  # credentials=None: at the dialog the person presses Cancel
+    wait_text(page, "h1", "Login needed", timeout=15)
+    assert page.auth_challenges, "logged out without the browser asking"
 
 
 def test_log_out_then_log_in_as_another_user(make_daemon, open_page) -> None:
