@@ -8,7 +8,7 @@ ETag lets the browser revalidate cheaply (C{Cache-Control: no-cache}), so
 after a firmware upgrade it never runs an old app.js.
 
 Text files are also kept gzip-compressed (made once, at start) and sent so
-to a client that accepts gzip: the console's ~80 kB are ~27 kB on the wire,
+to a client that accepts gzip: the console's ~82 kB are ~27 kB on the wire,
 which is what a slow link to a device feels.  The compressed form has its own
 ETag, and C{Vary: Accept-Encoding} keeps caches from mixing the two.
 """

@@ -582,6 +582,30 @@ def test_thousands_of_entries_stay_smooth(make_daemon, open_page) -> None:
     assert page.problems() == []
 
 
+def test_a_flood_of_live_entries_is_capped(make_daemon, open_page) -> None:
+    """
+    Pins the live side of "never blocks": 6000 live entries handed to the
+    activity in one go are drawn in batches (one per frame), the page keeps
+    at most 300 of them and memory at most 5000 -- the oldest leave, and the
+    cursor for "older" then points at the server's copy of what left.
+    """
+    daemon = console_daemon(make_daemon)
+    page = open_page(daemon, "alice")
+    wait_live(page)
+    started = time.monotonic()
+    page.evaluate("(() => { const a = window.boatwistConsole.activity; const now = Date.now() / 1000;"
+                  " for (let i = 1; i <= 6000; i++) a.live('chat', {id: 100000 + i, user: 'bob', text: 'flood ' + i,"
+                  " via: 'web', action: false, at: now}, 1e15 + i); })()")
+    page.wait_for("document.querySelector('#events li.entry:last-child').textContent.includes('flood 6000')",
+                  what="the last of the flood drawn")
+    assert time.monotonic() - started < 5.0
+    assert page.evaluate("document.querySelectorAll('#events li.entry').length") <= 300
+    kept, cursor = page.evaluate("[window.boatwistConsole.activity.items.length,"
+                                 " window.boatwistConsole.activity.cursor]")
+    assert kept <= 5000 and re.fullmatch(r"c\d+\.o\d+\.a\d+", cursor), (kept, cursor)
+    assert page.problems() == []
+
+
 def test_screenshots(make_daemon, open_page) -> None:
     """
     Pins the layout and keeps pictures of it: alice holds the floor, bob

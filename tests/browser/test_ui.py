@@ -102,7 +102,12 @@ def close_like_a_browser(reader: SSEReader) -> None:
 
 
 def type_and_submit(page: Page, text: str) -> None:
-    """Focus #text, type C{text} as keyboard input, press Enter (implicit form submission)."""
+    """
+    Focus #text, type C{text} as keyboard input, press Enter (implicit form
+    submission) -- once the console is live: until then Send is disabled, and
+    Enter with a disabled default button submits nothing.
+    """
+    page.wait_for("!document.getElementById('send').disabled", what="Send enabled (the console live)")
     page.evaluate("document.getElementById('text').focus()")
     page.type_text(text)
     page.press("Enter")

@@ -379,3 +379,17 @@ def test_static_files_are_sent_gzipped_to_who_accepts_it() -> None:
 def test_accepts_gzip(header: bytes | None, ok: bool) -> None:
     """Accept-Encoding as RFC 9110 reads it, for gzip."""
     assert accepts_gzip(header) is ok
+
+
+def test_embweb_passwd_refuses_the_user_name_logout(tmp_path: Any) -> None:
+    """``embweb-passwd add logout`` fails with the reason, and writes nothing."""
+    import io
+
+    from boatwist.auth.passwd_cli import main
+
+    users, digest = tmp_path / "users.htpasswd", tmp_path / "users.htdigest"
+    err = io.StringIO()
+    status = main(["--users", str(users), "--digest-users", str(digest), "--realm", "lab", "--rounds", "4",
+                   "--password-stdin", "add", "logout"], stdin=io.StringIO("pw\n"), stdout=io.StringIO(), stderr=err)
+    assert status != 0 and "reserved for logging out" in err.getvalue()
+    assert not users.exists() and not digest.exists()

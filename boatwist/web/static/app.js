@@ -40,7 +40,7 @@ function note(message) {
 const controls = new Controls({ me, role, live, note, floor: () => floor.f });
 const floor = new Floor({
   me, role, live, words, serverNow,
-  floorLine: d => floorLine(d, { words }),
+  floorLine: d => d.text || floorLine(d, { words }),
   onChange: () => controls.refresh(),
   refetch: () => getJSON("/api/floor").then(f => floor.set(f)),
 });
@@ -68,6 +68,7 @@ const conn = new Connection({
     }
   },
   async onOpen() {
+    const since = activity.items.length;
     const previous = state.who;
     await loadWho();
     const restarted = previous && previous.started_at !== undefined &&
@@ -76,9 +77,11 @@ const conn = new Connection({
     controls.load(c);
     floor.set(f);
     if (!activity.loaded || restarted || activity.stale) {
-      activity.loadHistory(await getJSON("/api/activity?limit=200"));
+      activity.loadHistory(await getJSON("/api/activity?limit=200"), since);
       activity.loaded = true;
       activity.stale = false;
+      const last = activity.lastOf("floor");
+      if (last && !floor.last) { floor.event(last.data); floor.render(); }
     }
   },
   onGap() { activity.stale = true; },
@@ -173,6 +176,9 @@ $("logout").addEventListener("click", () => {
 });
 
 $("reconnect").addEventListener("click", () => conn.reconnect());
+
+// For the browser's console (and the tests): the parts, to look at.
+window.boatwistConsole = Object.freeze({ conn, controls, floor, operators, activity, state });
 
 // ---------------------------------------------------------------- start
 

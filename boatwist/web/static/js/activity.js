@@ -56,9 +56,11 @@ export class Activity {
 
   // ------------------------------------------------------------- the model
 
-  // Replace everything with a page of history; keep the live entries that came after it.
-  loadHistory(page) {
-    const later = this.items.filter(i => i.eventId && i.eventId > page.last_event_id);
+  // Replace everything with a page of history; keep the live entries that came after it:
+  // those received since `since` (the number of entries when the page was asked
+  // for) with a higher event id than the page had seen.
+  loadHistory(page, since) {
+    const later = this.items.slice(since).filter(i => i.eventId && i.eventId > page.last_event_id);
     this.items = [];
     this.keys.clear();
     for (const raw of page.items) this.addItem(fromHistory(raw));
@@ -130,16 +132,25 @@ export class Activity {
     }
   }
 
+  // Past MAX_KEPT entries (following the newest), the oldest tenth leaves memory;
+  // the server still has them ("older" asks for them again).
   trimMemory() {
     if (this.items.length <= MAX_KEPT || !this.following) return;
-    const drop = this.items.length - MAX_KEPT;
-    for (const item of this.items.splice(0, drop)) this.keys.delete(item.key);
-    this.cursor = this.items.length ? cursorBefore(this.items) : this.cursor;
+    const drop = this.items.length - Math.floor(MAX_KEPT * 0.9);
+    const dropped = this.items.splice(0, drop);
+    for (const item of dropped) this.keys.delete(item.key);
+    this.cursor = cursorBefore(this.items, dropped, this.cursor);
     const before = this.filtered.length;
     this.filtered = this.items.filter(i => this.matches(i));
     const removed = before - this.filtered.length;
-    this.start = Math.max(0, this.start - removed);
-    this.end = this.filtered.length;
+    if (removed > this.start) {
+      this.end = this.filtered.length;
+      this.start = Math.max(0, this.end - PAGE);
+      this.renderWindow(this.atBottom());
+    } else {
+      this.start -= removed;
+      this.end = this.filtered.length;
+    }
   }
 
   matches(item) {
@@ -211,6 +222,7 @@ export class Activity {
   }
 
   renderWindow(toBottom) {
+    this.list.setAttribute("aria-busy", "true"); // not read out entry by entry
     const fragment = document.createDocumentFragment();
     let last = null;
     for (let i = this.start; i < this.end; i++) {
@@ -223,6 +235,12 @@ export class Activity {
     }
     if (toBottom) this.list.scrollTop = this.list.scrollHeight;
     this.showButtons();
+    this.list.setAttribute("aria-busy", "false");
+  }
+
+  lastOf(kind) {
+    for (let i = this.items.length - 1; i >= 0; i--) if (this.items[i].kind === kind) return this.items[i];
+    return null;
   }
 
   showButtons() {
@@ -298,14 +316,20 @@ function fromHistory(raw) {
   return { key: raw.key, kind: raw.kind, at: raw.at, data: raw.data, eventId: null, people: people(raw.kind, raw.data) };
 }
 
-function cursorBefore(items) {
-  // After dropping the oldest entries from memory: ask the server from the oldest one kept.
-  const min = prefix => {
-    const ids = items.filter(i => i.key.startsWith(prefix)).map(i => Number(i.key.slice(prefix.length)));
-    return ids.length ? Math.min(...ids) : 0;
-  };
-  const c = min("chat:"), o = min("op:"), a = min("audit:");
-  return c || o || a ? `c${c}.o${o}.a${a}` : null;
+// The server's cursor for what is older than every entry kept (after dropping the
+// oldest from memory): per source, the oldest id kept; else one past the newest
+// dropped; else what the previous cursor said (0: nothing older there).
+const SOURCES = [["chat:", "c"], ["op:", "o"], ["audit:", "a"]];
+function cursorBefore(kept, dropped, previous) {
+  const old = {};
+  for (const m of (previous || "").matchAll(/([coa])(\d+)/g)) old[m[1]] = Number(m[2]);
+  const ids = (items, prefix) => items.filter(i => i.key.startsWith(prefix)).map(i => Number(i.key.slice(prefix.length)));
+  const parts = SOURCES.map(([prefix, letter]) => {
+    const k = ids(kept, prefix), d = ids(dropped, prefix);
+    const id = k.length ? Math.min(...k) : d.length ? Math.max(...d) + 1 : (previous ? old[letter] || 0 : 0);
+    return letter + id;
+  });
+  return parts.join(".");
 }
 
 export function presenceLine(d, ctx) {

@@ -18,7 +18,7 @@ export function confirmOperation({ control, value, question, expiresIn }) {
   return new Promise(resolve => {
     const tick = () => {
       const s = Math.max(0, Math.ceil((deadline - performance.now()) / 1000));
-      text(left, `${s} s`);
+      text(left, `${s}\u00a0s`);
       if (s <= 0) finish(false);
     };
     const timer = setInterval(tick, 250);

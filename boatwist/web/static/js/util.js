@@ -57,13 +57,14 @@ export function timeEl(at) {
   return h("time", { datetime: d.toISOString(), title: d.toLocaleString() }, when(at));
 }
 
-// 75 -> "1 min 15 s", 7300 -> "2 h 1 min", 200000 -> "2 d 7 h"
+// 75 -> "1 min 15 s", 7300 -> "2 h 1 min", 200000 -> "2 d 7 h" (no line break inside a number and its unit)
 export function duration(seconds) {
   const s = Math.max(0, Math.floor(seconds));
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min` + (s < 600 && s % 60 ? ` ${s % 60} s` : "");
-  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  const u = (n, unit) => `${n}\u00a0${unit}`;
+  if (s < 60) return u(s, "s");
+  if (s < 3600) return u(Math.floor(s / 60), "min") + (s < 600 && s % 60 ? " " + u(s % 60, "s") : "");
+  if (s < 86400) return u(Math.floor(s / 3600), "h") + " " + u(Math.floor((s % 3600) / 60), "min");
+  return u(Math.floor(s / 86400), "d") + " " + u(Math.floor((s % 86400) / 3600), "h");
 }
 
 export function rtt(ms) {
