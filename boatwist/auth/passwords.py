@@ -52,6 +52,8 @@ ALGORITHMS = ("MD5", "SHA-256")
 #: Name, in state_dir, of the file holding the first admin's password.
 INITIAL_PASSWORD_FILE = "initial-admin-password"
 
+#: The user name the console's "log out" makes the browser send (boatwist.web.guard): nobody may have it.
+LOGOUT_USER = "logout"
 #: Longest user name accepted, in characters.
 MAX_USER_LENGTH = 64
 
@@ -92,7 +94,8 @@ def check_user_name(user: str) -> None:
     non-printables, some of which Python treats as line breaks) could split
     or hide a line; ``"`` and ``\\`` are escaped inconsistently by Digest
     clients inside the quoted ``username=``; a leading ``#`` would turn the
-    line into a comment; surrounding spaces are invisible in every UI.
+    line into a comment; surrounding spaces are invisible in every UI;
+    ``logout`` is what the console logs people out as.
     """
     if not user:
         raise PasswordFileError("user name is empty")
@@ -107,6 +110,10 @@ def check_user_name(user: str) -> None:
         raise PasswordFileError(f"user name {user!r} starts with '#' (a comment in the files)")
     if user != user.strip():
         raise PasswordFileError(f"user name {user!r} starts or ends with a space")
+    if user == LOGOUT_USER:
+        raise PasswordFileError(
+            f"user name {user!r} is reserved for logging out: the console's Log out makes the browser send it, "
+            "and the server never lets it in")
 
 
 def check_realm(realm: str) -> None:

@@ -443,9 +443,19 @@ class _Database:
             rows.reverse()
         return [_message(row) for row in rows]
 
-    def audit_log(self, limit: int) -> list[dict[str, Any]]:
-        sql = "SELECT id, at, kind, user, address, detail FROM audit ORDER BY id DESC LIMIT ?"
-        rows = self._read("reading the audit log", sql, (limit,))
+    def audit_log(self, limit: int, before: int | None = None,
+                  kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if before is not None:
+            conditions.append("id < ?")
+            params.append(before)
+        if kinds is not None:
+            conditions.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"SELECT id, at, kind, user, address, detail FROM audit {where} ORDER BY id DESC LIMIT ?"
+        rows = self._read("reading the audit log", sql, (*params, limit))
         rows.reverse()
         keys = ("id", "at", "kind", "user", "address", "detail")
         return [dict(zip(keys, row, strict=True)) for row in rows]
@@ -684,13 +694,20 @@ class Store(Service):
         """Every control's last recorded value (restored at start)."""
         return self._run(self._database.control_values)
 
-    def audit_log(self, limit: int = 100) -> Deferred[list[dict[str, Any]]]:
+    def audit_log(self, limit: int = 100, before: int | None = None,
+                  kinds: Sequence[str] | None = None) -> Deferred[list[dict[str, Any]]]:
         """
         The latest C{limit} audit entries (clamped to 1..1000), oldest first,
-        as dicts with id, at, kind, user, address, detail.
+        as dicts with id, at, kind, user, address, detail: with C{before},
+        those before that id; with C{kinds}, only entries of those kinds
+        (the console's activity pages through logins, logouts and the floor).
         """
         limit = max(1, min(MAX_AUDIT_PAGE, int(limit)))
-        return self._run(lambda: self._database.audit_log(limit))
+        before = None if before is None else int(before)
+        wanted = None if kinds is None else tuple(str(kind) for kind in kinds)
+        if wanted == ():
+            return defer.succeed([])
+        return self._run(lambda: self._database.audit_log(limit, before, wanted))
 
     def integrity_check(self) -> Deferred[str]:
         """SQLite's ``PRAGMA integrity_check``: ``'ok'``, or the problems found, one a line."""

@@ -21,7 +21,9 @@ The device over HTTP: controls, operations, the floor, kicking, and the words.
     DELETE /api/floor               release (the holder) or break (an admin)
     POST   /api/kick                {"user": NAME} (admin): their connections close
                                     with reason kicked; 404 when not online
-    GET    /api/reasons             every reason code and the words people read
+    GET    /api/reasons             every reason code and the words people read:
+                                    {"reasons": presence, "floor": floor reasons,
+                                     "kinds": connection kinds}
 
 Every error is JSON: C{{"error": "what was wrong and what is allowed", ...}}.
 An operation from a browser (a request with C{Sec-Fetch-Mode}) is C{via}
@@ -36,11 +38,12 @@ from typing import Callable, Mapping
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from boatwist.controls.floor import FloorRefusal, RefusalCode
+from boatwist.controls.floor import FLOOR_WORDS, FloorRefusal, RefusalCode
 from boatwist.controls.pipeline import Outcome
 from boatwist.core import Core
 from boatwist.reasons import WORDS, Reason
 from boatwist.web.chat_api import int_arg
+from boatwist.web.console_api import KIND_WORDS
 from boatwist.web.errors import ErrorResource
 from boatwist.web.jsonapi import JSON, BadBody, answer_later, json_body, read_json
 
@@ -262,10 +265,10 @@ class KickResource(Resource):
 
 
 class ReasonsResource(Resource):
-    """C{GET /api/reasons}: the words for every reason, so the browser says what the chat port says."""
+    """C{GET /api/reasons}: the words for every reason and connection kind: the browser says what the chat port says."""
 
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes:
         words: Mapping[str, str] = WORDS
-        return json_body(request, {"reasons": dict(words)})
+        return json_body(request, {"reasons": dict(words), "floor": dict(FLOOR_WORDS), "kinds": dict(KIND_WORDS)})

@@ -1,5 +1,6 @@
 """
-The authentication guard in front of everything but C{/healthz}.
+The authentication guard in front of everything but C{/healthz}, C{/public}
+and C{/logout} (L{PublicRoot}).
 
 twisted.web's C{HTTPAuthSessionWrapper} does the 401 dance (Digest and
 Basic) through the process's one cred L{Portal}; the realm hands each
@@ -9,7 +10,10 @@ authenticated request the resource tree made for its user
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.cred import error
@@ -25,8 +29,12 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from boatwist import __version__
+from boatwist.auth.passwords import LOGOUT_USER
+from boatwist.web.errors import unauthorized_page
+from boatwist.web.static import StaticFiles, static_dir
 
-__all__ = ["Challenges", "Healthz", "OperatorGuard", "PublicRoot", "Unauthorized", "guarded_root"]
+__all__ = ["Challenges", "Healthz", "LOGOUT_USER", "LoggedOut", "OperatorGuard", "PublicRoot", "Unauthorized",
+           "claimed_user", "guarded_root"]
 
 #: One WWW-Authenticate challenge: (scheme, parameters).
 Challenge = tuple[bytes, dict[str, bytes]]
@@ -43,17 +51,88 @@ class Healthz(Resource):
         return f"ok {__version__}\n".encode()
 
 
-class PublicRoot(Resource):
-    """Sends /healthz past authentication and everything else through the guard."""
+def claimed_user(header: bytes | None) -> str | None:
+    """
+    The user name an Authorization header claims -- Basic: the part before
+    the first C{:}; Digest: C{username} -- without checking anything else;
+    None when there is none or it cannot be read.
+    """
+    if not header:
+        return None
+    scheme, _, rest = header.strip().partition(b" ")
+    scheme = scheme.lower()
+    if scheme == b"basic":
+        try:
+            decoded = base64.b64decode(rest.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(b":")[0].decode("utf-8", "replace")
+    if scheme == b"digest":
+        for match in _AUTH_PARAM.finditer(rest):
+            if match.group(1).lower() == b"username":
+                value = match.group(2)
+                if value.startswith(b'"'):
+                    value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
+                return value.decode("utf-8", "replace")
+    return None
 
-    def __init__(self, guard: HTTPAuthSessionWrapper) -> None:
+
+#: One auth-param of a credentials header (RFC 9110 11.2): name = token or quoted string.
+_AUTH_PARAM = re.compile(rb'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
+
+
+class LoggedOut(Resource):
+    """
+    C{/logout} answered to the user name C{logout}: 200, and the browser
+    keeps C{logout} as this realm's credentials instead of the operator's.
+    Not a login: nothing is checked, counted, logged or seated.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b"logged out\n"
+
+
+class PublicRoot(Resource):
+    """
+    What is answered before authentication, and the guard for the rest:
+
+      - C{/healthz}: "ok" and the version;
+      - C{/public/...}: the style, script and icon of the pages outside the
+        console (401, 503) -- a person who is not logged in, or was refused
+        a seat, gets them without a login and without a seat;
+      - C{/logout}: the console's way out of HTTP authentication, which
+        works in Chromium and Firefox alike (tests/browser/README.md b.): an
+        XHR with the user name C{logout} gets 200 (L{LoggedOut}), anything
+        else the usual 401 with every challenge -- never a login attempt;
+      - everything else: the guard (its 401 explained by a page: L{Unauthorized}).
+        A request that claims the user name C{logout} (Firefox sends it on
+        the next page after logging out) gets the usual 401 without a login
+        attempt: it is not a password guess and is not counted or logged.
+    """
+
+    def __init__(self, guard: HTTPAuthSessionWrapper, public: IResource | None = None) -> None:
         super().__init__()
         self.guard = guard
         self.healthz = Healthz()
+        self.public = public
+        self.logged_out = LoggedOut()
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if path == b"healthz" and not request.postpath:
             return self.healthz
+        if path == b"public" and self.public is not None:
+            return self.public
+        if claimed_user(request.getHeader(b"authorization")) == LOGOUT_USER:
+            if path == b"logout" and not request.postpath:
+                return self.logged_out
+            request.requestHeaders.removeHeader(b"authorization")
+        elif path == b"logout" and not request.postpath:
+            # Whoever it is, right or wrong: the challenge, so that the XHR sends its credentials.
+            request.requestHeaders.removeHeader(b"authorization")
         # Hand the whole path to the guard, which resolves it for the user.
         unconsume(request)
         return self.guard
@@ -129,7 +208,8 @@ class Unauthorized:
             request.setHeader(b"retry-after", b"%d" % (max(1, math.ceil(retry_after)),))
         if request.method == b"HEAD":
             return b""
-        return b"Unauthorized"
+        # What to do, in words (the same for every user name); JSON under /api.
+        return unauthorized_page(request)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> "Unauthorized":
         return self
@@ -199,4 +279,5 @@ class OperatorGuard(HTTPAuthSessionWrapper):
 
 def guarded_root(portal: Portal, credential_factories: list[ICredentialFactory],
                  challenges: Challenges | None = None) -> IResource:
-    return PublicRoot(OperatorGuard(portal, credential_factories, challenges))
+    return PublicRoot(OperatorGuard(portal, credential_factories, challenges),
+                      StaticFiles(str(static_dir() / "public")))

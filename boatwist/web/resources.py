@@ -4,7 +4,7 @@ The resource tree.
     /healthz          no authentication: "ok" and the version
     everything else   behind HTTPAuthSessionWrapper (Digest and Basic):
       /                 the UI (static files shipped in the package)
-      /api/whoami       the authenticated user
+      /api/whoami       the authenticated user, their role, the device (see console_api.py)
       /api/presence     seats and who is online (JSON)
       /api/events       Server-Sent Events (see stream.py)
       /api/chat         chat history (GET) and new messages (POST)
@@ -12,7 +12,9 @@ The resource tree.
       /api/operations   the recorded operations
       /api/floor        who holds the floor; take, request, release
       /api/kick         an admin removes a user
-      /api/reasons      the words for every presence reason
+      /api/reasons      the words for every presence and floor reason
+      /api/operators    who is online, with roles and link quality now (the console polls it)
+      /api/activity     one timeline of chat, operations, presence and the floor, from the store
       /metrics          Prometheus text format: authenticated, but a scrape takes no
                         seat and shows no one online (any user reading /metrics)
 
@@ -32,6 +34,7 @@ from boatwist.core import Core
 from boatwist.metrics import Metrics
 from boatwist.presence import Kind, Presence, Refusal
 from boatwist.web.chat_api import ChatResource
+from boatwist.web.console_api import ActivityResource, OperatorsResource, WhoAmI
 from boatwist.web.controls_api import (
     ControlsResource,
     FloorResource,
@@ -46,17 +49,6 @@ from boatwist.web.stream import EventsResource
 
 #: An API endpoint: made for one user from the core.
 Endpoint = Callable[[str, Core], IResource]
-
-
-class WhoAmI(Resource):
-    isLeaf = True
-
-    def __init__(self, user: str) -> None:
-        super().__init__()
-        self.user = user
-
-    def render_GET(self, request: Request) -> bytes:
-        return json_body(request, {"user": self.user})
 
 
 class PresenceResource(Resource):
@@ -88,8 +80,9 @@ def _events(user: str, core: Core) -> IResource:
     return EventsResource(user, core.hub, core.presence, core.tracker, core.streams, core.settings.events)
 
 
-#: The endpoints under /api (whoami is answered without the core).
+#: The endpoints under /api.
 API: dict[bytes, Endpoint] = {
+    b"whoami": WhoAmI,
     b"presence": lambda user, core: PresenceResource(core.presence),
     b"events": _events,
     b"chat": lambda user, core: ChatResource(user, core.room),
@@ -98,6 +91,8 @@ API: dict[bytes, Endpoint] = {
     b"floor": FloorResource,
     b"kick": KickResource,
     b"reasons": lambda user, core: ReasonsResource(),
+    b"operators": OperatorsResource,
+    b"activity": ActivityResource,
 }
 
 
@@ -147,8 +142,6 @@ class ApiRoot(Resource):
         self.user = user
 
     def getChild(self, path: bytes, request: Request) -> IResource:
-        if path == b"whoami":
-            return WhoAmI(self.user)
         endpoint = API.get(path)
         if endpoint is not None:
             return endpoint(self.user, self.core)

@@ -312,7 +312,9 @@ def _string(header_value: dict) -> str:
 
 
 #: The WebDriver key codes of the keys the tests press.
-KEYS = {"Enter": "\ue007", "Tab": "\ue004", "Escape": "\ue00c", "Backspace": "\ue003"}
+KEYS = {"Enter": "\ue007", "Tab": "\ue004", "Escape": "\ue00c", "Backspace": "\ue003", "Space": "\ue00d",
+        "ArrowLeft": "\ue012", "ArrowUp": "\ue013", "ArrowRight": "\ue014", "ArrowDown": "\ue015",
+        "Home": "\ue011", "End": "\ue010"}
 
 
 class Page(PageBase):
@@ -436,8 +438,22 @@ class Page(PageBase):
         self._keys(keys)
 
     def press(self, key: str) -> None:
-        """Press and release a named key (``Enter``, ``Tab``, ``Escape``, ``Backspace``)."""
+        """Press and release a named key (``Enter``, ``Tab``, ``Escape``, ``Backspace``, ``Space``, arrows, ...)."""
         self._keys([{"type": "keyDown", "value": KEYS[key]}, {"type": "keyUp", "value": KEYS[key]}])
+
+    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 10) -> None:
+        """Press the left mouse button at (x0, y0), move to (x1, y1) in C{steps} moves, release: a real drag."""
+        moves = [{"type": "pointerMove", "x": round(x0 + (x1 - x0) * i / steps), "y": round(y0 + (y1 - y0) * i / steps),
+                  "duration": 20} for i in range(1, steps + 1)]
+        actions = [{"type": "pointerMove", "x": round(x0), "y": round(y0), "duration": 0},
+                   {"type": "pointerDown", "button": 0}, *moves, {"type": "pointerUp", "button": 0}]
+        self.call("input.performActions", {"context": self.context, "actions": [
+            {"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": actions}]})
+        self.call("input.releaseActions", {"context": self.context})
+
+    def click_at(self, x: float, y: float) -> None:
+        """A left click of the mouse at (x, y), viewport pixels."""
+        self.drag(x, y, x, y, steps=0)
 
     def _keys(self, actions: list[dict]) -> None:
         self.call("input.performActions", {"context": self.context,

@@ -409,7 +409,9 @@ class Chromium:
 
 
 #: Key name -> (virtual key code, text typed).
-_KEYS = {"Enter": (13, "\r"), "Tab": (9, "\t"), "Escape": (27, ""), "Backspace": (8, "")}
+_KEYS = {"Enter": (13, "\r"), "Tab": (9, "\t"), "Escape": (27, ""), "Backspace": (8, ""), "Space": (32, " "),
+         "ArrowLeft": (37, ""), "ArrowUp": (38, ""), "ArrowRight": (39, ""), "ArrowDown": (40, ""),
+         "Home": (36, ""), "End": (35, "")}
 
 
 class Page(PageBase):
@@ -510,11 +512,27 @@ class Page(PageBase):
         self.call("Input.insertText", {"text": text})
 
     def press(self, key: str) -> None:
-        """Press and release a named key (``Enter``, ``Tab``, ``Escape``, ``Backspace``)."""
+        """Press and release a named key (``Enter``, ``Tab``, ``Escape``, ``Backspace``, ``Space``, arrows, ...)."""
         code, text = _KEYS[key]
-        spec = {"key": key, "code": key, "windowsVirtualKeyCode": code, "nativeVirtualKeyCode": code}
+        spec = {"key": " " if key == "Space" else key, "code": key, "windowsVirtualKeyCode": code,
+                "nativeVirtualKeyCode": code}
         self.call("Input.dispatchKeyEvent", {"type": "keyDown", **({"text": text} if text else {}), **spec})
         self.call("Input.dispatchKeyEvent", {"type": "keyUp", **spec})
+
+    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 10) -> None:
+        """Press the left mouse button at (x0, y0), move to (x1, y1) in C{steps} moves, release: a real drag."""
+        def mouse(kind: str, x: float, y: float, **extra: Any) -> None:
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", **extra})
+
+        mouse("mouseMoved", x0, y0, buttons=0)
+        mouse("mousePressed", x0, y0, buttons=1, clickCount=1)
+        for i in range(1, steps + 1):
+            mouse("mouseMoved", x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps, buttons=1)
+        mouse("mouseReleased", x1, y1, buttons=0, clickCount=1)
+
+    def click_at(self, x: float, y: float) -> None:
+        """A left click of the mouse at (x, y), viewport pixels."""
+        self.drag(x, y, x, y, steps=0)
 
     def cookies(self) -> list[dict]:
         return self.cdp.call("Storage.getCookies", {"browserContextId": self.context})["cookies"]

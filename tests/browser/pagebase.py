@@ -9,7 +9,9 @@ Each driver provides:
 * C{navigate(url)} (waits for the load event), C{evaluate(expr)} (awaits a
   promise; plain JSON-like Python back), C{screenshot(path)},
   C{set_viewport(w, h)}, C{type_text(text)} and C{press(key)} (real key
-  input into the focused element), C{cookies()}, C{close()};
+  input into the focused element), C{drag(x0, y0, x1, y1)} and
+  C{click_at(x, y)} (the real mouse; C{click(selector)} and C{center} are
+  built on them), C{cookies()}, C{close()};
 * C{problems()}: console errors/warnings, uncaught exceptions, CSP
   violations (each line of a CSP violation contains "Content Security
   Policy");
@@ -67,6 +69,23 @@ class PageBase:
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{what or expression} not true within {timeout} s (last value {value!r})")
             time.sleep(0.05)  # bounded poll of the live page
+
+    def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 10) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def click_at(self, x: float, y: float) -> None:  # pragma: no cover - per driver
+        raise NotImplementedError
+
+    def center(self, selector: str) -> tuple[float, float]:
+        """The viewport coordinates of the middle of the first element matching C{selector}, scrolled into view."""
+        x, y = self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                             " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+                             " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        return x, y
+
+    def click(self, selector: str) -> None:
+        """A real mouse click in the middle of the first element matching C{selector}."""
+        self.click_at(*self.center(selector))
 
     def text(self, selector: str) -> str:
         return self.evaluate(f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent || ''")

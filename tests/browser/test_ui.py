@@ -102,7 +102,12 @@ def close_like_a_browser(reader: SSEReader) -> None:
 
 
 def type_and_submit(page: Page, text: str) -> None:
-    """Focus #text, type C{text} as keyboard input, press Enter (implicit form submission)."""
+    """
+    Focus #text, type C{text} as keyboard input, press Enter (implicit form
+    submission) -- once the console is live: until then Send is disabled, and
+    Enter with a disabled default button submits nothing.
+    """
+    page.wait_for("!document.getElementById('send').disabled", what="Send enabled (the console live)")
     page.evaluate("document.getElementById('text').focus()")
     page.type_text(text)
     page.press("Enter")
@@ -169,13 +174,13 @@ def test_page_loads_after_the_digest_handshake(make_daemon, open_page) -> None:
 
 def test_chat_reaches_the_page_and_the_page_posts(daemon, open_page) -> None:
     """
-    Pins: chat from another client appears in #messages live -- a POST to
-    /api/chat by bob (its text shown literally: markup in a message stays
-    text) and a line on the chat port (marked "(telnet)"); and a message
-    typed into #text and submitted with Enter is accepted (the browser's
-    POST, with its Origin and Sec-Fetch-Site: same-origin, passes the CSRF
-    check), stored with via=web, shown in #messages, and the input is
-    cleared.
+    Pins: chat from another client appears in the activity live -- a POST
+    to /api/chat by bob (its text shown literally: markup in a message stays
+    text) and a line on the chat port (marked "via chat port", never
+    "telnet": nc is no telnet); and a message typed into #text and
+    submitted with Enter is accepted (the browser's POST, with its Origin
+    and Sec-Fetch-Site: same-origin, passes the CSRF check), stored with
+    via=web, shown in the activity, and the input is cleared.
     """
     page = open_page(daemon, "alice")
     wait_stream_open(daemon, "alice")
@@ -183,14 +188,14 @@ def test_chat_reaches_the_page_and_the_page_posts(daemon, open_page) -> None:
     hostile = "<b id=x>bold?</b> & <img src=x> ünïcode"
     status, body = daemon.post_json("/api/chat", "bob", {"text": hostile})
     assert status == 201, body
-    wait_text(page, "#messages li", "<bob> " + hostile)
-    assert page.evaluate("document.querySelectorAll('#messages b, #messages img, #x').length") == 0
+    wait_text(page, "#events li.chat", "bob: " + hostile)
+    assert page.evaluate("document.querySelectorAll('#events b, #events img, #x').length") == 0
 
     chat = ChatPort(daemon, "bob")
     try:
         chat.say("hello from netcat")
-        line = wait_text(page, "#messages li", "<bob> hello from netcat")
-        assert line.endswith("(telnet)"), line
+        line = wait_text(page, "#events li.chat", "bob: hello from netcat")
+        assert line.endswith("via chat port") and "telnet" not in line, line
     finally:
         chat.close()
 
@@ -205,7 +210,7 @@ def test_chat_reaches_the_page_and_the_page_posts(daemon, open_page) -> None:
         time.sleep(0.05)  # bounded poll of the real daemon
     assert mine, f"the browser's message is not in GET /api/chat: {messages}; page problems {page.problems()}"
     assert mine[0]["via"] == "web" and mine[0]["action"] is False, mine
-    wait_text(page, "#messages li", "<alice> " + typed)
+    wait_text(page, "#events li.chat", "alice: " + typed)
     assert page.wait_for("document.getElementById('text').value === ''", what="#text cleared after sending")
     posts = [r for r in page.requests if r.startswith("POST ")]
     assert posts == [f"POST {daemon.url}/api/chat"], posts
@@ -261,12 +266,12 @@ def test_no_console_errors_and_no_csp_violations(daemon, open_page) -> None:
     try:
         wait_text(page, "#events li", "bob is online")
         daemon.post_json("/api/chat", "bob", {"text": "console check"})
-        wait_text(page, "#messages li", "console check")
+        wait_text(page, "#events li.chat", "console check")
     finally:
         bob.close()
     wait_text(page, "#events li", "bob is offline")
     type_and_submit(page, "and back")
-    wait_text(page, "#messages li", "<alice> and back")
+    wait_text(page, "#events li.chat", "alice: and back")
     assert page.problems() == []
     assert page.handler_errors == []
 
@@ -298,11 +303,11 @@ def test_screenshot(daemon, open_page, tmp_path: Path) -> None:
         chat.say("valve 3 is open, pressure nominal")
         daemon.post_json("/api/chat", "bob", {"text": "going to restart the pump", "action": True})
         type_and_submit(page, "ok, watching the gauge")
-        wait_text(page, "#messages li", "<alice> ok, watching the gauge")
+        wait_text(page, "#events li.chat", "alice: ok, watching the gauge")
         wait_text(page, "#users li", "bob")
-        wait_text(page, "#messages li", "* bob going to restart the pump")
+        wait_text(page, "#events li.chat", "* bob going to restart the pump")
         boxes = page.evaluate(
-            "['header', '#presence', '#chat', '#log', '#text'].map(s => {"
+            "['header', '#controls', '#floor', '#presence', '#activity', '#text'].map(s => {"
             " const r = document.querySelector(s).getBoundingClientRect();"
             " return [s, r.width, r.height, r.left, r.right]; })")
         for selector, width, height, left, right in boxes:

@@ -161,7 +161,7 @@ def test_unauthorized_renders_the_offer_for_this_refusal() -> None:
 
     refusal = NoUsableHash("dave", "MD5", ("basic",))
     request = DummyRequest([b""])
-    assert Unauthorized(challenges, refusal).render(request) == b"Unauthorized"
+    assert b"Login needed" in Unauthorized(challenges, refusal).render(request)  # the page saying what to do
     assert request.responseCode == 401 and seen == [refusal]
     assert request.responseHeaders.getRawHeaders(b"www-authenticate") == [
         b'digest realm="r\\"q", algorithm="MD5"', b'basic realm="r"']

@@ -178,7 +178,8 @@ def test_api_children() -> None:
     w = World()
     factory = w.core.tracker.wrap(w.factory(), Kind.HTTP)
     status, headers, body = http(factory, b"/api/whoami")
-    assert (status, json.loads(body)) == (200, {"user": "alice"})
+    whoami = json.loads(body)
+    assert status == 200 and whoami["user"] == "alice" and whoami["role"] == "operator"
     assert headers[b"content-type"] == b"application/json"
     status, _, body = http(factory, b"/api/presence")
     assert status == 200 and json.loads(body)["seats"] == {"used": 1, "limit": 10}
@@ -243,7 +244,7 @@ def test_refused_user_gets_503_html_for_pages() -> None:
     assert status == 503
     assert headers[b"content-type"] == b"text/html; charset=utf-8"
     assert headers[b"retry-after"] == b"5"
-    assert b"server full: 1 of 1 operators online" in body
+    assert b"<strong>1 of 1</strong> seats are taken" in body
     assert not w.presence.is_online("alice")
 
 
@@ -346,13 +347,20 @@ def test_refuse_api_paths_answer_json(path: bytes) -> None:
 
 @pytest.mark.parametrize("path", [b"/", b"/index.html", b"/apix", b"/static/api/x"])
 def test_refuse_pages_answer_html(path: bytes) -> None:
-    """Elsewhere the 503 is a small HTML page with the sentence and when to retry."""
+    """
+    Elsewhere the 503 is an HTML page saying how many seats are taken, counting
+    Retry-After down and trying again by itself (the public script; a noscript
+    refresh without it); its style and script are public files, no inline ones.
+    """
     request, body = refuse(path, FULL)
     assert request.responseCode == 503
     assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
     assert request.responseHeaders.getRawHeaders(b"retry-after") == [b"30"]
-    assert b"<p>server full: 10 of 10 operators online.</p>" in body
-    assert b"Try again in 30 s." in body
+    assert b"<strong>10 of 10</strong> seats are taken" in body
+    assert b'data-countdown="30" data-reload>30\xc2\xa0s</span>' in body
+    assert b'<noscript><meta http-equiv="refresh" content="30"></noscript>' in body
+    assert b'<script type="module" src="/public/pages.js">' in body and b'href="/public/pages.css"' in body
+    assert b"<style" not in body and b"style=" not in body and b"<script>" not in body
 
 
 def test_refuse_too_many_connections() -> None:

@@ -1,178 +1,188 @@
-// The operator's page: who is online, the chat room, and every event, live.
-// Text from the server is only ever put into the page with textContent (or as
-// text nodes), never as HTML: an operator's message must not be able to run
-// script in another's browser.  No inline style either: the CSP forbids it.
-"use strict";
+// The operator console: the device's controls, the floor, who is online with
+// their link quality, and one activity timeline with the chat -- live.
+//
+// Text from the server is only ever put into the page as text (textContent, text
+// nodes), never as HTML: an operator's message must not run script in another's
+// browser.  No inline script or style anywhere: the CSP forbids both.
+//
+// Data flow: whoami and the words first; then the event stream.  Each time it
+// opens, the state is loaded again (controls, floor, operators; the activity when
+// the daemon restarted or events were missed) and only then is the page "live".
+// Events update what they touch as they arrive; the operators are polled every
+// 2 s for their link quality.
 
-const REASONS = {
-  login: "logged in", closed: "left", reset: "connection reset",
-  "keepalive-timeout": "no answer to keepalive probes", "heartbeat-timeout": "missed heartbeat",
-  "tcp-state": "connection half-closed", "slow-reader": "too slow to read events",
-  kicked: "removed by an operator", revoked: "password changed or account removed", idle: "idle", refused: "refused",
-  probes: "keepalive probes outstanding", retransmits: "retransmitting", recovered: "link recovered",
+import { $, duration, getJSON, h, request, text, url } from "./js/util.js";
+import { Connection } from "./js/conn.js";
+import { Controls } from "./js/controls.js";
+import { Floor } from "./js/floor.js";
+import { Operators } from "./js/operators.js";
+import { Activity, floorLine } from "./js/activity.js";
+
+const state = {
+  who: null,           // /api/whoami
+  whoAt: 0,            // performance.now() when it arrived
+  skew: 0,             // device wall clock minus ours, seconds (durations only)
+  reasons: {}, floorWords: {}, kinds: {},
 };
-const KINDS = { web: "web", chat: "telnet", http: "http" };
-const MAX_ITEMS = 500;
 
-let me = null;               // the logged-in user, from api/whoami
-const shownChat = new Set(); // ids of chat messages on the page: history and stream overlap
-let lastChatId = 0;
-let presenceAsked = 0;       // sequence of presence requests, so a late answer never
-let presenceShown = 0;       // overwrites a newer one
+const words = reason => state.reasons[reason] || state.floorWords[reason] || reason || "";
+const me = () => (state.who ? state.who.user : null);
+const role = () => (state.who ? state.who.role : "viewer");
+const live = () => conn.live;
+const serverNow = () => Date.now() / 1000 + state.skew;
 
-const $ = id => document.getElementById(id);
-
-function time(at) { return new Date(at * 1000).toLocaleTimeString(); }
-
-// A list item: an optional <time>, then plain text.  Keeps the list scrolled to
-// the bottom if it was there (a reader scrolled up is not yanked down) and
-// at most MAX_ITEMS long.  `before` is an item to insert before (else append).
-function item(list, text, cls, at, before) {
-  const li = document.createElement("li");
-  if (at !== undefined && at !== null) {
-    const t = document.createElement("time");
-    t.dateTime = new Date(at * 1000).toISOString();
-    t.textContent = time(at);
-    li.append(t, " ");
-  }
-  li.append(text);
-  if (cls) li.className = cls;
-  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
-  list.insertBefore(li, before || null);
-  while (list.children.length > MAX_ITEMS) list.removeChild(list.firstChild);
-  if (atBottom) list.scrollTop = list.scrollHeight;
-  return li;
+function note(message) {
+  const el = $("notice");
+  text(el, message);
+  el.hidden = !message;
 }
 
-// Something the page itself has to say (not from the server), in the events list.
-function note(text, cls) { item($("events"), text, cls || "error", Date.now() / 1000); }
+const controls = new Controls({ me, role, live, note, floor: () => floor.f });
+const floor = new Floor({
+  me, role, live, words, serverNow,
+  floorLine: d => d.text || floorLine(d, { words }),
+  onChange: () => controls.refresh(),
+  refetch: () => getJSON("/api/floor").then(f => floor.set(f)),
+});
+const operators = new Operators({
+  me, live, words,
+  polled: (ok, now) => {
+    if (ok && typeof now === "number") state.skew = now - Date.now() / 1000;
+    conn.polled(ok);
+  },
+});
+const activity = new Activity({
+  me, words, note,
+  control: name => controls.get(name),
+});
 
-async function getJSON(path) {
-  const response = await fetch(path, { credentials: "same-origin" });
-  if (!response.ok) throw new Error(path + ": HTTP " + response.status);
-  return response.json();
-}
-
-async function refreshPresence() {
-  const asked = ++presenceAsked;
-  const p = await getJSON("api/presence");
-  if (asked < presenceShown) return;
-  presenceShown = asked;
-  $("seats").textContent = p.seats.used + " of " + p.seats.limit + " seats taken";
-  const list = $("users");
-  list.replaceChildren();
-  for (const u of p.users) {
-    const kinds = [...new Set(u.connections.map(c => KINDS[c.kind] || c.kind))];
-    const rtt = u.connections.map(c => c.rtt_ms).filter(r => typeof r === "number");
-    let text = u.user + (u.user === me ? " (you)" : "") + " \u2014 " + u.state;
-    if (kinds.length) text += " \u00b7 " + kinds.join(", ");
-    if (rtt.length) text += " (rtt " + Math.min(...rtt).toFixed(1) + " ms)";
-    item(list, text, u.state);
-  }
-}
-
-function showChat(m) {
-  if (typeof m.id === "number") {
-    if (shownChat.has(m.id)) return;
-    shownChat.add(m.id);
-    lastChatId = Math.max(lastChatId, m.id);
-  }
-  const text = (m.action ? "* " + m.user + " " + m.text : "<" + m.user + "> " + m.text) +
-    (m.via === "chat" ? " (telnet)" : "");
-  const list = $("messages");
-  // Keep id order: history may arrive after newer messages from the stream.
-  let before = null;
-  if (typeof m.id === "number") {
-    for (let li = list.lastElementChild; li && Number(li.dataset.id) > m.id; li = li.previousElementSibling) before = li;
-  }
-  const li = item(list, text, m.user === me ? "mine" : "", m.at, before);
-  if (typeof m.id === "number") li.dataset.id = String(m.id);
-}
-
-async function loadHistory() {
-  // First time: the latest messages.  After a reconnect: whatever came since.
-  const query = lastChatId ? "after=" + lastChatId + "&limit=500" : "limit=50";
-  const history = await getJSON("api/chat?" + query);
-  for (const m of history.messages) showChat(m);
-}
-
-function setStatus(cls, text) {
-  const status = $("status");
-  status.className = cls;
-  status.textContent = text;
-}
-
-let retryDelay = 5;
-
-function connect() {
-  setStatus("connecting", "connecting\u2026");
-  const events = new EventSource("api/events");
-  events.addEventListener("open", () => {
-    retryDelay = 5;
-    setStatus("live", "live");
-    // After the stream is open nothing is missed; what came before is in the history.
-    refreshPresence().catch(e => note("presence: " + e.message));
-    loadHistory().catch(e => note("chat history: " + e.message));
-  });
-  events.addEventListener("error", () => {
-    if (events.readyState === EventSource.CLOSED) {
-      // Refused (seats full, 401, 503) or not an event stream: the browser gives up; we retry.
-      events.close();
-      setStatus("offline", "disconnected; retrying in " + retryDelay + " s");
-      setTimeout(connect, retryDelay * 1000);
-      retryDelay = Math.min(retryDelay * 2, 60);
-    } else {
-      setStatus("connecting", "reconnecting\u2026"); // the browser retries by itself
+const conn = new Connection({
+  onEvent(kind, d, id) {
+    activity.live(kind, d, id);
+    if (kind === "control") controls.operation(d);
+    else if (kind === "value") controls.value(d);
+    else if (kind === "presence") operators.presence(d);
+    else if (kind === "floor") {
+      floor.event(d);
+      getJSON("/api/floor").then(f => floor.set(f)).catch(() => {});
     }
-  });
-  events.addEventListener("presence", e => {
-    const d = JSON.parse(e.data);
-    let text = d.user + " is " + d.state + " (" + (REASONS[d.reason] || d.reason);
-    if (typeof d.detected_after === "number" && d.state === "offline" && d.reason !== "closed")
-      text += ", detected after " + d.detected_after.toFixed(1) + " s";
-    if (d.reason === "refused") text += ": " + d.used + " of " + d.limit + " seats taken";
-    item($("events"), text + ")", d.state, d.at);
-    refreshPresence().catch(() => {});
-  });
-  events.addEventListener("chat", e => showChat(JSON.parse(e.data)));
-  events.addEventListener("control", e => {
-    const d = JSON.parse(e.data);
-    item($("events"), d.user + ": " + (d.text || JSON.stringify(d)), "control", d.at);
-  });
+  },
+  async onOpen() {
+    const since = activity.items.length;
+    const previous = state.who;
+    await loadWho();
+    const restarted = previous && previous.started_at !== undefined &&
+      Math.abs(previous.started_at - state.who.started_at) > 2;
+    const [c, f] = await Promise.all([getJSON("/api/controls"), getJSON("/api/floor"), operators.start()]);
+    controls.load(c);
+    floor.set(f);
+    if (!activity.loaded || restarted || activity.stale) {
+      activity.loadHistory(await getJSON("/api/activity?limit=200"), since);
+      activity.loaded = true;
+      activity.stale = false;
+      const last = activity.lastOf("floor");
+      if (last && !floor.last) { floor.event(last.data); floor.render(); }
+    }
+  },
+  onGap() { activity.stale = true; },
+  onChange(s) {
+    document.body.dataset.conn = s;
+    controls.refresh();
+    floor.render();
+    operators.render();
+    $("send").disabled = s !== "live";
+  },
+});
+
+async function loadWho() {
+  const w = await getJSON("/api/whoami");
+  state.who = w;
+  state.whoAt = performance.now();
+  state.skew = w.now - Date.now() / 1000;
+  document.title = `${w.device} \u2014 boatwist`;
+  text($("device"), w.device);
+  text($("host"), w.host);
+  text($("version"), "boatwist " + w.version);
+  text($("whoami"), "logged in as " + w.user);
+  text($("role"), w.role);
+  $("role").className = "role " + w.role;
+  tickUptime();
 }
+
+function tickUptime() {
+  const w = state.who;
+  if (!w) return;
+  const since = (performance.now() - state.whoAt) / 1000;
+  text($("uptime"), "up " + duration(w.uptime + since));
+  $("uptime").title = `boatwist started ${new Date(w.started_at * 1000).toLocaleString()}` +
+    (typeof w.host_uptime === "number" ? `; the device has been up ${duration(w.host_uptime + since)}` : "");
+}
+setInterval(tickUptime, 10000);
+
+// ------------------------------------------------------------------ chat
 
 let sending = false;
-
 $("say").addEventListener("submit", async e => {
   e.preventDefault();
   const input = $("text");
-  const button = e.target.querySelector("button");
-  const text = input.value;
-  if (!text.trim() || sending) return;
+  let typed = input.value;
+  if (!typed.trim() || sending) return;
+  const action = /^\/me\s/.test(typed);
+  const body = { text: action ? typed.replace(/^\/me\s+/, "") : typed, action };
   sending = true;
-  button.disabled = true;
+  $("send").disabled = true;
   try {
-    const response = await fetch("api/chat", {
-      method: "POST", credentials: "same-origin",
-      headers: { "content-type": "application/json" }, body: JSON.stringify({ text }),
-    });
-    if (response.ok) {
-      if (input.value === text) input.value = "";
+    const r = await request("POST", "/api/chat", body);
+    if (r.ok) {
+      if (input.value === typed) input.value = "";
+      note("");
     } else {
-      let why = "HTTP " + response.status;
-      try { why = (await response.json()).error || why; } catch (_) { /* not JSON */ }
+      let why = r.body.error || `HTTP ${r.status}`;
+      if (r.status === 429) why += ` (try again in ${r.headers.get("retry-after") || "a few"} s)`;
       note("message not sent: " + why);
     }
   } catch (err) {
     note("message not sent: " + err.message);
   } finally {
     sending = false;
-    button.disabled = false;
+    $("send").disabled = !conn.live;
     input.focus();
   }
 });
 
-getJSON("api/whoami")
-  .then(w => { me = w.user; $("whoami").textContent = "logged in as " + w.user; })
-  .catch(e => note("who am I: " + e.message))
-  .finally(connect);
+// ------------------------------------------------------------ log out
+//
+// The one way out of HTTP authentication that works in Chromium and Firefox
+// without a dialog (tests/browser/README.md b.): an XHR to /logout with the
+// user name "logout", which the server answers 200 -- the browser then keeps
+// those as the realm's credentials instead of ours.  The event stream is
+// closed (an open stream stays authenticated and keeps us online), then the
+// page goes to location.origin + "/" -- never a relative URL, which on a page
+// opened as http://user:pw@host/ would carry the URL's credentials again.
+
+$("logout").addEventListener("click", () => {
+  const button = $("logout");
+  button.disabled = true;
+  text(button, "Logging out\u2026");
+  const xhr = new XMLHttpRequest();
+  xhr.open("GET", url("/logout"), true, "logout", "logout");
+  xhr.timeout = 5000;
+  xhr.addEventListener("loadend", () => {
+    conn.stop();
+    operators.stop();
+    location.href = url("/");
+  });
+  xhr.send();
+});
+
+$("reconnect").addEventListener("click", () => conn.reconnect());
+
+// For the browser's console (and the tests): the parts, to look at.
+window.boatwistConsole = Object.freeze({ conn, controls, floor, operators, activity, state });
+
+// ---------------------------------------------------------------- start
+
+Promise.all([getJSON("/api/reasons"), loadWho()])
+  .then(([r]) => { state.reasons = r.reasons || {}; state.floorWords = r.floor || {}; state.kinds = r.kinds || {}; })
+  .catch(e => note("the device's description could not be loaded: " + e.message))
+  .finally(() => conn.start());
