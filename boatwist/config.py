@@ -60,10 +60,17 @@ class AuthSettings:
     cache_ttl: float = 300.0
     #: Lifetime of a Digest nonce, seconds; older ones get ``stale=true``.
     nonce_lifetime: float = 300.0
-    #: Failed logins allowed per source address / user name in failure_window.
+    #: Password checks a minute for one user name, from all addresses together
+    #: (a right password gives its check back; boatwist.auth.throttle).
+    max_guesses: int = 60
+    #: Seconds a login attempt may wait for a check before it is refused with Retry-After.
+    max_wait: float = 5.0
+    #: Failures from one address on one name within failure_window after which
+    #: that address no longer goes first as one the user logged in from.
     max_failures: int = 5
+    #: Seconds a failed or refused attempt is remembered (its address goes last for that name).
     failure_window: float = 300.0
-    #: Delay added to the n-th failure: failure_delay * 2**(n-1), capped.
+    #: Seconds a failed login is answered late (the same for every name).
     failure_delay: float = 0.5
 
 
@@ -342,6 +349,8 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "digest_users": _optional_path,
         "cache_ttl": _seconds(0, 86400),
         "nonce_lifetime": _seconds(10, 86400),
+        "max_guesses": _integer(2, 100000),
+        "max_wait": _seconds(0, 60),
         "max_failures": _integer(1, 1000),
         "failure_window": _seconds(1, 86400),
         "failure_delay": _seconds(0, 10),

@@ -164,6 +164,12 @@ class Authentication:
         return d.addCallback(lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else str(avatar))
 
 
+def _generation(database: UserDatabase) -> int:
+    """The users files' version, after re-reading them if they changed."""
+    database.reload_if_changed()
+    return database.version
+
+
 @implementer(IUsernamePassword)
 class PeerCredentials(UsernamePassword):
     """A user name and password, with where they came from (throttling, the login log)."""
@@ -181,17 +187,23 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     One throttle, one Digest authority, one bcrypt checker (with its cache)
     for the process; the portal offers the schemes C{settings} names.
     """
-    throttle = LoginThrottle(monotonic, settings.max_failures, settings.failure_window, settings.failure_delay)
+    throttle = LoginThrottle(clock, monotonic, max_guesses=settings.max_guesses, max_wait=settings.max_wait,
+                             max_failures=settings.max_failures, window=settings.failure_window)
+
+    def throttled(inner: ICredentialsChecker) -> ThrottledChecker:
+        return ThrottledChecker(inner, throttle, clock, audit, failure_delay=settings.failure_delay,
+                                generation=lambda: _generation(database), monotonic=monotonic,
+                                remember_wrong=settings.failure_window)
+
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []
     if "digest" in settings.schemes:
         authority = DigestAuthority(settings.realm, clock, settings.nonce_lifetime,
                                     algorithms=settings.digest_algorithms)
         factories += digest_factories(authority, settings.digest_algorithms)
-        checkers.append(ThrottledChecker(DigestChecker(database, settings.realm), throttle, clock, audit))
+        checkers.append(throttled(DigestChecker(database, settings.realm)))
     # The chat port checks the same bcrypt users, through the same throttle.
-    passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.cache_ttl),
-                                 throttle, clock, audit)
+    passwords = throttled(BcryptChecker(database, run_in_thread, monotonic, settings.cache_ttl))
     if "basic" in settings.schemes:
         factories.append(basic_factory(settings.realm))
         checkers.append(passwords)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.cred.portal import Portal
+from twisted.python.failure import Failure
 from twisted.web.guard import HTTPAuthSessionWrapper
 from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource, Resource
@@ -19,6 +20,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from boatwist import __version__
+from boatwist.auth.throttle import TooManyAttempts
+from boatwist.web.errors import ErrorResource
 
 __all__ = ["Healthz", "OperatorGuard", "PublicRoot", "guarded_root"]
 
@@ -85,8 +88,34 @@ class _LoggedIn:
         return self.resource.render(request)
 
 
+class TooManyAttemptsResource(ErrorResource):
+    """
+    429 with Retry-After: the user name's checks are taken (boatwist.auth.throttle).
+    The password was not checked, and the answer is the same for every name.
+    """
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, f"too many login attempts for this user name; try again in {retry_after} s",
+                         retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"retry-after", str(self.retry_after).encode())
+        return super().render(request)
+
+
 class OperatorGuard(HTTPAuthSessionWrapper):
-    """HTTPAuthSessionWrapper with a wrapper class made once, not per request."""
+    """
+    HTTPAuthSessionWrapper with a wrapper class made once, not per request,
+    and a 429 with Retry-After for an attempt the throttle refused unchecked.
+    """
+
+    # Private Twisted API, like _loginSucceeded below: where a failed login becomes a resource.
+    def _loginFailed(self, result: Failure) -> IResource:
+        if result.check(TooManyAttempts):
+            assert isinstance(result.value, TooManyAttempts)
+            return TooManyAttemptsResource(result.value.retry_after)
+        return super()._loginFailed(result)
 
     # Private Twisted API (HTTPAuthSessionWrapper._loginSucceeded): the one
     # hook between a successful login and the avatar; overriding it is the
