@@ -85,6 +85,9 @@ class AdmissionSettings:
     )
     max_connections: int = 512
     max_connections_per_address: int = 64
+    #: HTTP connections not (yet) authenticated; past it (or past either cap
+    #: above) the one that should give way is closed (boatwist.net.tracking).
+    max_unauthenticated: int = 128
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class HttpSettings:
     max_body: int = 65536
     #: Seconds an idle keep-alive HTTP connection is kept.
     idle_timeout: float = 60.0
+    #: Seconds an idle keep-alive connection that has not authenticated is kept.
+    unauthenticated_idle: float = 5.0
     #: Host header values served (name, name:port, .domain, IP); others get 421 (DNS
     #: rebinding).  Empty: any Host.
     hosts: tuple[str, ...] = ()
@@ -362,6 +367,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "networks": _networks,
         "max_connections": _integer(1, 1000000),
         "max_connections_per_address": _integer(1, 1000000),
+        "max_unauthenticated": _integer(1, 1000000),
     },
     "keepalive": {
         "idle": _integer(1, 32767),
@@ -377,6 +383,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "header_timeout": _seconds(0.1, 3600),
         "max_body": _integer(0, 1 << 30),
         "idle_timeout": _seconds(1, 86400),
+        "unauthenticated_idle": _seconds(0.1, 86400),
         "access_log": _optional_path,
         "hosts": _host_list,
     },

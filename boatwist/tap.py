@@ -70,6 +70,19 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
+def with_backlog(description: str, backlog: int) -> str:
+    """
+    C{description} with C{backlog=} added to a tcp/ssl endpoint that names
+    none.  Twisted listens with a backlog of 50: under a connection flood
+    the kernel's accept queue overflows between two accept rounds and drops
+    SYNs -- an operator's among them, who then waits a 1 s retransmission.
+    """
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
     """A service listening on the endpoint of C{[server] key}."""
     description = getattr(settings.server, key)
@@ -77,7 +90,8 @@ def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactor
     if description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
     else:
-        endpoint = serverFromString(reactor, description)
+        backlog = max(50, min(4096, settings.admission.max_connections))
+        endpoint = serverFromString(reactor, with_backlog(description, backlog))
     service = StreamServerEndpointService(endpoint, factory)
     # Private Twisted API: without it a port that cannot be bound is logged and
     # twistd runs on without it; an integrator must see the start fail instead.
@@ -281,6 +295,7 @@ def fit_connection_cap(admission: AdmissionSettings, limits: Any = None) -> Admi
               n=admission.max_connections, soft=soft, cap=cap)
     return replace(admission, max_connections=cap,
                    max_connections_per_address=min(admission.max_connections_per_address, cap),
+                   max_unauthenticated=min(admission.max_unauthenticated, cap),
                    max_connections_per_user=min(admission.max_connections_per_user, cap))
 
 

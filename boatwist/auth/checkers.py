@@ -208,8 +208,15 @@ class ThrottledChecker:
     Every check takes a turn of the name's gate (L{LoginThrottle.turn}) and
     settles it: a right password gives it back, a wrong one keeps it, one
     that was not a guess (a stale Digest nonce, an error of ours) gives it
-    back.  Two shortcuts spare turns without telling anyone anything new:
+    back.  Three shortcuts spare turns without telling anyone anything new:
 
+      - a session that logged in before is checked at once, without a turn:
+        the same Basic user name and password found right within
+        C{remember} seconds (a wrong guess can never match it), or a Digest
+        response on a nonce that carried a right one for that user (only a
+        client that knew the password has used it so; a wrong answer on it
+        ends that, and counts as a failure).  A logged-in operator is thus
+        served at once whoever is guessing their name, from wherever;
       - the same user name and password already being checked (a browser
         loading a page in parallel) wait for that check's answer;
       - the same user name and password found wrong before, while the users
@@ -228,11 +235,11 @@ class ThrottledChecker:
     def __init__(self, inner: ICredentialsChecker, throttle: LoginThrottle, clock: IReactorTime,
                  audit: Callable[[str, str, str, str], None] | None = None, *,
                  failure_delay: float = 0.0, generation: Callable[[], int] = lambda: 0,
-                 monotonic: Callable[[], float] | None = None, remember_wrong: float = 300.0) -> None:
+                 monotonic: Callable[[], float] | None = None, remember: float = 300.0) -> None:
         """
         @param generation: the users file's version now (it also re-reads a
-            changed file): a credential known wrong is forgotten when it changes.
-        @param remember_wrong: seconds a wrong credential is remembered.
+            changed file): what is known right or wrong is forgotten when it changes.
+        @param remember: seconds a right session or a wrong credential is remembered.
         """
         self._inner = inner
         self._throttle = throttle
@@ -241,13 +248,14 @@ class ThrottledChecker:
         self._failure_delay = failure_delay
         self._generation = generation
         self._now = monotonic or clock.seconds
-        self._remember_wrong = remember_wrong
+        self._remember_for = remember
         self.credentialInterfaces = inner.credentialInterfaces
         self._key = secrets.token_bytes(32)
         #: Checks under way, by credential key: the Deferreds waiting for each one's answer.
         self._in_flight: dict[bytes, list[defer.Deferred[AvatarId]]] = {}
-        #: Credential keys known wrong: (users-file generation, until when).
+        #: Credential keys known wrong, and sessions known right: (users-file generation, until when).
         self._wrong: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self._right: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
         #: (peer, user) pairs whose login was logged, and when: one line per window, not per request.
         self._logged_in: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -256,8 +264,11 @@ class ThrottledChecker:
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
         key = self._credential_key(credentials)
+        session = self._session_key(credentials, name)
+        if session is not None and self._known(self._right, session):
+            return self._recheck(credentials, name, peer, session)
         if key is not None:
-            if self._known_wrong(key):
+            if self._known(self._wrong, key):
                 return self._answer_wrong(name, peer, credentials, counted=False)
             waiting = self._in_flight.get(key)
             if waiting is not None:
@@ -287,6 +298,7 @@ class ThrottledChecker:
 
         def ok(avatar: AvatarId) -> AvatarId:
             turn.succeeded()
+            self._proven(credentials, name)
             self._log_login(name, peer, getattr(credentials, "via", "http"))
             return avatar
 
@@ -297,7 +309,26 @@ class ThrottledChecker:
                 return failure
             turn.failed()
             if key is not None:
-                self._remember(key)
+                self._remember(self._wrong, key)
+            return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
+
+        return d.addCallbacks(ok, bad)
+
+    def _recheck(self, credentials: ICredentials, name: str, peer: str,
+                 session: bytes) -> "defer.Deferred[AvatarId]":
+        """A session that logged in before: checked at once, no turn; a wrong answer ends it."""
+        d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+
+        def ok(avatar: AvatarId) -> AvatarId:
+            self._remember(self._right, session)
+            self._log_login(name, peer, getattr(credentials, "via", "http"))
+            return avatar
+
+        def bad(failure: Failure) -> "Failure | defer.Deferred[AvatarId]":
+            if failure.check(StaleNonce) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+                return failure
+            self._right.pop(session, None)
+            self._throttle.charge(peer, name)
             return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
 
         return d.addCallbacks(ok, bad)
@@ -342,26 +373,44 @@ class ThrottledChecker:
         self._logged_in.move_to_end(pair)
         while len(self._logged_in) > KNOWN_WRONG_SIZE:
             self._logged_in.popitem(last=False)
-        if last is None or now - last >= self._remember_wrong:
+        if last is None or now - last >= self._remember_for:
             self._log.info("login {user!r} from {peer}", user=name, peer=peer)
             if self._audit:
                 self._audit("login", name, peer, via)
 
-    def _known_wrong(self, key: bytes) -> bool:
-        entry = self._wrong.get(key)
+    def _known(self, table: "OrderedDict[bytes, tuple[int, float]]", key: bytes) -> bool:
+        entry = table.get(key)
         if entry is None:
             return False
         generation, until = entry
         if generation != self._generation() or until <= self._now():
-            del self._wrong[key]
+            del table[key]
             return False
         return True
 
-    def _remember(self, key: bytes) -> None:
-        self._wrong[key] = (self._generation(), self._now() + self._remember_wrong)
-        self._wrong.move_to_end(key)
-        while len(self._wrong) > KNOWN_WRONG_SIZE:
-            self._wrong.popitem(last=False)
+    def _remember(self, table: "OrderedDict[bytes, tuple[int, float]]", key: bytes) -> None:
+        table[key] = (self._generation(), self._now() + self._remember_for)
+        table.move_to_end(key)
+        while len(table) > KNOWN_WRONG_SIZE:
+            table.popitem(last=False)
+
+    def _proven(self, credentials: ICredentials, name: str) -> None:
+        session = self._session_key(credentials, name)
+        if session is not None:
+            self._remember(self._right, session)
+
+    def _session_key(self, credentials: ICredentials, name: str) -> bytes | None:
+        """
+        What stands for a logged-in session: the Basic credential's HMAC, or
+        an HMAC of user name and Digest nonce; None for anything else.
+        """
+        key = self._credential_key(credentials)
+        if key is not None:
+            return key
+        nonce = getattr(credentials, "nonce", None)
+        if isinstance(nonce, bytes) and nonce:
+            return credential_key(self._key, b"digest-nonce\0" + name.encode("utf-8"), nonce)
+        return None
 
     def _credential_key(self, credentials: ICredentials) -> bytes | None:
         """An HMAC of user name and password (never the password), or None when there is no password."""

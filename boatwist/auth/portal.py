@@ -193,7 +193,7 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     def throttled(inner: ICredentialsChecker) -> ThrottledChecker:
         return ThrottledChecker(inner, throttle, clock, audit, failure_delay=settings.failure_delay,
                                 generation=lambda: _generation(database), monotonic=monotonic,
-                                remember_wrong=settings.failure_window)
+                                remember=settings.failure_window)
 
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []

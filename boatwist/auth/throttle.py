@@ -18,18 +18,29 @@ at all (a stale Digest nonce); a wrong one keeps it.
 When no turn is free the attempt waits, at most C{max_wait} seconds, in a
 queue ordered by the standing of the (source, name) pair:
 
-  - L{Standing.KNOWN}: that source logged in as that name before (and has
-    not failed C{max_failures} times on it since within C{failure_window}).
+  - L{Standing.KNOWN}: that source logged in as that name before, and no
+    wrong password for it came from there since (within C{failure_window}).
     It may also take the last C{reserve} turns, which nobody else may: an
     operator at an address they used before is checked at once however
     many others are guessing their name;
-  - L{Standing.CLEAN}: the source made no failed or refused attempt on that
-    name within C{failure_window} -- the operator at a new address;
-  - L{Standing.SUSPECT}: it did.  Guessers end up here after their first
-    attempt, so an operator at a new address goes ahead of them.
+  - L{Standing.CLEAN}: the source made no failed attempt on that name
+    within C{failure_window}, and had at most one refused -- the operator at
+    a new address (even one whose first try met a wave of guessers); or it
+    logged in as that name before and fewer than C{max_failures} wrong
+    passwords came from there since (someone at the operator's NAT guessing
+    costs the address its priority, not its standing);
+  - L{Standing.SUSPECT}: the rest.  Guessers end up here after their first
+    failure or second refusal, a second or so into a flood, so an operator
+    at a new address goes ahead of them.
 
 Within a standing, each source's n-th waiting attempt goes behind every
-other source's (n-1)-th: one source cannot fill the queue.  An attempt that
+other source's (n-1)-th: one source cannot fill the queue.  KNOWN and
+SUSPECT wait in arrival order; CLEAN attempts by how many attempts their
+source made on the name lately (fewest first), then newest first, so that
+neither a wave of fresh addresses opening a flood, which waits in the
+queue for its turns, nor someone guessing from an address the operator
+used before stands between the operator arriving after them and the next
+turn (the oldest of the wave are refused instead, and become SUSPECT).  An attempt that
 would wait longer than C{max_wait} is refused without being checked
 (L{TooManyAttempts}, with the seconds after which to try again) -- the
 only refusal there is, and it never depends on failures of *other* names
@@ -77,6 +88,8 @@ MAX_NAMES = 10000
 MAX_PAIRS = 20000
 #: Turns reserved for KNOWN pairs, at most (never more than burst - 1).
 RESERVE = 2
+#: Attempts of one pair remembered to rank it among CLEAN ones (more rank the same).
+TRIES_KEPT = 8
 
 
 class TooManyAttempts(UnauthorizedLogin):
@@ -120,11 +133,15 @@ class _Failures:
     last: float
     #: Times of the failures counted, at most one per REPEAT_WINDOW.
     counted: list[float] = field(default_factory=list)
+    #: Attempts refused unchecked since C{last} was within the window.
+    refusals: int = 0
+    #: When it asked for turns lately (at most TRIES_KEPT).
+    tries: list[float] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class _Waiter:
-    rank: tuple[int, int, int]
+    rank: tuple[int, int, int, int]
     source: str
     user: str
     standing: Standing
@@ -244,16 +261,35 @@ class LoginThrottle:
         ahead = [w for w in gate.waiting if w.standing <= standing]
         if not ahead and gate.tokens >= self._need(standing):
             gate.tokens -= 1
+            self._tried(source, user, now)
             return _fired(Turn(self, gate, source, user))
+        tries = self._tried(source, user, now)
         nth = sum(1 for w in gate.waiting if w.source == source and w.standing == standing)
-        waiter = _Waiter((int(standing), nth, next(self._seq)), source, user, standing, now + self.max_wait,
-                         Deferred())
+        seq = next(self._seq)
+        if standing is Standing.CLEAN:  # fewest recent attempts, then newest first (see the module docstring)
+            rank = (int(standing), tries, nth, -seq)
+        else:
+            rank = (int(standing), 0, nth, seq)
+        waiter = _Waiter(rank, source, user, standing, now + self.max_wait, Deferred())
         gate.waiting.append(waiter)
         gate.waiting.sort(key=lambda w: w.rank)
         if len(gate.waiting) > self.capacity:
             self._refuse(gate, gate.waiting.pop(), now)
         self._schedule(gate)
         return waiter.ticket
+
+    def charge(self, address: str, user: str) -> None:
+        """
+        A failure found without a turn (a wrong answer on a session that had
+        logged in before: see ThrottledChecker): it takes a turn if one is
+        free, never waits, and counts against the pair like any failure.
+        """
+        now = self._now()
+        gate = self._gate(user, now)
+        gate.refill(now, self.rate, self.burst)
+        if gate.tokens >= 1:
+            gate.tokens -= 1
+        self._mark_bad(source_of(address), user, now, counted=True)
 
     # ----------------------------------------------------------- private
 
@@ -265,26 +301,44 @@ class LoginThrottle:
         key = (source, user)
         failures = self._failures.get(key)
         good = self._known.get(key)
+        recent = 0 if failures is None else sum(1 for t in failures.counted if now - t < self._window)
         if good is not None and now - good < TRUST_PERIOD:
-            recent = 0 if failures is None else sum(1 for t in failures.counted if now - t < self._window)
-            if recent < self._max_failures:
+            if recent == 0:
                 return Standing.KNOWN
-        if failures is not None and now - failures.last < self._window:
+            if recent < self._max_failures:
+                return Standing.CLEAN
+            return Standing.SUSPECT
+        if recent or (failures is not None and now - failures.last < self._window and failures.refusals >= 2):
             return Standing.SUSPECT
         return Standing.CLEAN
 
-    def _mark_bad(self, source: str, user: str, now: float, counted: bool) -> None:
-        """A failed (C{counted}) or refused attempt of the pair."""
+    def _record(self, source: str, user: str, now: float) -> _Failures:
         key = (source, user)
         failures = self._failures.get(key)
         if failures is None:
-            failures = self._failures[key] = _Failures(now)
+            failures = self._failures[key] = _Failures(now - self._window)
             while len(self._failures) > MAX_PAIRS:
                 self._failures.popitem(last=False)
         else:
             self._failures.move_to_end(key)
-            failures.last = now
-        if counted:
+        return failures
+
+    def _tried(self, source: str, user: str, now: float) -> int:
+        """Note an attempt of the pair; how many it made before, lately."""
+        record = self._record(source, user, now)
+        before = [t for t in record.tries if now - t < self._window]
+        record.tries = (before + [now])[-TRIES_KEPT:]
+        return len(before)
+
+    def _mark_bad(self, source: str, user: str, now: float, counted: bool) -> None:
+        """A failed (C{counted}) or refused attempt of the pair."""
+        failures = self._record(source, user, now)
+        if now - failures.last >= self._window:
+            failures.refusals = 0
+        failures.last = now
+        if not counted:
+            failures.refusals += 1
+        else:
             recent = [t for t in failures.counted if now - t < self._window]
             if not recent or now - recent[-1] >= REPEAT_WINDOW:
                 recent.append(now)

@@ -4,8 +4,10 @@ Every accepted connection, of every listener, passes through here.
 L{TrackingFactory} wraps a listener's factory (``policies.WrappingFactory``)
 and, for each accepted connection:
 
-  - drops it at once if the peer is outside ``[admission] networks`` or over
-    the per-address / total connection caps -- before a byte is read;
+  - drops it at once if the peer is outside ``[admission] networks`` --
+    before a byte is read;
+  - makes room for it when a budget is full (see "Budgets" below), or drops
+    it when no connection may give way;
   - applies the keepalive and user-timeout socket options;
   - installs a recorder on the socket so that, when the connection ends, we
     know *why*: Twisted reports a keepalive timeout, a reset and a clean close
@@ -18,11 +20,44 @@ Why a connection ended is decided by L{boatwist.net.classify}; admission
 by presence (L{boatwist.presence.Presence.admit}), which front ends call
 with the connection L{ConnectionTracker.connection_for} finds under their
 request or protocol.
+
+Budgets.  A connection is *authenticated* from the moment presence admits
+it (presence sets C{conn.user}; the tracker hears of it through that
+attribute).  Until then an HTTP connection is one of the unauthenticated,
+and those have a budget of their own, C{[admission] max_unauthenticated},
+smaller than C{max_connections}: whoever has logged in keeps the rest.
+When a new connection would pass that budget, the per-address cap or the
+total cap, it is accepted and an unauthenticated HTTP connection gives way
+-- from the same address when the per-address cap is the one passed --
+closed with a reset at once (OpenSSH's MaxStartups, nginx's limit_conn
+with reset_timedout_connection).  Which one, in this order:
+
+  1. one that has sent nothing at all for C{SILENT_AFTER} seconds since it
+     opened (and has no unread byte in its socket): a squatter;
+  2. one that sent something but has no request being answered: a trickler,
+     an idle keep-alive connection, a request whose headers are not all here;
+  3. one opened less than C{SILENT_AFTER} ago that has sent nothing yet
+     (its client may not have written yet: accept can beat the first send);
+  4. one whose request is being answered, whose first bytes are waiting
+     unread in its socket (it has not had its turn yet), or one we are
+     closing after its response (a reset now would destroy the response
+     before its client read it: it is gone in a moment anyway);
+
+each oldest first by its last progress (opening, or the end of its last
+response).  An operator's fresh connection, whose request is already in the
+socket, is thus the last to go, and is authenticated a moment later; a
+flood that keeps reconnecting only pushes out its own older connections.
+Only when every connection in the way is authenticated (or belongs to the
+chat port, which budgets its logins itself) is the newcomer dropped.
+HTTP connections report their progress through L{TrackedConnection.request_started}
+and L{TrackedConnection.request_finished} (L{boatwist.web.channel}); an
+unauthenticated one also gets a short idle deadline there.
 """
 
 from __future__ import annotations
 
 import socket
+from collections import OrderedDict
 from itertools import count
 from typing import Any, Callable
 
@@ -46,23 +81,38 @@ from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_info, read_tcp_vit
 from boatwist.presence import Kind, Presence
 from boatwist.reasons import ABORTED, Reason
 
+__all__ = ["ClosingService", "ConnectionTracker", "TrackedConnection", "TrackingFactory", "TrackingProtocol",
+           "tracked"]
+
 #: Seconds a sighting of a closed receive window explains a later timeout (slow reader, not a dead peer).
 WINDOW_MEMORY = 3.0
 #: How long after a peer's FIN on an event stream we look for the RST our probe provokes.
 EOF_PROBE_DELAY = 0.05
+#: Seconds after which a connection that has sent nothing is a squatter, the first to give way.
+SILENT_AFTER = 1.0
 
 
 class TrackedConnection:
     """One accepted connection, as presence and the heartbeat see it."""
 
     def __init__(self, ident: int, kind: Kind, peer_host: str, peer_port: int, wrapper: "TrackingProtocol",
-                 now: float, max_held: int) -> None:
+                 now: float, max_held: int, tracker: "ConnectionTracker | None" = None) -> None:
         self.id = ident
         self.kind = kind
         self.peer_host = peer_host
         self.peer_port = peer_port
-        #: Set by presence when it admits the connection.
-        self.user: str | None = None
+        self._user: str | None = None
+        self._tracker = tracker
+        #: Bytes received so far (a connection that sent none is the first to give way).
+        self.bytes_in = 0
+        #: True while a request of this connection is being answered (HTTP).
+        self.busy = False
+        #: When it last made progress (opened, or finished a response): monotonic.
+        self.progress_at = now
+        #: True once we started closing it (a refusal being flushed, a deadline passed).
+        self.closing = False
+        #: True once it was told to give way to a newer connection.
+        self.evicted = False
         self.rtt_ms: float | None = None
         self.unstable = False
         self.opened_at = now
@@ -83,6 +133,45 @@ class TrackedConnection:
 
     def __repr__(self) -> str:
         return f"<TrackedConnection {self.id} {self.kind} {self.peer_host}:{self.peer_port} user={self.user}>"
+
+    @property
+    def user(self) -> str | None:
+        """The user presence admitted this connection for; None while unauthenticated."""
+        return self._user
+
+    @user.setter
+    def user(self, user: str | None) -> None:
+        # Presence sets it when it admits the connection: from then on it is
+        # no longer one of the unauthenticated that give way to newcomers.
+        was, self._user = self._user, user
+        if was is None and user is not None and self._tracker is not None:
+            self._tracker._authenticated(self)
+
+    def request_started(self) -> None:
+        """A whole request has arrived and is being answered (the HTTP channel says so)."""
+        self.busy = True
+
+    def request_finished(self) -> None:
+        """The response is done: progress, and no longer busy."""
+        self.busy = False
+        if self._tracker is not None:
+            self._tracker._progress(self)
+
+    def evict(self) -> None:
+        """Give way to a newer connection: reset at once, no response (nginx's reset_timedout_connection)."""
+        self.evicted = True
+        transport = self._wrapper.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]
+
+    def has_unread_bytes(self) -> bool:
+        """Are bytes waiting in the socket that we have not read yet?  (False without a real socket.)"""
+        if self.sock is None:
+            return False
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:  # nothing there (EAGAIN), or the socket is in trouble
+            return False
 
     def close(self, reason: Reason) -> None:
         """End the connection; C{reason} is what everyone will be told."""
@@ -148,6 +237,22 @@ class _Refused(Protocol):
         transport.abortConnection()  # type: ignore[attr-defined]
 
 
+def tracked(protocol_or_transport: object) -> TrackedConnection | None:
+    """
+    The tracked connection under a protocol, found by walking down its
+    C{.transport} links (an HTTP channel, under TLS or not; the chat
+    protocol); None when there is none (a test transport).
+    """
+    node: object = protocol_or_transport
+    for _ in range(8):
+        if isinstance(node, TrackingProtocol):
+            return node.conn
+        node = getattr(node, "transport", None)
+        if node is None:
+            break
+    return None
+
+
 @implementer(IHalfCloseableProtocol)
 class TrackingProtocol(ProtocolWrapper):
     factory: "TrackingFactory"
@@ -160,6 +265,7 @@ class TrackingProtocol(ProtocolWrapper):
 
     def dataReceived(self, data: bytes) -> None:
         self.conn.last_alive = self.factory.tracker.monotonic()
+        self.conn.bytes_in += len(data)
         super().dataReceived(data)
 
     def write(self, data: bytes) -> None:
@@ -169,6 +275,7 @@ class TrackingProtocol(ProtocolWrapper):
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
+        self.conn.closing = True
         self.conn.release()
         super().loseConnection()
 
@@ -199,7 +306,7 @@ class TrackingFactory(WrappingFactory):
         # A refused peer gets a protocol that drops it on connect (Twisted's
         # WrappingFactory declares ProtocolWrapper; _Refused is not one).
         host = getattr(addr, "host", None)
-        if host is not None and not self.tracker.admit_peer(host):
+        if host is not None and not self.tracker.admit_peer(host, self.kind):
             return _Refused()  # type: ignore[return-value]
         return super().buildProtocol(addr)
 
@@ -226,7 +333,14 @@ class ConnectionTracker:
         self.clock = clock
         self.monotonic = monotonic
         self._connections: dict[int, TrackedConnection] = {}
+        #: Connections counted against the caps (not yet evicted), per address and in all.
         self._per_address: dict[str, int] = {}
+        self._counted = 0
+        #: Unauthenticated HTTP connections, oldest progress first: who gives way.
+        self._unauthenticated: OrderedDict[int, TrackedConnection] = OrderedDict()
+        #: Connections that gave way to newer ones, and newcomers dropped, since start.
+        self.evictions = 0
+        self.drops = 0
         self._ids = count(1)
         self._missing_options_logged: set[str] = set()
         self._refusals_logged_at = -1e9
@@ -251,29 +365,35 @@ class ConnectionTracker:
         listener is wrapped by this tracker, so one is always found; a
         LookupError means a listener was not, which is a bug.
         """
-        node: object = protocol_or_transport
-        for _ in range(8):
-            if isinstance(node, TrackingProtocol):
-                return node.conn
-            node = getattr(node, "transport", None)
-            if node is None:
-                break
-        raise LookupError(f"no tracked connection under {protocol_or_transport!r}")
+        conn = tracked(protocol_or_transport)
+        if conn is None:
+            raise LookupError(f"no tracked connection under {protocol_or_transport!r}")
+        return conn
 
-    def admit_peer(self, host: str) -> bool:
-        """The accept-time checks: allowed network, per-address and total caps."""
+    def admit_peer(self, host: str, kind: Kind = Kind.HTTP) -> bool:
+        """
+        The accept-time checks: an allowed network, then the budgets (see the
+        module docstring).  Makes room by evicting when it can; False: drop
+        the newcomer before it reads a byte.
+        """
         if not peer_allowed(host, self.admission.networks):
             self._log_refusal("{host} is outside [admission] networks; dropped", host=host)
+            self.drops += 1
             return False
-        if len(self._connections) >= self.admission.max_connections:
-            self._log_refusal("{host} dropped: {n} connections open, the limit", host=host,
-                              n=len(self._connections))
-            return False
-        if self._per_address.get(host, 0) >= self.admission.max_connections_per_address:
-            self._log_refusal("{host} dropped: {n} connections from that address, the limit", host=host,
-                              n=self._per_address[host])
-            return False
+        from_host = self._per_address.get(host, 0)
+        if from_host >= self.admission.max_connections_per_address and not self._evict_one(
+                host, "{n} connections from {host}, the limit", n=from_host):
+            return self._drop(host, "{n} connections from that address, the limit, all logged in", n=from_host)
+        if kind is Kind.HTTP and len(self._unauthenticated) >= self.admission.max_unauthenticated:
+            self._evict_one(None, "{n} connections not logged in, the limit", n=len(self._unauthenticated))
+        if self._counted >= self.admission.max_connections and not self._evict_one(
+                None, "{n} connections open, the limit", n=self._counted):
+            return self._drop(host, "{n} connections open, the limit, all logged in", n=self._counted)
         return True
+
+    def unauthenticated(self) -> int:
+        """HTTP connections open that have not authenticated."""
+        return len(self._unauthenticated)
 
     # ----------------------------------------------------------- private
 
@@ -282,13 +402,75 @@ class ConnectionTracker:
         now = self.monotonic()
         if now - self._refusals_logged_at >= 10:
             self._refusals_logged_at = now
-            self._log.warn(fmt, **kw)
+            self._log.warn(fmt, evictions=self.evictions, drops=self.drops, **kw)
+
+    def _drop(self, host: str, why: str, **kw: Any) -> bool:
+        self.drops += 1
+        self._log_refusal("{host} dropped: " + why + " ({drops} dropped, {evictions} made way since start)",
+                          host=host, **kw)
+        return False
+
+    def _evict_one(self, host: str | None, why: str, **kw: Any) -> bool:
+        """Evict the unauthenticated HTTP connection that should give way (of C{host} if given)."""
+        victim = self._victim(host)
+        if victim is None:
+            return False
+        self._uncount(victim)
+        victim.evict()
+        self.evictions += 1
+        self._log_refusal("made way for a new connection: " + why + "; closed one from {victim} not logged in "
+                          "({evictions} so far)", host=host, victim=victim.peer_host, **kw)
+        return True
+
+    def _victim(self, host: str | None) -> TrackedConnection | None:
+        """The first to give way, by the order of the module docstring."""
+        talking: TrackedConnection | None = None
+        fresh: TrackedConnection | None = None
+        waiting: TrackedConnection | None = None
+        squatter_since = self.monotonic() - SILENT_AFTER
+        for conn in self._unauthenticated.values():
+            if host is not None and conn.peer_host != host:
+                continue
+            if conn.busy or conn.closing:
+                waiting = waiting or conn
+            elif conn.bytes_in:
+                talking = talking or conn
+            elif conn.has_unread_bytes():
+                waiting = waiting or conn  # its request is here, not read yet: its turn comes
+            elif conn.opened_at <= squatter_since:
+                return conn  # has said nothing at all
+            else:
+                fresh = fresh or conn
+        return talking or fresh or waiting
+
+    def _uncount(self, conn: TrackedConnection) -> None:
+        """Stop counting C{conn} against the caps (it is gone, or going)."""
+        if conn.evicted or conn.id not in self._connections:
+            return
+        self._unauthenticated.pop(conn.id, None)
+        self._counted -= 1
+        left = self._per_address.get(conn.peer_host, 1) - 1
+        if left:
+            self._per_address[conn.peer_host] = left
+        else:
+            self._per_address.pop(conn.peer_host, None)
+
+    def _authenticated(self, conn: TrackedConnection) -> None:
+        """Presence admitted C{conn}: it no longer gives way."""
+        self._unauthenticated.pop(conn.id, None)
+
+    def _progress(self, conn: TrackedConnection) -> None:
+        """C{conn} finished a response: it goes to the back of the line."""
+        conn.progress_at = self.monotonic()
+        if conn.id in self._unauthenticated:
+            self._unauthenticated.move_to_end(conn.id)
 
     def _register(self, wrapper: TrackingProtocol, transport: ITransport, kind: Kind) -> TrackedConnection:
         peer = transport.getPeer()
         host = getattr(peer, "host", "") or ""
         port = getattr(peer, "port", 0) or 0
-        conn = TrackedConnection(next(self._ids), kind, host, port, wrapper, self.monotonic(), self.max_held)
+        conn = TrackedConnection(next(self._ids), kind, host, port, wrapper, self.monotonic(), self.max_held,
+                                 tracker=self)
         tcp = find_tcp_transport(transport)
         if tcp is not None:
             conn.record = install_recorder(tcp)
@@ -311,6 +493,9 @@ class ConnectionTracker:
                                names=", ".join(new))
         self._connections[conn.id] = conn
         self._per_address[host] = self._per_address.get(host, 0) + 1
+        self._counted += 1
+        if kind is Kind.HTTP:
+            self._unauthenticated[conn.id] = conn
         return conn
 
     def _peer_eof(self, conn: TrackedConnection) -> None:
@@ -361,13 +546,9 @@ class ConnectionTracker:
             d.callback(None)
 
     def _unregister(self, conn: TrackedConnection, failure: Failure) -> None:
+        self._uncount(conn)
         if self._connections.pop(conn.id, None) is None:
             return
-        left = self._per_address.get(conn.peer_host, 1) - 1
-        if left:
-            self._per_address[conn.peer_host] = left
-        else:
-            self._per_address.pop(conn.peer_host, None)
         if conn.user is not None and conn.kind.persistent:
             # A plain HTTP connection ending says nothing: its user stays for http_grace.
             reason, detected_after = classify(conn, failure, self.monotonic())

@@ -317,7 +317,7 @@ class Throttled:
         self.audited: list[tuple[str, str, str, str]] = []
         self.checker = ThrottledChecker(self.inner, self.throttle, self.clock,
                                         lambda *a: self.audited.append(a), failure_delay=delay,
-                                        generation=lambda: self.generation, remember_wrong=window)
+                                        generation=lambda: self.generation, remember=window)
 
     def attempt(self, user: str, password: str, peer: str) -> "defer.Deferred[bytes]":
         return self.checker.requestAvatarId(creds(user, password, peer))
@@ -609,3 +609,70 @@ def test_deleted_or_changed_users_lose_their_open_sessions(tmp_path: Any) -> Non
     assert sorted(presence.kicked) == [("bob", "revoked"), ("carol", "revoked")]
     watch.check()
     assert len(presence.kicked) == 2
+
+
+class DigestLike:
+    """Credentials as DigestCredentials look to the throttle: a user name and a nonce, no password."""
+
+    def __init__(self, user: str, nonce: bytes, right: bool, peer: str) -> None:
+        self.username = user
+        self.nonce = nonce
+        self.right = right
+        self.peer_host = peer
+
+
+class DigestInner:
+    credentialInterfaces = (object,)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[bytes]":
+        self.calls += 1
+        if credentials.right:
+            return defer.succeed(credentials.username.encode())
+        return defer.fail(cerror.UnauthorizedLogin())
+
+
+def use_up_turns(t: Throttled, user: str) -> None:
+    """Guesses from many addresses until the name has no turn left for anyone but a known address."""
+    for n in range(40):
+        results(t.attempt(user, f"flood-{n}", f"10.66.0.{n}"))
+
+
+def test_a_session_that_logged_in_before_is_served_at_once_whoever_guesses() -> None:
+    """
+    alice's Basic credential, found right before, is admitted at once from
+    a new address while her name's turns are taken by guessers; a wrong
+    password never matches it (it waits or is refused like any guess).
+    """
+    t = Throttled(max_guesses=12, delay=0)
+    assert results(t.attempt("alice", PASSWORD, "10.0.0.1")) == [b"alice"]
+    use_up_turns(t, "alice")
+    for n in range(20):
+        assert results(t.attempt("alice", PASSWORD, f"10.77.0.{n}")) == [b"alice"]
+    outcome = results(t.attempt("alice", "another guess", "10.77.0.99"))
+    assert not outcome or outcome[0].check(TooManyAttempts)
+
+
+def test_a_digest_nonce_that_carried_a_right_answer_is_served_at_once_until_it_carries_a_wrong_one() -> None:
+    """
+    A Digest client keeps its nonce: once a right answer came on it, later
+    requests on it are checked at once, without a turn.  A wrong answer on
+    it ends that (and counts as a failure): the next one waits its turn.
+    """
+    t = Throttled(max_guesses=12, delay=0)
+    inner = DigestInner()
+    checker = ThrottledChecker(inner, t.throttle, t.clock, generation=lambda: t.generation)
+    assert results(checker.requestAvatarId(DigestLike("alice", b"n1", True, "10.0.0.1"))) == [b"alice"]
+    use_up_turns(t, "alice")
+    for _ in range(10):
+        assert results(checker.requestAvatarId(DigestLike("alice", b"n1", True, "10.9.0.1"))) == [b"alice"]
+    [wrong] = results(checker.requestAvatarId(DigestLike("alice", b"n1", False, "10.9.0.1")))
+    assert wrong.check(cerror.UnauthorizedLogin)
+    calls = inner.calls
+    after = results(checker.requestAvatarId(DigestLike("alice", b"n1", True, "10.9.0.2")))
+    assert (not after or after[0].check(TooManyAttempts)) and inner.calls == calls  # waits its turn now
+    # Another user's nonce, or the same nonce for another name, is not a session of alice's.
+    t.clock.advance(60)
+    assert results(checker.requestAvatarId(DigestLike("bob", b"n1", True, "10.0.0.1"))) == [b"bob"]

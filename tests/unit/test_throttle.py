@@ -285,13 +285,14 @@ def test_repeats_within_seconds_count_as_one_failure() -> None:
     """urllib resends a wrong Digest password five times in a moment: one failure for the standing."""
     t, clock = make(max_failures=2)
     now_turn(t, "10.0.0.1", "bob").succeeded()
+    assert t.standing("10.0.0.1", "bob") is Standing.KNOWN
     for _ in range(6):
         now_turn(t, "10.0.0.1", "bob").failed()
         clock.advance(0.01)
-    assert t.standing("10.0.0.1", "bob") is Standing.KNOWN
+    assert t.standing("10.0.0.1", "bob") is Standing.CLEAN  # known, with a wrong password since: no priority
     clock.advance(mod.REPEAT_WINDOW)
     now_turn(t, "10.0.0.1", "bob").failed()
-    assert t.standing("10.0.0.1", "bob") is Standing.SUSPECT
+    assert t.standing("10.0.0.1", "bob") is Standing.SUSPECT  # max_failures (2) counted
 
 
 def test_standing_is_forgotten_after_the_window() -> None:
@@ -335,3 +336,41 @@ def test_memory_is_bounded_under_a_scan(monkeypatch: pytest.MonkeyPatch) -> None
     clock.advance(3600)  # full again: unused gates are forgotten to make room
     now_turn(t, "10.0.0.1", "fresh").failed()
     assert "fresh" in t._gates
+
+
+def test_a_wave_of_fresh_addresses_does_not_stand_before_the_operator() -> None:
+    """
+    A flood opens with one guess from each of 400 new addresses at once:
+    the queue fills with those CLEAN attempts, which wait for their turns.
+    alice, arriving two seconds later from a new address herself, goes
+    first (CLEAN waits newest first) and is checked within one turn.
+    """
+    t, clock = make()
+    for address in addresses(400):
+        t.turn(address, "alice").addBoth(lambda r: r.failed() if isinstance(r, Turn) else None)
+    run(clock, 2)
+    asked = clock.seconds()
+    result = outcome(t.turn("198.51.100.1", "alice"))
+    while not result:
+        run(clock, 0.05)
+    assert isinstance(result[0], Turn)
+    assert clock.seconds() - asked <= 1 / t.rate + 0.1
+
+
+def test_one_refusal_leaves_a_source_clean_two_make_it_suspect() -> None:
+    """
+    An operator whose first try met a full queue is still CLEAN when she
+    tries again; a guesser sending again is SUSPECT after its second refusal.
+    """
+    t, clock = make(max_wait=0)
+    now_turn(t, "192.0.2.7", "alice").succeeded()
+    for n in range(int(t.burst - t.reserve)):
+        now_turn(t, f"10.0.1.{n}", "alice").failed()
+    checking = [now_turn(t, "192.0.2.7", "alice") for _ in range(int(t.reserve))]  # the reserve, in use
+    assert not outcome(t.turn("192.0.2.7", "alice"))  # a known attempt waits: the queue (1) is full
+    [refused] = outcome(t.turn("198.51.100.1", "alice"))
+    assert refused.check(TooManyAttempts)
+    assert t.standing("198.51.100.1", "alice") is Standing.CLEAN
+    outcome(t.turn("198.51.100.1", "alice"))
+    assert t.standing("198.51.100.1", "alice") is Standing.SUSPECT
+    assert len(checking) == 2
