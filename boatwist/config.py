@@ -145,6 +145,9 @@ class StoreSettings:
     retention_count: int = 10000
     #: Days a chat message is kept.
     retention_days: float = 90.0
+    #: Bytes the database and its WAL stay within; 0 (``auto``): a quarter of
+    #: the file system holding state_dir, at most 64 MiB (boatwist.store).
+    max_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,23 @@ def _expecting(parse: Callable[[str], object]) -> Parser:
 
 def _text(text: str) -> str:
     return text
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K/M/G (KiB, MiB, GiB) suffix; ``auto`` is 0."""
+    if text.lower() == "auto":
+        return 0
+    number = text.rstrip("kKmMgGiIbB ")
+    unit = text[len(number):].strip().lower()
+    if unit not in _SIZE_UNITS or not number.isdigit():
+        raise ConfigError("expected auto, or a size in bytes like 4194304, 512K or 4M")
+    value = int(number) * _SIZE_UNITS[unit]
+    if not 256 * 1024 <= value <= 1 << 40:
+        raise ConfigError("expected auto, or a size from 256K to 1T")
+    return value
 
 
 def _path(text: str) -> Path:
@@ -400,6 +420,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     "store": {
         "retention_count": _integer(1, 100000000),
         "retention_days": _seconds(0.001, 100000),
+        "max_size": _size,
     },
     "events": {
         "buffer": _integer(0, 1000000),

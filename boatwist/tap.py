@@ -34,7 +34,7 @@ from boatwist.config import AdmissionSettings, ConfigError, Settings, load_confi
 from boatwist.core import Core, build_core
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
-from boatwist.store.service import Store
+from boatwist.store.service import Store, size_budget
 from boatwist.systemd import Notifier, SystemdNotifyService
 from boatwist.web.accesslog import AccessLogFile
 from boatwist.web.guard import guarded_root
@@ -138,7 +138,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         _fail(f"{settings.source}: [heartbeat] interval = {settings.heartbeat.interval:g}: expected at most half "
               f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
     store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
-                  retention_days=settings.store.retention_days, reactor=reactor)
+                  retention_days=settings.store.retention_days,
+                  max_bytes=size_budget(settings.store.max_size, str(state_dir)), reactor=reactor)
     core = build_core(settings, reactor, store, admission=fit_connection_cap(settings.admission),
                       watchdog=notifier.watchdog if watchdog else None)
 

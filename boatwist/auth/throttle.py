@@ -266,10 +266,8 @@ class LoginThrottle:
         tries = self._tried(source, user, now)
         nth = sum(1 for w in gate.waiting if w.source == source and w.standing == standing)
         seq = next(self._seq)
-        if standing is Standing.CLEAN:  # fewest recent attempts, then newest first (see the module docstring)
-            rank = (int(standing), tries, nth, -seq)
-        else:
-            rank = (int(standing), 0, nth, seq)
+        # CLEAN: fewest recent attempts, then newest first (see the module docstring).
+        rank = (int(standing), tries, nth, -seq) if standing is Standing.CLEAN else (int(standing), 0, nth, seq)
         waiter = _Waiter(rank, source, user, standing, now + self.max_wait, Deferred())
         gate.waiting.append(waiter)
         gate.waiting.sort(key=lambda w: w.rank)

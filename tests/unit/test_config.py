@@ -135,3 +135,17 @@ def test_hosts_are_a_list_and_garbage_is_refused() -> None:
         "device.local", ".example.com", "192.0.2.1:8080")
     with pytest.raises(ConfigError, match=r"\[http\] hosts"):
         parse_config("[http]\nhosts = http://x/\n")
+
+
+@pytest.mark.parametrize("text, size", [("auto", 0), ("AUTO", 0), ("262144", 262144), ("512K", 512 * 1024),
+                                        ("4M", 4 << 20), ("4MiB", 4 << 20), ("1g", 1 << 30)])
+def test_store_max_size_takes_bytes_with_a_unit_or_auto(text: str, size: int) -> None:
+    """[store] max_size: auto (0), or bytes with an optional K/M/G (KiB, MiB, GiB) suffix."""
+    assert parse_config(f"[store]\nmax_size = {text}\n").store.max_size == size
+
+
+@pytest.mark.parametrize("text", ["-1", "4X", "1.5M", "100K", "", "M"])
+def test_store_max_size_refuses_what_is_not_a_size(text: str) -> None:
+    """A size that is not one (or below 256 KiB, where SQLite's own pages do not fit) is one line."""
+    with pytest.raises(ConfigError, match=r"\[store\] max_size"):
+        parse_config(f"[store]\nmax_size = {text}\n", "f.ini")
