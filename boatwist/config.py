@@ -151,6 +151,23 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    #: Empty: the log goes where twistd sends it (stdout with -n: the journal
+    #: under systemd; --logfile, bounded by max_size and files).  A path:
+    #: boatwist writes it there too, rotated.
+    file: Path | None = None
+    #: Bytes a log file (this one, twistd's, the access log) grows to before it is rotated.
+    max_size: int = 1024 * 1024
+    #: Rotated files kept of each.
+    files: int = 5
+    #: Lines a second about one source's unauthenticated or refused requests
+    #: before the rest are counted into a summary line.
+    per_source: int = 5
+    #: Such lines a second from all sources together.
+    max_lines: int = 50
+
+
+@dataclass(frozen=True)
 class EventSettings:
     #: Events kept for clients reconnecting with Last-Event-ID.
     buffer: int = 1000
@@ -169,6 +186,7 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     roles: RoleSettings = field(default_factory=RoleSettings)
     floor: FloorSettings = field(default_factory=FloorSettings)
     #: The device's controls, [control:NAME] sections in INI order (boatwist.controls.config).
@@ -250,18 +268,24 @@ def _text(text: str) -> str:
 _SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
 
 
-def _size(text: str) -> int:
-    """Bytes, with an optional K/M/G (KiB, MiB, GiB) suffix; ``auto`` is 0."""
-    if text.lower() == "auto":
-        return 0
-    number = text.rstrip("kKmMgGiIbB ")
-    unit = text[len(number):].strip().lower()
-    if unit not in _SIZE_UNITS or not number.isdigit():
-        raise ConfigError("expected auto, or a size in bytes like 4194304, 512K or 4M")
-    value = int(number) * _SIZE_UNITS[unit]
-    if not 256 * 1024 <= value <= 1 << 40:
-        raise ConfigError("expected auto, or a size from 256K to 1T")
-    return value
+def _size(low: int, auto: bool) -> Parser:
+    """Bytes, with an optional K/M/G (KiB, MiB, GiB) suffix; with C{auto}, ``auto`` is 0."""
+    smallest = f"{low // 1024}K"
+    expected = ("auto, or " if auto else "") + "a size in bytes like 4194304, 512K or 4M"
+
+    def parse(text: str) -> int:
+        if auto and text.lower() == "auto":
+            return 0
+        number = text.rstrip("kKmMgGiIbB ")
+        unit = text[len(number):].strip().lower()
+        if unit not in _SIZE_UNITS or not number.isdigit():
+            raise ConfigError(f"expected {expected}")
+        value = int(number) * _SIZE_UNITS[unit]
+        if not low <= value <= 1 << 40:
+            raise ConfigError(f"expected {'auto, or ' if auto else ''}a size from {smallest} to 1T")
+        return value
+
+    return parse
 
 
 def _path(text: str) -> Path:
@@ -420,11 +444,18 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     "store": {
         "retention_count": _integer(1, 100000000),
         "retention_days": _seconds(0.001, 100000),
-        "max_size": _size,
+        "max_size": _size(256 * 1024, auto=True),
     },
     "events": {
         "buffer": _integer(0, 1000000),
         "max_queued": _integer(1024, 1 << 30),
+    },
+    "log": {
+        "file": _optional_path,
+        "max_size": _size(64 * 1024, auto=False),
+        "files": _integer(0, 1000),
+        "per_source": _integer(1, 100000),
+        "max_lines": _integer(1, 1000000),
     },
     "roles": {
         "default": _expecting(parse_role_setting),
@@ -454,6 +485,7 @@ _SECTION_TYPES = {
     "chat": ChatSettings,
     "store": StoreSettings,
     "events": EventSettings,
+    "log": LogSettings,
     "roles": RoleSettings,
     "floor": FloorSettings,
 }

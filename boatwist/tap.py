@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from boatwist import __version__
@@ -32,6 +32,7 @@ from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
 from boatwist.config import AdmissionSettings, ConfigError, Settings, load_config
 from boatwist.core import Core, build_core
+from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
 from boatwist.store.service import Store, size_budget
@@ -151,6 +152,18 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     core.heartbeat.setServiceParent(top)
     core.heartbeat.after_tick.append(CredentialWatch(database, settings.auth.realm, core.presence).check)
 
+    # -- logs: bounded files, floods summarised
+    log_observer = None
+    if settings.log.file is not None:
+        try:
+            log_observer = rotating_observer(str(settings.log.file), settings.log.max_size, settings.log.files)
+        except OSError as e:
+            _fail(f"{settings.source}: [log] file = {str(settings.log.file)!r}: cannot open ({e.strerror or e})")
+        globalLogPublisher.addObserver(log_observer)
+    BoundedLogs(settings.log.max_size, settings.log.files, log_observer).setServiceParent(top)
+    summary = SourceSummary(core.monotonic, settings.log.per_source, settings.log.max_lines)
+    core.heartbeat.after_tick.append(summary.flush)
+
     # -- authentication
     def audit(kind: str, user: str, address: str, detail: str) -> None:
         store.audit(kind, user, address, detail).addErrback(lambda _: None)
@@ -159,10 +172,10 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *a)
 
     auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
-                                lambda user: OperatorRoot(core, user))
+                                lambda user: OperatorRoot(core, user), summary=summary)
 
     # -- listeners
-    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top)
+    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories), top, summary)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
@@ -177,18 +190,19 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService) -> None:
+def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService,
+                 summary: SourceSummary) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     access_file = None
     if settings.http.access_log is not None:
         try:
-            access_file = AccessLogFile(str(settings.http.access_log))
+            access_file = AccessLogFile(str(settings.http.access_log), settings.log.max_size, settings.log.files)
         except OSError as e:
             _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
         core.heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
-                        secure_hosts=settings.http.hosts or None)
+                        secure_hosts=settings.http.hosts or None, summary=summary)
     if settings.server.https:
         from boatwist.tls import TLSConfigError, certificate_files, fingerprint, server_tls_options, wrap_tls
 
@@ -207,7 +221,7 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file)
+                                     access_log=access_file, summary=summary)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
 
 

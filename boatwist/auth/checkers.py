@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from boatwist.auth.digest import AvatarId, StaleNonce
-from boatwist.logs import NamespacedLogger
+from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle, TooManyAttempts, Turn
 
@@ -235,11 +235,14 @@ class ThrottledChecker:
     def __init__(self, inner: ICredentialsChecker, throttle: LoginThrottle, clock: IReactorTime,
                  audit: Callable[[str, str, str, str], None] | None = None, *,
                  failure_delay: float = 0.0, generation: Callable[[], int] = lambda: 0,
-                 monotonic: Callable[[], float] | None = None, remember: float = 300.0) -> None:
+                 monotonic: Callable[[], float] | None = None, remember: float = 300.0,
+                 summary: SourceSummary | None = None) -> None:
         """
         @param generation: the users file's version now (it also re-reads a
             changed file): what is known right or wrong is forgotten when it changes.
         @param remember: seconds a right session or a wrong credential is remembered.
+        @param summary: past its rate, failed and refused logins of a source are
+            counted into a summary line instead of logged and audited one by one.
         """
         self._inner = inner
         self._throttle = throttle
@@ -249,6 +252,7 @@ class ThrottledChecker:
         self._generation = generation
         self._now = monotonic or clock.seconds
         self._remember_for = remember
+        self._summary = summary
         self.credentialInterfaces = inner.credentialInterfaces
         self._key = secrets.token_bytes(32)
         #: Checks under way, by credential key: the Deferreds waiting for each one's answer.
@@ -336,8 +340,8 @@ class ThrottledChecker:
     def _answer_wrong(self, name: str, peer: str, credentials: ICredentials, *, counted: bool,
                       failure: Failure | None = None) -> "defer.Deferred[AvatarId]":
         """A wrong password: logged (the first time), answered after failure_delay."""
-        if counted:
-            self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer, boatwist_source=peer)
+        if counted and (self._summary is None or self._summary.admit(peer, "failed login")):
+            self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
             if self._audit:
                 self._audit("login-failed", name, peer, str(getattr(credentials, "via", "http")))
         error = failure if failure is not None else Failure(cerror.UnauthorizedLogin("wrong password"))
@@ -349,9 +353,9 @@ class ThrottledChecker:
         return answer
 
     def _refused(self, failure: Failure, name: str, peer: str) -> None:
-        if failure.check(TooManyAttempts):
+        if failure.check(TooManyAttempts) and (self._summary is None or self._summary.admit(peer, "login refused")):
             self._log.warn("login refused for {user!r} from {peer}: {error}", user=name, peer=peer,
-                           error=failure.getErrorMessage(), boatwist_source=peer)
+                           error=failure.getErrorMessage())
 
     def _share(self, result: object, key: bytes) -> object:
         """Hand the answer of a check to the identical credentials that waited for it."""

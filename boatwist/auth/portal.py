@@ -30,6 +30,7 @@ from boatwist.auth.digest import AvatarId, DigestAuthority, DigestChecker
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
 from boatwist.config import AuthSettings
+from boatwist.logs import SourceSummary
 
 __all__ = [
     "Authentication", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory", "build_authentication",
@@ -182,7 +183,7 @@ class PeerCredentials(UsernamePassword):
 
 def build_authentication(settings: AuthSettings, database: UserDatabase, clock: IReactorTime,
                          monotonic: Callable[[], float], run_in_thread: ThreadRun, audit: Audit,
-                         avatar: Callable[[str], IResource]) -> Authentication:
+                         avatar: Callable[[str], IResource], summary: SourceSummary | None = None) -> Authentication:
     """
     One throttle, one Digest authority, one bcrypt checker (with its cache)
     for the process; the portal offers the schemes C{settings} names.
@@ -193,7 +194,7 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     def throttled(inner: ICredentialsChecker) -> ThrottledChecker:
         return ThrottledChecker(inner, throttle, clock, audit, failure_delay=settings.failure_delay,
                                 generation=lambda: _generation(database), monotonic=monotonic,
-                                remember=settings.failure_window)
+                                remember=settings.failure_window, summary=summary)
 
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []

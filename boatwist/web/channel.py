@@ -208,8 +208,9 @@ class BoatwistChannel(http.HTTPChannel):
             return
         peer = self.transport.getPeer() if self.transport is not None else None
         if self.requests or self._buffer:
-            self._log.info("{peer}: request headers incomplete after {timeout} s: 408", peer=peer,
-                           timeout=self._settings.header_timeout)
+            # Debug: the 408 is in the access log (summarised when there are many).
+            self._log.debug("{peer}: request headers incomplete after {timeout} s: 408", peer=peer,
+                            timeout=self._settings.header_timeout)
             self._refuse(http.REQUEST_TIMEOUT, "the request headers took too long")
         else:
             self._log.debug("{peer}: no request within {timeout} s: closing", peer=peer,

@@ -550,7 +550,9 @@ def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: An
     the log.  A failed login is logged with the user and source address.
     """
     password, wrong = "Sekr1t-Pw-unique-84d2", "Wr0ng-Guess-unique-19c7"
-    d = make_daemon(users={"alice": password}, config="[auth]\nfailure_delay = 0\n")
+    # Every line is wanted here: the per-source summaries of floods are tests/integration/test_log_flood.py.
+    d = make_daemon(users={"alice": password},
+                    config="[auth]\nfailure_delay = 0\n[log]\nper_source = 1000\nmax_lines = 1000\n")
     d.start()
     marker = f"probe-{secrets.token_hex(4)}"
     good = basic("alice", password)
