@@ -377,6 +377,11 @@ def check_endpoint(description: str) -> None:
     except Exception as e:  # Twisted raises ValueError, TypeError, KeyError, OSError ...
         reason = str(e) or type(e).__name__
         raise ConfigError(f"{expected} ({reason})") from None
+    from .startup import listen_address
+
+    address = listen_address(description)
+    if address is not None and not 0 <= address[1] <= 65535:
+        raise ConfigError(f"expected a port from 0 to 65535, not {address[1]}")
 
 
 #: section -> key -> (field name, parser); the whitelist of what may be written.

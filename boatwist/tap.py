@@ -35,6 +35,7 @@ from boatwist.core import Core, build_core
 from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
+from boatwist.startup import OneLineListener, StartupError, check_listen, check_state_dir
 from boatwist.store.service import Store, size_budget
 from boatwist.systemd import Notifier, SystemdNotifyService
 from boatwist.web.accesslog import AccessLogFile
@@ -85,19 +86,16 @@ def with_backlog(description: str, backlog: int) -> str:
 
 
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
-    """A service listening on the endpoint of C{[server] key}."""
+    """A service listening on the endpoint of C{[server] key}; failing to start, it ends twistd with one line."""
     description = getattr(settings.server, key)
     endpoint: IStreamServerEndpoint
+    where = f"{settings.source}: [server] {key}"
     if description.startswith("systemd:"):
-        endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
+        endpoint = systemd_endpoint(reactor, where, description)
     else:
         backlog = max(50, min(4096, settings.admission.max_connections))
         endpoint = serverFromString(reactor, with_backlog(description, backlog))
-    service = StreamServerEndpointService(endpoint, factory)
-    # Private Twisted API: without it a port that cannot be bound is logged and
-    # twistd runs on without it; an integrator must see the start fail instead.
-    service._raiseSynchronously = True
-    return service
+    return OneLineListener(endpoint, factory, f"{where} = {description!r}")
 
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
@@ -115,10 +113,22 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     settings: Settings = options["settings"]
     top = MultiService()
     state_dir = settings.server.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        # What the INI cannot say: ports free, interfaces ours, state_dir writable.
+        for key in ("http", "https", "chat"):
+            if getattr(settings.server, key):
+                check_listen(getattr(settings.server, key), f"{settings.source}: [server] {key}")
+        check_state_dir(state_dir, f"{settings.source}: [server] state_dir")
+    except StartupError as e:
+        _fail(str(e))
 
     # -- users
-    password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm, state_dir)
+    try:
+        password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm,
+                                        state_dir)
+    except OSError as e:
+        _fail(f"{settings.source}: [auth] users: cannot create the first user in {e.filename or state_dir} "
+              f"({e.strerror or e})")
     if password is not None:
         _log.warn(
             "created user 'admin' with password {password} (also in {path}, mode 0600); "
