@@ -93,7 +93,7 @@ def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactor
     if description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, where, description)
     else:
-        backlog = max(50, min(4096, settings.admission.max_connections))
+        backlog = max(50, min(4096, 2 * settings.admission.max_connections))
         endpoint = serverFromString(reactor, with_backlog(description, backlog))
     return OneLineListener(endpoint, factory, f"{where} = {description!r}")
 

@@ -38,15 +38,26 @@ with reset_timedout_connection).  Which one, in this order:
      an idle keep-alive connection, a request whose headers are not all here;
   3. one opened less than C{SILENT_AFTER} ago that has sent nothing yet
      (its client may not have written yet: accept can beat the first send);
-  4. one whose request is being answered, whose first bytes are waiting
-     unread in its socket (it has not had its turn yet), or one we are
-     closing after its response (a reset now would destroy the response
-     before its client read it: it is gone in a moment anyway);
+  4. one whose request is being answered, or whose first bytes are waiting
+     unread in its socket (it has not had its turn yet);
+
+and never one we are closing after its response (a reset now would destroy
+the response before its client read it: it is gone in a moment anyway);
 
 each oldest first by its last progress (opening, or the end of its last
 response).  An operator's fresh connection, whose request is already in the
 socket, is thus the last to go, and is authenticated a moment later; a
 flood that keeps reconnecting only pushes out its own older connections.
+
+Nobody gives way before it has been read once: Twisted accepts a whole
+burst of connections (hundreds under a flood) before it reads any of them,
+and an operator's connection early in a burst would otherwise be pushed out
+by the rest of the burst before its request was even looked at.  So a
+connection accepted in this reactor turn or the last is not a candidate;
+when only such connections stand in the way, the newcomer is let in beyond
+the budget (by at most C{overflow}: the listen backlog) and the budgets are
+enforced again a turn later (L{ConnectionTracker._tick}).  Turns are counted
+only while a budget is under pressure; a quiet daemon schedules nothing.
 Only when every connection in the way is authenticated (or belongs to the
 chat port, which budgets its logins itself) is the newcomer dropped.
 HTTP connections report their progress through L{TrackedConnection.request_started}
@@ -64,7 +75,14 @@ from typing import Any, Callable
 from twisted.application.service import MultiService
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IProtocolFactory, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -113,6 +131,8 @@ class TrackedConnection:
         self.closing = False
         #: True once it was told to give way to a newer connection.
         self.evicted = False
+        #: The tracker's reactor turn when it was accepted (it is read the turn after).
+        self.accepted_turn = 0
         self.rtt_ms: float | None = None
         self.unstable = False
         self.opened_at = now
@@ -324,6 +344,7 @@ class ConnectionTracker:
         clock: IReactorTime,
         monotonic: Callable[[], float],
         max_held: int = 262144,
+        overflow: int = 1024,
     ) -> None:
         self.presence = presence
         #: Bytes a connection may have held back before it counts as a slow reader.
@@ -338,6 +359,14 @@ class ConnectionTracker:
         self._counted = 0
         #: Unauthenticated HTTP connections, oldest progress first: who gives way.
         self._unauthenticated: OrderedDict[int, TrackedConnection] = OrderedDict()
+        #: Connections that may be open beyond a budget until the next turns enforce it.
+        self.overflow = overflow
+        #: Reactor turns, counted while connections arrive (see the module docstring).
+        self._turn = 0
+        self._last_accept_turn = -10
+        self._ticking: IDelayedCall | None = None
+        #: Hosts already checked against [admission] networks (a flood asks about the same few).
+        self._allowed: dict[str, bool] = {}
         #: Connections that gave way to newer ones, and newcomers dropped, since start.
         self.evictions = 0
         self.drops = 0
@@ -376,18 +405,29 @@ class ConnectionTracker:
         module docstring).  Makes room by evicting when it can; False: drop
         the newcomer before it reads a byte.
         """
-        if not peer_allowed(host, self.admission.networks):
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            allowed = peer_allowed(host, self.admission.networks)
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            self._allowed[host] = allowed
+        if not allowed:
             self._log_refusal("{host} is outside [admission] networks; dropped", host=host)
             self.drops += 1
             return False
         from_host = self._per_address.get(host, 0)
-        if from_host >= self.admission.max_connections_per_address and not self._evict_one(
-                host, "{n} connections from {host}, the limit", n=from_host):
+        cap = self.admission.max_connections_per_address
+        if from_host >= cap and not self._make_room(host, from_host - cap, "{n} connections from {host}, the limit",
+                                                    n=from_host):
             return self._drop(host, "{n} connections from that address, the limit, all logged in", n=from_host)
-        if kind is Kind.HTTP and len(self._unauthenticated) >= self.admission.max_unauthenticated:
-            self._evict_one(None, "{n} connections not logged in, the limit", n=len(self._unauthenticated))
-        if self._counted >= self.admission.max_connections and not self._evict_one(
-                None, "{n} connections open, the limit", n=self._counted):
+        waiting = len(self._unauthenticated)
+        if kind is Kind.HTTP and waiting >= self.admission.max_unauthenticated and not self._make_room(
+                None, waiting - self.admission.max_unauthenticated, "{n} connections not logged in, the limit",
+                n=waiting):
+            return self._drop(host, "{n} connections not logged in, a burst past the limit", n=waiting)
+        if self._counted >= self.admission.max_connections and not self._make_room(
+                None, self._counted - self.admission.max_connections, "{n} connections open, the limit",
+                n=self._counted):
             return self._drop(host, "{n} connections open, the limit, all logged in", n=self._counted)
         return True
 
@@ -410,6 +450,19 @@ class ConnectionTracker:
                           host=host, **kw)
         return False
 
+    def _make_room(self, host: str | None, over: int, why: str, **kw: Any) -> bool:
+        """
+        Evict one connection (of C{host} if given) for a newcomer; when only
+        connections not yet read stand in the way, let the newcomer in beyond
+        the budget (C{over} is by how much it is already) unless that passes
+        C{overflow}.  False: no room can be made.
+        """
+        self._start_ticking()  # under pressure: count reactor turns until it is over
+        if self._evict_one(host, why, **kw):
+            return True
+        return over < self.overflow and any(
+            host is None or conn.peer_host == host for conn in self._unauthenticated.values())
+
     def _evict_one(self, host: str | None, why: str, **kw: Any) -> bool:
         """Evict the unauthenticated HTTP connection that should give way (of C{host} if given)."""
         victim = self._victim(host)
@@ -422,26 +475,76 @@ class ConnectionTracker:
                           "({evictions} so far)", host=host, victim=victim.peer_host, **kw)
         return True
 
+    def _start_ticking(self) -> None:
+        """
+        Count reactor turns (a call at the start of each) while budgets are
+        under pressure; when nothing presses, nothing is scheduled.
+        """
+        if self._ticking is None:
+            self._ticking = self.clock.callLater(0, self._tick)
+
+    def _tick(self) -> None:
+        """
+        One reactor turn has passed: the connections accepted two turns ago
+        have been read once and may give way; enforce the budgets a burst of
+        newcomers went past.
+        """
+        self._ticking = None
+        self._turn += 1
+        admission = self.admission
+        for host, n_open in [(h, n) for h, n in self._per_address.items()
+                             if n > admission.max_connections_per_address]:
+            while n_open > admission.max_connections_per_address and self._evict_one(
+                    host, "{n} connections from {host}, the limit", n=n_open):
+                n_open -= 1
+        while len(self._unauthenticated) > admission.max_unauthenticated and self._evict_one(
+                None, "{n} connections not logged in, the limit", n=len(self._unauthenticated)):
+            pass
+        while self._counted > admission.max_connections and self._evict_one(
+                None, "{n} connections open, the limit", n=self._counted):
+            pass
+        over = (len(self._unauthenticated) > admission.max_unauthenticated
+                or self._counted > admission.max_connections
+                or any(n > admission.max_connections_per_address for n in self._per_address.values()))
+        if over or self._turn - self._last_accept_turn < 2:
+            self._start_ticking()
+
     def _victim(self, host: str | None) -> TrackedConnection | None:
-        """The first to give way, by the order of the module docstring."""
-        talking: TrackedConnection | None = None
-        fresh: TrackedConnection | None = None
-        waiting: TrackedConnection | None = None
+        """
+        The first to give way, by the order of the module docstring.  The
+        socket of a connection that has sent nothing is peeked at only when
+        that decides (a flood of fresh connections must not cost a system
+        call per candidate per accept).
+        """
         squatter_since = self.monotonic() - SILENT_AFTER
+        unread_since = self._turn - 1  # accepted since: not read yet, not a candidate
+        talking: TrackedConnection | None = None
+        quiet: list[TrackedConnection] = []  # sent nothing yet: squatters or newcomers, oldest first
+        waiting: TrackedConnection | None = None
         for conn in self._unauthenticated.values():
             if host is not None and conn.peer_host != host:
                 continue
-            if conn.busy or conn.closing:
+            if conn.accepted_turn >= unread_since:
+                continue
+            if conn.closing:
+                continue
+            if conn.busy:
                 waiting = waiting or conn
             elif conn.bytes_in:
                 talking = talking or conn
-            elif conn.has_unread_bytes():
-                waiting = waiting or conn  # its request is here, not read yet: its turn comes
-            elif conn.opened_at <= squatter_since:
-                return conn  # has said nothing at all
             else:
-                fresh = fresh or conn
-        return talking or fresh or waiting
+                quiet.append(conn)
+        for conn in quiet:
+            if conn.opened_at > squatter_since:
+                break  # the rest are younger still: newcomers, not squatters
+            if not conn.has_unread_bytes():
+                return conn  # has said nothing at all
+        if talking is not None:
+            return talking
+        for conn in quiet:
+            if not conn.has_unread_bytes():
+                return conn  # the oldest newcomer that has sent nothing yet
+        return next(iter(quiet), None) or waiting
 
     def _uncount(self, conn: TrackedConnection) -> None:
         """Stop counting C{conn} against the caps (it is gone, or going)."""
@@ -491,6 +594,7 @@ class ConnectionTracker:
                 self._missing_options_logged.update(new)
                 self._log.warn("socket options not available here, dead peers are found later: {names}",
                                names=", ".join(new))
+        conn.accepted_turn = self._last_accept_turn = self._turn
         self._connections[conn.id] = conn
         self._per_address[host] = self._per_address.get(host, 0) + 1
         self._counted += 1

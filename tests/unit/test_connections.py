@@ -128,6 +128,20 @@ class World:
         proto.makeConnection(transport)
         return proto, transport
 
+    def turns(self) -> None:
+        """
+        Let the reactor turn twice (the tracker counts turns while a budget
+        is under pressure): what was accepted has been read once and may give way.
+        """
+        self.clock.advance(0)
+        self.clock.advance(0)
+
+    def connect_read(self, host: str = "10.1.2.3", port: int = 40000) -> tuple[Any, StringTransport]:
+        """connect(), then the turns that read it."""
+        result = self.connect(host, port)
+        self.turns()
+        return result
+
     def presence_events(self) -> list[tuple[str, str, str]]:
         return [(e.data["user"], e.data["state"], e.data["reason"]) for e in self.events if e.kind == "presence"]
 
@@ -275,10 +289,11 @@ def test_per_address_cap_makes_way_from_that_address_only() -> None:
     other addresses are untouched, and the counts stay within the cap.
     """
     w = World(per_address=2)
-    first, t1 = w.connect("10.0.0.1", 1)
-    _, t2 = w.connect("10.0.0.1", 2)
-    _, other = w.connect("10.0.0.2", 4)
+    first, t1 = w.connect_read("10.0.0.1", 1)
+    _, t2 = w.connect_read("10.0.0.1", 2)
+    _, other = w.connect_read("10.0.0.2", 4)
     _, t3 = w.connect("10.0.0.1", 3)
+    w.turns()  # the first pressure: what was there is given its turn, then the cap is enforced
     assert t1.disconnected and not t2.disconnected and not t3.disconnected and not other.disconnected
     assert len(w.inner.built) == 4
     assert w.tracker.evictions == 1
@@ -291,7 +306,7 @@ def test_per_address_cap_drops_the_newcomer_when_all_are_logged_in() -> None:
     """When every connection of the address has authenticated, none gives way: the newcomer is dropped."""
     w = World(per_address=2)
     for port in (1, 2):
-        w.connect("10.0.0.1", port)
+        w.connect_read("10.0.0.1", port)
         w.touch_http(w.tracker.connections()[-1], f"user{port}")
     _, third = w.connect("10.0.0.1", 3)
     assert third.disconnected
@@ -303,10 +318,10 @@ def test_per_address_cap_drops_the_newcomer_when_all_are_logged_in() -> None:
 def test_total_cap_makes_way_or_drops() -> None:
     """At max_connections an unauthenticated connection gives way; with all logged in, the newcomer is dropped."""
     w = World(max_connections=2)
-    w.connect("10.0.0.1")
+    w.connect_read("10.0.0.1")
     w.touch_http(w.tracker.connections()[-1], "alice")
-    _, squatter = w.connect("10.0.0.2")
-    _, third = w.connect("10.0.0.3")
+    _, squatter = w.connect_read("10.0.0.2")
+    _, third = w.connect_read("10.0.0.3")
     assert squatter.disconnected and not third.disconnected
     w.touch_http(w.tracker.connections()[-1], "bob")
     _, fourth = w.connect("10.0.0.4")
@@ -321,17 +336,54 @@ def test_unauthenticated_budget_is_smaller_and_logged_in_connections_keep_the_re
     budget, so 3 more fit beside it.
     """
     w = World(max_unauthenticated=3)
-    transports = [w.connect("10.0.0.1", port)[1] for port in range(4)]
+    transports = [w.connect_read("10.0.0.1", port)[1] for port in range(4)]
     assert [t.disconnected for t in transports] == [True, False, False, False]
     assert w.tracker.unauthenticated() == 3
     alice = w.tracker.connections()[1]
     w.touch_http(alice, "alice")
     assert w.tracker.unauthenticated() == 2
-    more = [w.connect("10.0.0.2", port)[1] for port in range(2)]
+    more = [w.connect_read("10.0.0.2", port)[1] for port in range(2)]
     assert not any(t.disconnected for t in more)
     # The oldest unauthenticated went; alice's, older still, stays.
     assert [t.disconnected for t in transports] == [True, False, True, False]
     assert not alice.evicted
+
+
+def test_nobody_gives_way_before_it_was_read_once() -> None:
+    """
+    A burst accepted in one reactor turn (Twisted accepts hundreds before it
+    reads any): none of it is pushed out by the rest of the burst -- it goes
+    past the budget -- and a turn later the budget is enforced, oldest first.
+    """
+    w = World(max_unauthenticated=3)
+    transports = [w.connect("10.0.0.1", port)[1] for port in range(6)]
+    assert not any(t.disconnected for t in transports)
+    assert w.tracker.unauthenticated() == 6
+    w.turns()
+    assert [t.disconnected for t in transports] == [True, True, True, False, False, False]
+    assert w.tracker.unauthenticated() == 3
+
+
+def test_turns_are_counted_only_under_pressure() -> None:
+    """A quiet tracker schedules nothing; after a burst it stops counting turns once the budgets hold again."""
+    w = World(max_unauthenticated=3)
+    for port in range(3):
+        w.connect("10.0.0.1", port)
+    assert w.clock.getDelayedCalls() == []
+    w.connect("10.0.0.1", 9)
+    assert w.clock.getDelayedCalls() != []
+    for _ in range(4):
+        w.clock.advance(0)
+    assert w.clock.getDelayedCalls() == []
+    assert w.tracker.unauthenticated() == 3
+
+
+def test_a_burst_past_the_overflow_is_dropped() -> None:
+    """Beyond the budget plus the overflow (the listen backlog) a burst's newcomers are dropped."""
+    w = World(max_unauthenticated=2)
+    w.tracker.overflow = 3
+    transports = [w.connect("10.0.0.1", port)[1] for port in range(8)]
+    assert [t.disconnected for t in transports] == [False] * 5 + [True] * 3
 
 
 def test_who_gives_way_first() -> None:
@@ -350,17 +402,17 @@ def test_who_gives_way_first() -> None:
     busy_conn.request_started()
     talker_conn.bytes_in = 10
     w.clock.advance(connections.SILENT_AFTER)
-    _, young = w.connect("10.0.0.1", 4)  # 4 now: full
-    w.connect("10.0.0.2", 5)
+    _, young = w.connect_read("10.0.0.1", 4)  # 4 now: full
+    w.connect_read("10.0.0.2", 5)
     assert silent.disconnected and not talker.disconnected and not busy.disconnected and not young.disconnected
-    w.connect("10.0.0.3", 6)
+    w.connect_read("10.0.0.3", 6)
     assert talker.disconnected and not young.disconnected and not busy.disconnected
-    w.connect("10.0.0.4", 7)
+    w.connect_read("10.0.0.4", 7)
     assert young.disconnected and not busy.disconnected  # the oldest of the young
     busy_conn.request_finished()  # back of the line, and talking
     for c in w.tracker.connections()[-3:]:
         c.bytes_in = 1
-    w.connect("10.0.0.5", 8)
+    w.connect_read("10.0.0.5", 8)
     assert not busy.disconnected
     assert {c.peer_port for c in w.tracker.connections() if c.evicted} == {3, 2, 4, 5}
 
@@ -371,9 +423,9 @@ def test_a_connection_closing_after_its_response_is_not_reset() -> None:
     proto, closing = w.connect("10.0.0.1", 1)
     w.tracker.connections()[0].bytes_in = 10
     proto.loseConnection()
-    _, talker = w.connect("10.0.0.1", 2)
+    _, talker = w.connect_read("10.0.0.1", 2)
     w.tracker.connections()[1].bytes_in = 10
-    w.connect("10.0.0.1", 3)
+    w.connect_read("10.0.0.1", 3)
     assert talker.disconnected and not closing.disconnected
 
 
@@ -381,10 +433,10 @@ def test_a_connection_whose_request_is_unread_waits_its_turn(monkeypatch: pytest
     """A newcomer whose first bytes are still in its socket goes after one that said nothing."""
     w = World(max_unauthenticated=2)
     _, fresh = w.connect("10.0.0.1", 1)
-    _, silent = w.connect("10.0.0.1", 2)
+    _, silent = w.connect_read("10.0.0.1", 2)
     first = w.tracker.connections()[0]
     monkeypatch.setattr(first, "has_unread_bytes", lambda: True)
-    w.connect("10.0.0.1", 3)
+    w.connect_read("10.0.0.1", 3)
     assert silent.disconnected and not fresh.disconnected
 
 
@@ -395,6 +447,7 @@ def test_chat_connections_never_give_way_and_do_not_count_as_unauthenticated() -
     for port in (1, 2):
         addr = IPv4Address("TCP", "10.0.0.1", port)
         chat.buildProtocol(addr).makeConnection(StringTransport(peerAddress=addr))
+    w.turns()
     assert w.tracker.unauthenticated() == 0
     _, http = w.connect("10.0.0.1", 3)
     assert http.disconnected
@@ -404,10 +457,10 @@ def test_chat_connections_never_give_way_and_do_not_count_as_unauthenticated() -
 def test_evicted_connections_stop_counting_at_once() -> None:
     """An evicted connection's slot is free before its connectionLost arrives (next reactor turn)."""
     w = World(max_connections=2)
-    w.connect("10.0.0.1", 1)
-    w.connect("10.0.0.1", 2)
+    w.connect_read("10.0.0.1", 1)
+    w.connect_read("10.0.0.1", 2)
     for port in range(3, 10):
-        _, t = w.connect("10.0.0.1", port)
+        _, t = w.connect_read("10.0.0.1", port)
         assert not t.disconnected
     assert w.tracker._counted == 2
     assert w.tracker.evictions == 7
