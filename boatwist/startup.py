@@ -20,9 +20,10 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
 __all__ = ["OneLineListener", "StartupError", "check_listen", "check_state_dir", "listen_address"]
 
@@ -122,7 +123,7 @@ class OneLineListener(StreamServerEndpointService):
     the process's real stderr (and the log), and twistd exits with status 2.
     """
 
-    def __init__(self, endpoint: Any, factory: Any, where: str) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, where: str) -> None:
         super().__init__(endpoint, factory)
         self.where = where
         # Private Twisted API: without it a port that cannot be bound is logged

@@ -40,8 +40,8 @@ source made on the name lately (fewest first), then newest first, so that
 neither a wave of fresh addresses opening a flood, which waits in the
 queue for its turns, nor someone guessing from an address the operator
 used before stands between the operator arriving after them and the next
-turn (the oldest of the wave are refused instead, and become SUSPECT).  An attempt that
-would wait longer than C{max_wait} is refused without being checked
+turn (the oldest of the wave are refused instead, and become SUSPECT).
+An attempt that would wait longer than C{max_wait} is refused without being checked
 (L{TooManyAttempts}, with the seconds after which to try again) -- the
 only refusal there is, and it never depends on failures of *other* names
 or on the address alone.
@@ -53,8 +53,11 @@ its IPv4 address).
 What this cannot do: an attacker able to send attempts from more fresh
 sources per second than the name's rate stays CLEAN and competes with an
 operator at a new address on equal terms (the operator's wait is then
-bounded by C{max_wait} and the answer is a refusal with Retry-After);
-an operator at a known address is never affected.
+bounded by C{max_wait} and the answer is a refusal with Retry-After); and
+someone guessing from the operator's own address (a NAT) costs a fresh
+login from there its priority.  A session that logged in before (see
+L{boatwist.auth.checkers.ThrottledChecker}), and a login from a known
+address nobody guesses from, are never affected.
 
 Names are never looked up here: unknown names get gates like real ones,
 so neither the wording nor the timing of an answer says which names exist.

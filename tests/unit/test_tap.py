@@ -97,13 +97,18 @@ def test_a_listener_that_fails_when_it_starts_ends_twistd_with_one_line(monkeypa
 
     from boatwist.startup import OneLineListener
 
+    from twisted.internet.interfaces import IStreamServerEndpoint
+    from twisted.internet.protocol import Factory
+    from zope.interface import implementer
+
+    @implementer(IStreamServerEndpoint)
     class Taken:
         def listen(self, factory: object) -> "defer.Deferred[object]":
             return defer.fail(CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use")))
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "__stderr__", err)
-    listener = OneLineListener(Taken(), object(), "etc/embweb.ini: [server] http = 'tcp:8080'")
+    listener = OneLineListener(Taken(), Factory(), "etc/embweb.ini: [server] http = 'tcp:8080'")
     with pytest.raises(SystemExit) as exited:
         listener.privilegedStartService()
     assert exited.value.code == 2
