@@ -66,10 +66,17 @@ class AuthSettings:
     cache_ttl: float = 300.0
     #: Lifetime of a Digest nonce, seconds; older ones get ``stale=true``.
     nonce_lifetime: float = 300.0
-    #: Failed logins allowed per source address / user name in failure_window.
+    #: Password checks a minute for one user name, from all addresses together
+    #: (a right password gives its check back; boatwist.auth.throttle).
+    max_guesses: int = 60
+    #: Seconds a login attempt may wait for a check before it is refused with Retry-After.
+    max_wait: float = 5.0
+    #: Failures from one address on one name within failure_window after which
+    #: that address no longer goes first as one the user logged in from.
     max_failures: int = 5
+    #: Seconds a failed or refused attempt is remembered (its address goes last for that name).
     failure_window: float = 300.0
-    #: Delay added to the n-th failure: failure_delay * 2**(n-1), capped.
+    #: Seconds a failed login is answered late (the same for every name).
     failure_delay: float = 0.5
 
 
@@ -84,6 +91,9 @@ class AdmissionSettings:
     )
     max_connections: int = 512
     max_connections_per_address: int = 64
+    #: HTTP connections not (yet) authenticated; past it (or past either cap
+    #: above) the one that should give way is closed (boatwist.net.tracking).
+    max_unauthenticated: int = 128
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class HttpSettings:
     max_body: int = 65536
     #: Seconds an idle keep-alive HTTP connection is kept.
     idle_timeout: float = 60.0
+    #: Seconds an idle keep-alive connection that has not authenticated is kept.
+    unauthenticated_idle: float = 5.0
     #: Host header values served (name, name:port, .domain, IP); others get 421 (DNS
     #: rebinding).  Empty: any Host.
     hosts: tuple[str, ...] = ()
@@ -144,6 +156,26 @@ class StoreSettings:
     retention_count: int = 10000
     #: Days a chat message is kept.
     retention_days: float = 90.0
+    #: Bytes the database and its WAL stay within; 0 (``auto``): a quarter of
+    #: the file system holding state_dir, at most 64 MiB (boatwist.store).
+    max_size: int = 0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    #: Empty: the log goes where twistd sends it (stdout with -n: the journal
+    #: under systemd; --logfile, bounded by max_size and files).  A path:
+    #: boatwist writes it there too, rotated.
+    file: Path | None = None
+    #: Bytes a log file (this one, twistd's, the access log) grows to before it is rotated.
+    max_size: int = 1024 * 1024
+    #: Rotated files kept of each.
+    files: int = 5
+    #: Lines a second about one source's unauthenticated or refused requests
+    #: before the rest are counted into a summary line.
+    per_source: int = 5
+    #: Such lines a second from all sources together.
+    max_lines: int = 50
 
 
 @dataclass(frozen=True)
@@ -165,6 +197,7 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    log: LogSettings = field(default_factory=LogSettings)
     roles: RoleSettings = field(default_factory=RoleSettings)
     floor: FloorSettings = field(default_factory=FloorSettings)
     #: The device's controls, [control:NAME] sections in INI order (boatwist.controls.config).
@@ -247,6 +280,29 @@ def _expecting(parse: Callable[[str], object]) -> Parser:
 
 def _text(text: str) -> str:
     return text
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def _size(low: int, auto: bool) -> Parser:
+    """Bytes, with an optional K/M/G (KiB, MiB, GiB) suffix; with C{auto}, ``auto`` is 0."""
+    smallest = f"{low // 1024}K"
+    expected = ("auto, or " if auto else "") + "a size in bytes like 4194304, 512K or 4M"
+
+    def parse(text: str) -> int:
+        if auto and text.lower() == "auto":
+            return 0
+        number = text.rstrip("kKmMgGiIbB ")
+        unit = text[len(number):].strip().lower()
+        if unit not in _SIZE_UNITS or not number.isdigit():
+            raise ConfigError(f"expected {expected}")
+        value = int(number) * _SIZE_UNITS[unit]
+        if not low <= value <= 1 << 40:
+            raise ConfigError(f"expected {'auto, or ' if auto else ''}a size from {smallest} to 1T")
+        return value
+
+    return parse
 
 
 def _path(text: str) -> Path:
@@ -416,6 +472,11 @@ def check_endpoint(description: str) -> None:
     except Exception as e:  # Twisted raises ValueError, TypeError, KeyError, OSError ...
         reason = str(e) or type(e).__name__
         raise ConfigError(f"{expected} ({reason})") from None
+    from .startup import listen_address
+
+    address = listen_address(description)
+    if address is not None and not 0 <= address[1] <= 65535:
+        raise ConfigError(f"expected a port from 0 to 65535, not {address[1]}")
 
 
 #: section -> key -> (field name, parser); the whitelist of what may be written.
@@ -438,6 +499,8 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "digest_users": _optional_path,
         "cache_ttl": _seconds(0, 86400),
         "nonce_lifetime": _seconds(10, 86400),
+        "max_guesses": _integer(2, 100000),
+        "max_wait": _seconds(0, 60),
         "max_failures": _integer(1, 1000),
         "failure_window": _seconds(1, 86400),
         "failure_delay": _seconds(0, 10),
@@ -449,6 +512,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "networks": _networks,
         "max_connections": _integer(1, 1000000),
         "max_connections_per_address": _integer(1, 1000000),
+        "max_unauthenticated": _integer(1, 1000000),
     },
     "keepalive": {
         "idle": _integer(1, 32767),
@@ -464,6 +528,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "header_timeout": _seconds(0.1, 3600),
         "max_body": _integer(0, 1 << 30),
         "idle_timeout": _seconds(1, 86400),
+        "unauthenticated_idle": _seconds(0.1, 86400),
         "access_log": _optional_path,
         "hosts": _host_list,
     },
@@ -482,10 +547,18 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     "store": {
         "retention_count": _integer(1, 100000000),
         "retention_days": _seconds(0.001, 100000),
+        "max_size": _size(256 * 1024, auto=True),
     },
     "events": {
         "buffer": _integer(0, 1000000),
         "max_queued": _integer(1024, 1 << 30),
+    },
+    "log": {
+        "file": _optional_path,
+        "max_size": _size(64 * 1024, auto=False),
+        "files": _integer(0, 1000),
+        "per_source": _integer(1, 100000),
+        "max_lines": _integer(1, 1000000),
     },
     "roles": {
         "default": _expecting(parse_role_setting),
@@ -516,6 +589,7 @@ _SECTION_TYPES = {
     "chat": ChatSettings,
     "store": StoreSettings,
     "events": EventSettings,
+    "log": LogSettings,
     "roles": RoleSettings,
     "floor": FloorSettings,
     "mqtt": MqttSettings,

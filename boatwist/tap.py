@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from boatwist import __version__
@@ -37,9 +37,11 @@ from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, lo
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.registry import ControlsService
 from boatwist.core import Core, build_core
+from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
-from boatwist.store.service import Store
+from boatwist.startup import OneLineListener, StartupError, check_listen, check_state_dir
+from boatwist.store.service import Store, size_budget
 from boatwist.systemd import Notifier, SystemdNotifyService
 from boatwist.web.accesslog import AccessLogFile
 from boatwist.web.guard import guarded_root
@@ -75,19 +77,30 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
+def with_backlog(description: str, backlog: int) -> str:
+    """
+    C{description} with C{backlog=} added to a tcp/ssl endpoint that names
+    none.  Twisted listens with a backlog of 50: under a connection flood
+    the kernel's accept queue overflows between two accept rounds and drops
+    SYNs -- an operator's among them, who then waits a 1 s retransmission.
+    """
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
-    """A service listening on the endpoint of C{[server] key}."""
+    """A service listening on the endpoint of C{[server] key}; failing to start, it ends twistd with one line."""
     description = plain_endpoint(getattr(settings.server, key))
     endpoint: IStreamServerEndpoint
+    where = f"{settings.source}: [server] {key}"
     if description.startswith("systemd:"):
-        endpoint = systemd_endpoint(reactor, f"{settings.source}: [server] {key}", description)
+        endpoint = systemd_endpoint(reactor, where, description)
     else:
-        endpoint = serverFromString(reactor, description)
-    service = StreamServerEndpointService(endpoint, factory)
-    # Private Twisted API: without it a port that cannot be bound is logged and
-    # twistd runs on without it; an integrator must see the start fail instead.
-    service._raiseSynchronously = True
-    return service
+        backlog = max(50, min(4096, 2 * settings.admission.max_connections))
+        endpoint = serverFromString(reactor, with_backlog(description, backlog))
+    return OneLineListener(endpoint, factory, f"{where} = {description!r}")
 
 
 def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
@@ -105,10 +118,22 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     settings: Settings = options["settings"]
     top = MultiService()
     state_dir = settings.server.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        # What the INI cannot say: ports free, interfaces ours, state_dir writable.
+        for key in ("http", "https", "chat"):
+            if getattr(settings.server, key):
+                check_listen(getattr(settings.server, key), f"{settings.source}: [server] {key}")
+        check_state_dir(state_dir, f"{settings.source}: [server] state_dir")
+    except StartupError as e:
+        _fail(str(e))
 
     # -- users
-    password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm, state_dir)
+    try:
+        password = ensure_initial_admin(settings.users_file, settings.digest_users_file, settings.auth.realm,
+                                        state_dir)
+    except OSError as e:
+        _fail(f"{settings.source}: [auth] users: cannot create the first user in {e.filename or state_dir} "
+              f"({e.strerror or e})")
     if password is not None:
         # Never the password itself: twistd --logfile creates its log world-readable (0644), and logs
         # are shipped and kept.  The file is 0600, readable by the daemon's user (and root) only.
@@ -131,7 +156,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
         _fail(f"{settings.source}: [heartbeat] interval = {settings.heartbeat.interval:g}: expected at most half "
               f"of the systemd watchdog ({watchdog:g} s), or systemd will restart the daemon")
     store = Store(str(state_dir / "boatwist.sqlite"), retention_count=settings.store.retention_count,
-                  retention_days=settings.store.retention_days, reactor=reactor)
+                  retention_days=settings.store.retention_days,
+                  max_bytes=size_budget(settings.store.max_size, str(state_dir)), reactor=reactor)
     # pymodbus reports through the standard logging module, to stderr: its
     # messages (a device not answering) reach people as our own quality lines.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -150,6 +176,18 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     controls = ControlsService(core.controls)
     controls.setServiceParent(closing)
 
+    # -- logs: bounded files, floods summarised
+    log_observer = None
+    if settings.log.file is not None:
+        try:
+            log_observer = rotating_observer(str(settings.log.file), settings.log.max_size, settings.log.files)
+        except OSError as e:
+            _fail(f"{settings.source}: [log] file = {str(settings.log.file)!r}: cannot open ({e.strerror or e})")
+        globalLogPublisher.addObserver(log_observer)
+    BoundedLogs(settings.log.max_size, settings.log.files, log_observer).setServiceParent(top)
+    summary = SourceSummary(core.monotonic, settings.log.per_source, settings.log.max_lines)
+    core.heartbeat.after_tick.append(summary.flush)
+
     # -- authentication
     def audit(kind: str, user: str, address: str, detail: str) -> None:
         store.audit(kind, user, address, detail).addErrback(lambda _: None)
@@ -159,7 +197,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
 
     auth = build_authentication(settings.auth, database, reactor, core.monotonic, run_in_thread, audit,
                                 lambda user: OperatorRoot(core, user),
-                                nonce_key=persistent_key(state_dir / NONCE_KEY_FILE))
+                                nonce_key=persistent_key(state_dir / NONCE_KEY_FILE), summary=summary)
     auth.offer.state()  # logs what is offered and which users limit it
 
     # -- the fleet: an MQTT broker (off unless [mqtt] broker is set; paho is imported only then)
@@ -184,7 +222,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
 
     # -- listeners (the automatic TLS certificate first: any of them may serve it)
     _make_automatic_certificate(settings)
-    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top)
+    _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top,
+                 summary)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
@@ -202,18 +241,19 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService) -> None:
+def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService,
+                 summary: SourceSummary) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     access_file = None
     if settings.http.access_log is not None:
         try:
-            access_file = AccessLogFile(str(settings.http.access_log))
+            access_file = AccessLogFile(str(settings.http.access_log), settings.log.max_size, settings.log.files)
         except OSError as e:
             _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
         core.heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
-                        secure_hosts=settings.http.hosts or None)
+                        secure_hosts=settings.http.hosts or None, summary=summary)
     if settings.server.https:
         https_factory: IProtocolFactory = site
         if not settings.server.https.startswith("ssl:"):
@@ -224,7 +264,8 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file, secure_hosts=settings.http.hosts or None)
+                                     access_log=access_file, secure_hosts=settings.http.hosts or None,
+                                     summary=summary)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
 
 
@@ -349,6 +390,7 @@ def fit_connection_cap(admission: AdmissionSettings, limits: Any = None) -> Admi
               n=admission.max_connections, soft=soft, cap=cap)
     return replace(admission, max_connections=cap,
                    max_connections_per_address=min(admission.max_connections_per_address, cap),
+                   max_unauthenticated=min(admission.max_unauthenticated, cap),
                    max_connections_per_user=min(admission.max_connections_per_user, cap))
 
 

@@ -11,9 +11,9 @@ password nor a hash that could be attacked offline sits in memory -- and the
 cache is dropped whenever the users file changes.  bcrypt runs off the
 reactor thread, and concurrent checks of the same credential share one run.
 
-Every attempt goes through L{LoginThrottle}; every failure, and every
-success that was not served from the cache, is logged with the source
-address -- never with the password.
+Every attempt goes through L{LoginThrottle}; every failure, and the first
+success of a user from an address within a window, is logged with the
+source address -- never with the password.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from boatwist.auth.digest import AvatarId
 from boatwist.auth.hashes import digest_hex
 from boatwist.auth.refusals import NoUsableHash, NotAGuess
-from boatwist.logs import NamespacedLogger
+from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.auth.passwords import UserDatabase
-from boatwist.auth.throttle import LoginThrottle
+from boatwist.auth.throttle import LoginThrottle, TooManyAttempts, Turn
 
 #: Most verified credentials remembered at once.
 CACHE_SIZE = 1024
@@ -216,91 +216,169 @@ def _usual_cost(database: UserDatabase) -> int:
     return costs.most_common(1)[0][0] if costs else DEFAULT_COST
 
 
+#: Most wrong credentials remembered as wrong (see ThrottledChecker).
+KNOWN_WRONG_SIZE = 1024
+
+
 @implementer(ICredentialsChecker)
 class ThrottledChecker:
     """
     Puts L{LoginThrottle} and the login log in front of another checker.
+
+    Every check takes a turn of the name's gate (L{LoginThrottle.turn}) and
+    settles it: a right password gives it back, a wrong one keeps it, one
+    that was not a guess (a stale Digest nonce, an error of ours) gives it
+    back.  Three shortcuts spare turns without telling anyone anything new:
+
+      - a session that logged in before is checked at once, without a turn:
+        the same Basic user name and password found right within
+        C{remember} seconds (a wrong guess can never match it), or a Digest
+        response on a nonce that carried a right one for that user (only a
+        client that knew the password has used it so; a wrong answer on it
+        ends that, and counts as a failure).  A logged-in operator is thus
+        served at once whoever is guessing their name, from wherever;
+      - the same user name and password already being checked (a browser
+        loading a page in parallel) wait for that check's answer;
+      - the same user name and password found wrong before, while the users
+        file has not changed, are answered wrong at once: a script resending
+        one mistyped password (urllib does, by itself) is one failure, not
+        one per request.  Only credentials that carry the password (Basic,
+        the chat port) can be recognised; Digest responses differ per nonce.
+
+    A failed check is answered C{failure_delay} seconds late (the same for
+    every name, known or not), which slows a client guessing one password
+    after the other without slowing anyone else.
     """
 
     _log = NamespacedLogger(namespace="boatwist.login")
 
-    def __init__(self, inner: Any, throttle: LoginThrottle, clock: IReactorTime,
-                 audit: Callable[[str, str, str, str], None] | None = None) -> None:
+    def __init__(self, inner: ICredentialsChecker, throttle: LoginThrottle, clock: IReactorTime,
+                 audit: Callable[[str, str, str, str], None] | None = None, *,
+                 failure_delay: float = 0.0, generation: Callable[[], int] = lambda: 0,
+                 monotonic: Callable[[], float] | None = None, remember: float = 300.0,
+                 summary: SourceSummary | None = None) -> None:
+        """
+        @param generation: the users file's version now (it also re-reads a
+            changed file): what is known right or wrong is forgotten when it changes.
+        @param remember: seconds a right session or a wrong credential is remembered.
+        @param summary: past its rate, failed and refused logins of a source are
+            counted into a summary line instead of logged and audited one by one.
+        """
         self._inner = inner
         self._throttle = throttle
         self._clock = clock
         self._audit = audit
+        self._failure_delay = failure_delay
+        self._generation = generation
+        self._now = monotonic or clock.seconds
+        self._remember_for = remember
+        self._summary = summary
         self.credentialInterfaces = inner.credentialInterfaces
         self._key = secrets.token_bytes(32)
-        #: Guesses being checked right now, by key: how many requests share each.
-        self._guesses: dict[Any, int] = {}
+        #: Checks under way, by credential key: the Deferreds waiting for each one's answer.
+        self._in_flight: dict[bytes, list[defer.Deferred[AvatarId]]] = {}
+        #: Credential keys known wrong, and sessions known right: (users-file generation, until when).
+        self._wrong: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self._right: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        #: (peer, user) pairs whose login was logged, and when: one line per window, not per request.
+        self._logged_in: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[AvatarId]":
-        peer = getattr(credentials, "peer_host", "unknown")
+        peer = str(getattr(credentials, "peer_host", "unknown"))
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
-        if self._throttle.refused(peer, name):
-            self._log.warn("login refused for {user!r} from {peer}: too many failures", user=name, peer=peer)
-            return defer.fail(cerror.UnauthorizedLogin("too many failed logins"))
-        # Each distinct guess is counted as a failure before it is checked and
-        # refunded if it succeeds: parallel guesses cannot all slip past
-        # max_failures.  The same Basic credentials sent in parallel (a browser
-        # loading a page) are one guess, checked once by the inner checker.
-        guess = self._guess_key(credentials)
-        first = self._guesses.get(guess, 0) == 0
-        self._guesses[guess] = self._guesses.get(guess, 0) + 1
-        # The same credentials already being checked wait for nothing more: the
-        # inner checker answers them with the first (bcrypt runs once).
-        wait = self._throttle.delay(peer, name) if first else 0.0
-        if first:
-            self._throttle.failed(peer, name)
-        if wait > 0:
-            d = deferLater(self._clock, wait, self._inner.requestAvatarId, credentials)
-        else:
-            d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+        key = self._credential_key(credentials)
+        session = self._session_key(credentials, name)
+        if session is not None and self._known(self._right, session):
+            return self._recheck(credentials, name, peer, session)
+        if key is not None:
+            if self._known(self._wrong, key):
+                return self._answer_wrong(name, peer, credentials, counted=False)
+            waiting = self._in_flight.get(key)
+            if waiting is not None:
+                shared: defer.Deferred[AvatarId] = defer.Deferred()
+                waiting.append(shared)
+                return shared
+            self._in_flight[key] = []
+        result: defer.Deferred[AvatarId] = defer.Deferred()
 
-        def done(result: Any) -> Any:
-            left = self._guesses.pop(guess, 1) - 1
-            if left:
-                self._guesses[guess] = left
-            return result
+        def got_turn(turn: Turn) -> None:
+            self._check(turn, credentials, name, peer, key).chainDeferred(result)
 
-        def ok(avatar: bytes) -> bytes:
-            if first:
-                self._throttle.refund(peer, name)
-            new_login = not self._throttle.recently_succeeded(peer, name)
-            self._throttle.succeeded(peer, name)
-            # HTTPAuthSessionWrapper logs in on every request: log a login once per window.
-            if new_login:
-                self._log.info("login {user!r} from {peer}", user=name, peer=peer)
-                if self._audit:
-                    self._audit("login", name, peer, getattr(credentials, "via", "http"))
+        def no_turn(failure: Failure) -> None:
+            self._refused(failure, name, peer)
+            result.errback(failure)
+
+        self._throttle.turn(peer, name).addCallbacks(got_turn, no_turn)
+        if key is not None:
+            result.addBoth(self._share, key)
+        return result
+
+    # -- the check
+
+    def _check(self, turn: Turn, credentials: ICredentials, name: str, peer: str,
+               key: bytes | None) -> "defer.Deferred[AvatarId]":
+        d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+
+        def ok(avatar: AvatarId) -> AvatarId:
+            turn.succeeded()
+            self._proven(credentials, name)
+            self._log_login(name, peer, getattr(credentials, "via", "http"))
             return avatar
 
-        def bad(failure: Any) -> Any:
-            if failure.check(NotAGuess):
-                # A right answer on a used-up nonce (browsers do this in normal use), or
-                # a user with no hash for what the client chose: nothing was guessed.
-                if first:
-                    self._throttle.refund(peer, name)
-                    if failure.check(NoUsableHash):
-                        self._log_unusable(failure.value, peer)
+        def bad(failure: Failure) -> "Failure | defer.Deferred[AvatarId]":
+            if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+                # A right answer on a used-up nonce (browsers do this), a user with no hash for
+                # what the client chose, or our own fault: not a guess.
+                turn.void()
+                if isinstance(failure.value, NoUsableHash):
+                    self._log_unusable(failure.value, peer)
                 return failure
-            if not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
-                if first:
-                    self._throttle.refund(peer, name)  # our fault, not a wrong password
-                return failure
-            if first:
-                self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
-                if self._audit:
-                    self._audit("login-failed", name, peer, getattr(credentials, "via", "http"))
-            return failure
+            turn.failed()
+            if key is not None:
+                self._remember(self._wrong, key)
+            return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
 
-        return d.addBoth(done).addCallbacks(ok, bad)
+        return d.addCallbacks(ok, bad)
+
+    def _recheck(self, credentials: ICredentials, name: str, peer: str,
+                 session: bytes) -> "defer.Deferred[AvatarId]":
+        """A session that logged in before: checked at once, no turn; a wrong answer ends it."""
+        d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+
+        def ok(avatar: AvatarId) -> AvatarId:
+            self._remember(self._right, session)
+            self._log_login(name, peer, getattr(credentials, "via", "http"))
+            return avatar
+
+        def bad(failure: Failure) -> "Failure | defer.Deferred[AvatarId]":
+            if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+                return failure
+            self._right.pop(session, None)
+            self._throttle.charge(peer, name)
+            return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
+
+        return d.addCallbacks(ok, bad)
+
+    def _answer_wrong(self, name: str, peer: str, credentials: ICredentials, *, counted: bool,
+                      failure: Failure | None = None) -> "defer.Deferred[AvatarId]":
+        """A wrong password: logged (the first time), answered after failure_delay."""
+        if counted and (self._summary is None or self._summary.admit(peer, "failed login")):
+            self._log.warn("failed login {user!r} from {peer}", user=name, peer=peer)
+            if self._audit:
+                self._audit("login-failed", name, peer, str(getattr(credentials, "via", "http")))
+        error = failure if failure is not None else Failure(cerror.UnauthorizedLogin("wrong password"))
+        answer: defer.Deferred[AvatarId] = defer.Deferred()
+        if self._failure_delay <= 0:
+            answer.errback(error)
+        else:
+            self._clock.callLater(self._failure_delay, answer.errback, error)
+        return answer
 
     def _log_unusable(self, refusal: NoUsableHash, peer: str) -> None:
         """Say why a user could not log in when it was not their password (unless logged in from there already)."""
-        if self._throttle.recently_succeeded(peer, refusal.user):
+        last = self._logged_in.get((peer, refusal.user))
+        if last is not None and self._now() - last < self._remember_for:
             return  # logged in already: the client tried another scheme first, nothing to fix
         can = ", ".join(f"Digest {a}" if a != "basic" else "Basic" for a in refusal.available) or "nothing"
         self._log.warn(
@@ -309,19 +387,81 @@ class ThrottledChecker:
             "Set the password with embweb-passwd passwd {user} to give them every kind",
             user=refusal.user, peer=peer, scheme=_scheme_words(refusal.scheme), can=can)
 
-    def _guess_key(self, credentials: Any) -> Any:
-        """Identical Basic credentials share a key (an HMAC, never the password); others are unique."""
+    def _refused(self, failure: Failure, name: str, peer: str) -> None:
+        if failure.check(TooManyAttempts) and (self._summary is None or self._summary.admit(peer, "login refused")):
+            self._log.warn("login refused for {user!r} from {peer}: {error}", user=name, peer=peer,
+                           error=failure.getErrorMessage())
+
+    def _share(self, result: object, key: bytes) -> object:
+        """Hand the answer of a check to the identical credentials that waited for it."""
+        for waiter in self._in_flight.pop(key, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)  # type: ignore[arg-type]
+        return result
+
+    # -- bookkeeping
+
+    def _log_login(self, name: str, peer: str, via: str) -> None:
+        """HTTPAuthSessionWrapper logs in on every request: log (and audit) a login once per window."""
+        now = self._now()
+        pair = (peer, name)
+        last = self._logged_in.get(pair)
+        self._logged_in[pair] = now
+        self._logged_in.move_to_end(pair)
+        while len(self._logged_in) > KNOWN_WRONG_SIZE:
+            self._logged_in.popitem(last=False)
+        if last is None or now - last >= self._remember_for:
+            self._log.info("login {user!r} from {peer}", user=name, peer=peer)
+            if self._audit:
+                self._audit("login", name, peer, via)
+
+    def _known(self, table: "OrderedDict[bytes, tuple[int, float]]", key: bytes) -> bool:
+        entry = table.get(key)
+        if entry is None:
+            return False
+        generation, until = entry
+        if generation != self._generation() or until <= self._now():
+            del table[key]
+            return False
+        return True
+
+    def _remember(self, table: "OrderedDict[bytes, tuple[int, float]]", key: bytes) -> None:
+        table[key] = (self._generation(), self._now() + self._remember_for)
+        table.move_to_end(key)
+        while len(table) > KNOWN_WRONG_SIZE:
+            table.popitem(last=False)
+
+    def _proven(self, credentials: ICredentials, name: str) -> None:
+        session = self._session_key(credentials, name)
+        if session is not None:
+            self._remember(self._right, session)
+
+    def _session_key(self, credentials: ICredentials, name: str) -> bytes | None:
+        """
+        What stands for a logged-in session: the Basic credential's HMAC, or
+        an HMAC of user name and Digest nonce; None for anything else.
+        """
+        key = self._credential_key(credentials)
+        if key is not None:
+            return key
+        nonce = getattr(credentials, "nonce", None)
+        if isinstance(nonce, bytes) and nonce:
+            return credential_key(self._key, b"digest-nonce\0" + name.encode("utf-8"), nonce)
+        return None
+
+    def _credential_key(self, credentials: ICredentials) -> bytes | None:
+        """An HMAC of user name and password (never the password), or None when there is no password."""
         password = getattr(credentials, "password", None)
         if password is None:
-            return object()
+            return None
         if isinstance(password, str):
             password = password.encode("utf-8")
         user = getattr(credentials, "username", b"")
         if isinstance(user, str):
             user = user.encode("utf-8")
         return credential_key(self._key, user, password)
-
-
 
 
 def _scheme_words(scheme: str) -> str:

@@ -31,6 +31,7 @@ from boatwist.auth.offer import ChallengeOffer
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.throttle import LoginThrottle
 from boatwist.config import AuthSettings
+from boatwist.logs import SourceSummary
 
 __all__ = [
     "Authentication", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory", "build_authentication",
@@ -167,6 +168,12 @@ class Authentication:
         return d.addCallback(lambda avatar: avatar.decode("utf-8") if isinstance(avatar, bytes) else str(avatar))
 
 
+def _generation(database: UserDatabase) -> int:
+    """The users files' version, after re-reading them if they changed."""
+    database.reload_if_changed()
+    return database.version
+
+
 @implementer(IUsernamePassword)
 class PeerCredentials(UsernamePassword):
     """A user name and password, with where they came from (throttling, the login log)."""
@@ -179,7 +186,8 @@ class PeerCredentials(UsernamePassword):
 
 def build_authentication(settings: AuthSettings, database: UserDatabase, clock: IReactorTime,
                          monotonic: Callable[[], float], run_in_thread: ThreadRun, audit: Audit,
-                         avatar: Callable[[str], IResource], nonce_key: bytes | None = None) -> Authentication:
+                         avatar: Callable[[str], IResource], nonce_key: bytes | None = None,
+                         summary: SourceSummary | None = None) -> Authentication:
     """
     One throttle, one Digest authority, one bcrypt checker (with its cache)
     for the process; the portal offers the schemes C{settings} names.
@@ -189,7 +197,14 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
     now are then answered ``stale=true``, so open browsers re-authenticate
     without asking.  None: a key of this process only.
     """
-    throttle = LoginThrottle(monotonic, settings.max_failures, settings.failure_window, settings.failure_delay)
+    throttle = LoginThrottle(clock, monotonic, max_guesses=settings.max_guesses, max_wait=settings.max_wait,
+                             max_failures=settings.max_failures, window=settings.failure_window)
+
+    def throttled(inner: ICredentialsChecker) -> ThrottledChecker:
+        return ThrottledChecker(inner, throttle, clock, audit, failure_delay=settings.failure_delay,
+                                generation=lambda: _generation(database), monotonic=monotonic,
+                                remember=settings.failure_window, summary=summary)
+
     checkers: list[ICredentialsChecker] = []
     factories: list[ICredentialFactory] = []
     authority = None
@@ -198,10 +213,9 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
                                     algorithms=settings.digest_algorithms,
                                     forget_before=clock.seconds() if nonce_key is not None else None)
         factories += digest_factories(authority, settings.digest_algorithms)
-        checkers.append(ThrottledChecker(DigestChecker(database, settings.realm), throttle, clock, audit))
+        checkers.append(throttled(DigestChecker(database, settings.realm)))
     # The chat port checks the same bcrypt users, through the same throttle.
-    passwords = ThrottledChecker(BcryptChecker(database, run_in_thread, monotonic, settings.cache_ttl),
-                                 throttle, clock, audit)
+    passwords = throttled(BcryptChecker(database, run_in_thread, monotonic, settings.cache_ttl))
     if "basic" in settings.schemes:
         factories.append(basic_factory(settings.realm))
         checkers.append(passwords)

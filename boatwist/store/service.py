@@ -23,11 +23,37 @@ Schema: a ``version`` table and SQL files shipped as package data in
 ``boatwist/schema`` (``vN.sql`` for a fresh database, ``upgrade-to-vN.sql``
 for each step), applied in one transaction; a database newer than this code
 is refused rather than misread.
+
+Why the store has a size and never fills the disk for good: a device's
+state directory may be a small flash partition.  Every retained table is
+listed in L{RETAINED} with its share of C{max_bytes}; after each insert the
+pages in use are compared with the budget and, past it, the oldest rows of
+the tables over their share are deleted (their pages are reused, so the
+file stops growing).  The WAL is bounded too: C{wal_autocheckpoint} is a
+fraction of the budget (SQLite's default of 1,000 pages is 4 MB, more than
+a small partition has) and C{journal_size_limit} truncates it after each
+checkpoint; after pruning, at open, and when a write meets a full disk, the
+WAL is checkpointed and truncated.  A full disk (filled by someone else)
+deletes nothing: the write fails with L{StoreFull}, and succeeds again once
+there is room -- also after a restart, where a store that could not open is
+opened again by the next write.
+
+Why age retention does not trust the wall clock: a device without an RTC
+steps its clock by days or decades (NTP at boot, a wrong answer), and a step
+forward would make every row look old.  The wall clock is read once, when
+the store opens; from then on "now" for retention is that reading advanced
+by the monotonic clock -- or the wall clock, if that is earlier (after a
+step back, rows written since carry the earlier times and must not look
+old either) (L{Store._retention_now}).  A +100 days step while running
+deletes nothing that has not really been kept C{retention_days}; a step
+back only delays retention by age (count and size still apply).
 """
 
 from __future__ import annotations
 
 import errno
+import math
+import os
 import sqlite3
 import time
 from collections import deque
@@ -54,6 +80,8 @@ from boatwist.workers import Runner, SynchronousRunner, ThreadRunner
 __all__ = [
     "SCHEMA_VERSION",
     "Message",
+    "RETAINED",
+    "Retention",
     "Runner",
     "Store",
     "StoreError",
@@ -63,6 +91,7 @@ __all__ = [
     "ThreadRunner",
     "prepare_schema",
     "read_schema",
+    "size_budget",
 ]
 
 _T = TypeVar("_T")
@@ -90,10 +119,60 @@ BUSY_TIMEOUT_MS = 5000
 #: SQLite's primary result code for "database or disk is full".
 _SQLITE_FULL = 13
 
-#: The tables that retention applies to (a fixed list, never user input).
-_TABLES = ("messages", "audit", "operations")
-
 _SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """
+    How one table is kept: the rules are generic so that every table added
+    later (operations, control values) states its own line in L{RETAINED}.
+    The table needs an AUTOINCREMENT C{id} (oldest first) and an indexed
+    unix-time column.
+    """
+
+    table: str
+    #: The share of the store's size budget the table may fill.
+    share: float
+    #: Its unix-time column (age retention).
+    time_column: str = "at"
+    #: Whether [store] retention_count applies to it.
+    counted: bool = True
+
+
+#: Every table retention applies to (a fixed list, never user input); shares add up to at most 1.
+RETAINED: tuple[Retention, ...] = (
+    Retention("messages", share=0.4),
+    # Logins and refusals: a flood of failed logins must not push chat history out.
+    Retention("audit", share=0.3),
+    # What was done to the device (control_values, one row per control, is never pruned).
+    Retention("operations", share=0.3),
+)
+
+#: The smallest size budget (bytes): below it SQLite's own pages would not fit.
+MIN_BYTES = 256 * 1024
+#: The WAL's part of the budget.
+WAL_SHARE = 0.25
+#: Past the budget, prune down to this fraction of it (so that not every insert prunes).
+PRUNE_TO = 0.9
+#: Seconds between attempts to open a store that could not be opened (a full disk at start).
+REOPEN_INTERVAL = 5.0
+
+
+def size_budget(setting: int, directory: str) -> int:
+    """
+    C{[store] max_size} in bytes: C{setting} when given, else (0: auto) a
+    quarter of the file system holding C{directory}, at most 64 MiB; never
+    below L{MIN_BYTES}.
+    """
+    if setting > 0:
+        return max(MIN_BYTES, setting)
+    try:
+        stats = os.statvfs(directory)
+        total = stats.f_blocks * stats.f_frsize
+    except OSError:
+        total = 256 * 1024 * 1024
+    return max(MIN_BYTES, min(64 * 1024 * 1024, total // 4))
 
 
 class StoreError(Exception):
@@ -282,15 +361,31 @@ class _Database:
     is read by the reactor thread; results travel back as return values.
     """
 
-    def __init__(self, path: str, retention_count: int, retention_seconds: float) -> None:
+    def __init__(self, path: str, retention_count: int, retention_seconds: float, max_bytes: int,
+                 now: Callable[[], float], monotonic: Callable[[], float],
+                 rules: tuple[Retention, ...] = RETAINED) -> None:
+        """
+        @param now: the retention clock (unix seconds that never jump).
+        @param monotonic: for pacing attempts to reopen.
+        """
         self.path = path
         self.retention_count = retention_count
         self.retention_seconds = retention_seconds
+        self.rules = rules
+        self.wal_bytes = int(max_bytes * WAL_SHARE)
+        self.data_bytes = max_bytes - self.wal_bytes
+        self.page_size = 4096
+        self._now = now
+        self._monotonic = monotonic
         self.connection: sqlite3.Connection | None = None
         self.not_open_because = "not started"
+        self._next_open = float("-inf")
+        #: Rows deleted for size since open, per table (what a test or a log line reports).
+        self.pruned_for_size: dict[str, int] = {}
 
-    def open(self, now: float) -> str:
+    def open(self) -> str:
         """Connect (on this thread), set the pragmas, prepare the schema; returns the journal mode."""
+        self._next_open = self._monotonic() + REOPEN_INTERVAL
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as e:
@@ -299,14 +394,25 @@ class _Database:
         try:
             # busy_timeout first, so the pragmas below wait for another process's lock too.
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # A WAL left by the last run (a crash, a full disk) goes into the database first.
+            self._checkpoint(conn)
             # WAL: one fsync per commit (of the log) instead of two, readers never block.
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             # FULL: in WAL mode NORMAL may lose the last commits on power loss;
             # a message acknowledged to the room must survive it.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            # The WAL is checkpointed at a fraction of the budget and truncated after.
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_bytes}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(8, self.wal_bytes // self.page_size // 2)}")
             prepare_schema(conn, where=self.path)
-            self._in_transaction(conn, lambda: self._prune_all(conn, now), "pruning on open")
+            try:
+                # Retention may have been lowered, or the device was off for months.
+                self._in_transaction(conn, lambda: self._prune_all(conn), "pruning on open")
+                self._checkpoint(conn)
+            except StoreFull:
+                pass  # the disk is full: nothing could be pruned, nothing needs to be; writes will say so
         except BaseException as e:
             conn.close()
             self.not_open_because = str(e)
@@ -323,70 +429,148 @@ class _Database:
             conn.close()  # the last connection checkpoints the WAL into the database
 
     def _require(self) -> sqlite3.Connection:
+        if self.connection is None and self.not_open_because != "stopped" and self._monotonic() >= self._next_open:
+            # It could not be opened (a full disk at start): try again, now that a write wants it.
+            self.open()
         if self.connection is None:
             raise StoreError(f"{self.path}: the store is not open ({self.not_open_because})")
         return self.connection
 
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> None:
+        """Move the WAL into the database and truncate it; a full disk or a reader only delays it."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
+
     def _in_transaction(self, conn: sqlite3.Connection, work: Callable[[], _T], what: str) -> tuple[_T, float]:
         """
         Run C{work} in a write transaction; returns its result and how long
-        the COMMIT (where the fsyncs happen) took, in seconds.
+        the COMMIT (where the fsyncs happen) took, in seconds.  A full disk
+        is met with a checkpoint that truncates the WAL, and one more try:
+        the WAL may be what filled it.
         """
-        try:
-            # IMMEDIATE: take the write lock now, so a busy database fails (or
-            # waits) here and not halfway through.
-            conn.execute("BEGIN IMMEDIATE")
-            result = work()
-            started = time.perf_counter()
-            conn.execute("COMMIT")
-            return result, time.perf_counter() - started
-        except (sqlite3.Error, OSError) as e:
-            _rollback(conn)
-            raise _translate(e, f"{self.path}: {what}") from e
-        except BaseException:
-            _rollback(conn)
-            raise
+        for attempt in (1, 2):
+            try:
+                # IMMEDIATE: take the write lock now, so a busy database fails (or
+                # waits) here and not halfway through.
+                conn.execute("BEGIN IMMEDIATE")
+                result = work()
+                started = time.perf_counter()
+                conn.execute("COMMIT")
+                return result, time.perf_counter() - started
+            except (sqlite3.Error, OSError) as e:
+                _rollback(conn)
+                error = _translate(e, f"{self.path}: {what}")
+                if attempt == 1 and isinstance(error, StoreFull):
+                    self._checkpoint(conn)
+                    continue
+                raise error from e
+            except BaseException:
+                _rollback(conn)
+                raise
+        raise AssertionError("unreachable")
 
-    def _prune(self, conn: sqlite3.Connection, table: str, newest_id: int | None, now: float) -> None:
+    # -- retention
+
+    def _prune(self, conn: sqlite3.Connection, rule: Retention, newest_id: int | None, now: float) -> None:
         """
-        Apply retention to C{table}: cheap enough to run on every insert.
-        Ids are AUTOINCREMENT (never reused), so "id <= newest - count" is a
-        rowid range delete; age uses the index on ``at``.
+        Count and age retention of one table: cheap enough to run on every
+        insert.  Ids are AUTOINCREMENT (never reused), so "id <= newest -
+        count" is a rowid range delete; age uses the index on the time column.
         """
-        if newest_id is not None and newest_id > self.retention_count:
+        table = rule.table
+        if rule.counted and newest_id is not None and newest_id > self.retention_count:
             conn.execute(f"DELETE FROM {table} WHERE id <= ?", (newest_id - self.retention_count,))
-        conn.execute(f"DELETE FROM {table} WHERE at < ?", (now - self.retention_seconds,))
+        conn.execute(f"DELETE FROM {table} WHERE {rule.time_column} < ?", (now - self.retention_seconds,))
 
-    def _prune_all(self, conn: sqlite3.Connection, now: float) -> None:
-        """At open: retention may have been lowered, or the device was off for months."""
-        for table in _TABLES:
-            newest = conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
-            self._prune(conn, table, newest, now)
+    def _prune_all(self, conn: sqlite3.Connection) -> None:
+        now = self._now()
+        for rule in self.rules:
+            newest = conn.execute(f"SELECT max(id) FROM {rule.table}").fetchone()[0]
+            self._prune(conn, rule, newest, now)
+        self._prune_for_size(conn)
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages) * self.page_size
+
+    def _table_bytes(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """Bytes each retained table uses with its indexes (dbstat; an estimate by row count without it)."""
+        names = tuple(rule.table for rule in self.rules)
+        try:
+            rows = conn.execute(
+                "SELECT m.tbl_name, sum(s.pgsize) FROM dbstat AS s JOIN sqlite_master AS m ON m.name = s.name "
+                f"WHERE m.tbl_name IN ({','.join('?' * len(names))}) GROUP BY m.tbl_name", names).fetchall()
+            return {name: int(size) for name, size in rows}
+        except sqlite3.OperationalError:  # SQLite built without dbstat: share the pages by rows
+            counts = {name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in names}
+            total = sum(counts.values()) or 1
+            used = self._used_bytes(conn)
+            return {name: used * count // total for name, count in counts.items()}
+
+    def _prune_for_size(self, conn: sqlite3.Connection) -> bool:
+        """
+        Past the budget, delete the oldest rows of the tables over their
+        share until the store is back under PRUNE_TO of it.  True if it did.
+        """
+        if self._used_bytes(conn) <= self.data_bytes:
+            return False
+        target = self.data_bytes * PRUNE_TO
+        for _ in range(20):  # bounded: each round removes a tenth or more of a table
+            sizes = self._table_bytes(conn)
+            over = sorted(((sizes.get(rule.table, 0) / (rule.share * target), rule) for rule in self.rules),
+                          key=lambda item: item[0], reverse=True)
+            ratio, rule = over[0]
+            rows = conn.execute(f"SELECT count(*) FROM {rule.table}").fetchone()[0]
+            if ratio <= 1.0 or rows <= 1:
+                break
+            drop = max(1, min(rows - 1, math.ceil(rows * max(0.1, 1 - 1 / ratio))))
+            conn.execute(f"DELETE FROM {rule.table} WHERE id IN "
+                         f"(SELECT id FROM {rule.table} ORDER BY id LIMIT ?)", (drop,))
+            self.pruned_for_size[rule.table] = self.pruned_for_size.get(rule.table, 0) + drop
+            if self._used_bytes(conn) <= target:
+                break
+        return True
+
+    def _insert(self, conn: sqlite3.Connection, rule: Retention, sql: str, params: Sequence[Any],
+                what: str) -> tuple[int, float]:
+        """Insert one row and apply retention, in one transaction; checkpoint after pruning for size."""
+        return self._inserting(conn, rule, lambda: conn.execute(sql, params).lastrowid, what)
+
+    def _inserting(self, conn: sqlite3.Connection, rule: Retention, insert_row: Callable[[], int | None],
+                   what: str) -> tuple[int, float]:
+        """Run C{insert_row} (the new row's id) and apply C{rule}, in one transaction."""
+        pruned = [False]
+
+        def insert() -> int:
+            row_id = insert_row()
+            assert row_id is not None
+            self._prune(conn, rule, row_id, self._now())
+            pruned[0] = self._prune_for_size(conn)
+            return row_id
+
+        row_id, commit = self._in_transaction(conn, insert, what)
+        if pruned[0]:
+            self._checkpoint(conn)
+        return row_id, commit
+
+    def _rule(self, table: str) -> Retention:
+        return next(rule for rule in self.rules if rule.table == table)
 
     def add_message(self, user: str, text: str, via: str, action: bool, at: float) -> tuple[Message, float]:
         conn = self._require()
-
-        def insert() -> Message:
-            cursor = conn.execute(
-                "INSERT INTO messages (user, text, via, action, at) VALUES (?, ?, ?, ?, ?)",
-                (user, text, via, int(action), at),
-            )
-            message_id = cursor.lastrowid
-            assert message_id is not None
-            self._prune(conn, "messages", message_id, at)
-            return Message(message_id, user, text, via, action, at)
-
-        return self._in_transaction(conn, insert, "saving a chat message")
+        message_id, commit = self._insert(
+            conn, self._rule("messages"),
+            "INSERT INTO messages (user, text, via, action, at) VALUES (?, ?, ?, ?, ?)",
+            (user, text, via, int(action), at), "saving a chat message")
+        return Message(message_id, user, text, via, action, at), commit
 
     def record_operation(self, record: OperationRecord, keep_value: bool) -> int:
         conn = self._require()
-
-        def insert() -> int:
-            operation_id = insert_operation(conn, record, keep_value)
-            self._prune(conn, "operations", operation_id, record.at)
-            return operation_id
-
-        return self._in_transaction(conn, insert, f"saving an operation on {record.control}")[0]
+        return self._inserting(conn, self._rule("operations"), lambda: insert_operation(conn, record, keep_value),
+                               f"saving an operation on {record.control}")[0]
 
     def operations(self, before: int | None, limit: int, control: str | None) -> list[OperationRecord]:
         conn = self._require()
@@ -404,15 +588,20 @@ class _Database:
 
     def audit(self, kind: str, user: str | None, address: str | None, detail: str, at: float) -> None:
         conn = self._require()
+        self._insert(conn, self._rule("audit"),
+                     "INSERT INTO audit (at, kind, user, address, detail) VALUES (?, ?, ?, ?, ?)",
+                     (at, kind, user, address, detail), f"saving an audit entry ({kind})")
 
-        def insert() -> None:
-            cursor = conn.execute(
-                "INSERT INTO audit (at, kind, user, address, detail) VALUES (?, ?, ?, ?, ?)",
-                (at, kind, user, address, detail),
-            )
-            self._prune(conn, "audit", cursor.lastrowid, at)
-
-        self._in_transaction(conn, insert, f"saving an audit entry ({kind})")
+    def sizes(self) -> dict[str, int]:
+        """Bytes of the database file, its WAL, and the pages in use."""
+        conn = self._require()
+        out = {"used": self._used_bytes(conn)}
+        for name, suffix in (("file", ""), ("wal", "-wal")):
+            try:
+                out[name] = os.path.getsize(self.path + suffix)
+            except OSError:
+                out[name] = 0
+        return out
 
     def _read(self, what: str, sql: str, params: Sequence[Any]) -> list[Any]:
         conn = self._require()
@@ -486,7 +675,9 @@ class Store(Service):
         *,
         retention_count: int,
         retention_days: float,
+        max_bytes: int = 16 * 1024 * 1024,
         wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         runner: Runner | None = None,
         reactor: IReactorFromThreads | None = None,
     ) -> None:
@@ -494,8 +685,13 @@ class Store(Service):
         @param path: the database file, or ``:memory:`` (unit tests).
         @param retention_count: messages (and audit entries) kept at most.
         @param retention_days: days a message (or audit entry) is kept.
-        @param wall_clock: unix time for ``at`` and age retention; injected so
-            tests control it.
+        @param max_bytes: the size the database and its WAL stay within
+            (L{size_budget} makes it from C{[store] max_size}).
+        @param wall_clock: unix time for ``at``, and for age retention once,
+            when the store opens; injected so tests control it.
+        @param monotonic: how the age of rows advances after that (a wall
+            clock step must not make rows look old); tests pass the same
+            Clock as C{wall_clock}.
         @param runner: where SQLite work runs; default a L{ThreadRunner} made
             at each start (a stopped thread pool cannot be restarted).
         @param reactor: for the default runner; default the global reactor,
@@ -507,10 +703,14 @@ class Store(Service):
             raise ValueError(f"retention_days must be positive, not {retention_days}")
         self.path = path
         self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        #: (wall clock, monotonic clock) when the store was last started: the retention clock's anchor.
+        self._anchor = (wall_clock(), monotonic())
         self._given_runner = runner
         self._reactor = reactor
         self._runner: Runner | None = None
-        self._database = _Database(path, retention_count, retention_days * _SECONDS_PER_DAY)
+        self._database = _Database(path, retention_count, retention_days * _SECONDS_PER_DAY,
+                                   max(MIN_BYTES, max_bytes), self._retention_now, monotonic)
         self._commit_timings: deque[float] = deque(maxlen=COMMIT_TIMINGS_KEPT)
         # Reactor-thread state only (callbacks run there):
         self._full = False
@@ -527,9 +727,20 @@ class Store(Service):
         self._runner.start()
         self._opened = False
         self._open_failure = None
-        now = self._wall_clock()
-        d = self._runner.run(lambda: self._database.open(now))
+        self._anchor = (self._wall_clock(), self._monotonic())
+        d = self._runner.run(self._database.open)
         d.addCallbacks(self._did_open, self._open_failed)
+
+    def _retention_now(self) -> float:
+        """
+        Unix time for age retention: the wall clock as it was at start,
+        advanced by the monotonic clock since, or the wall clock if that is
+        earlier -- so no step of the wall clock while running ages a row.
+        (Called on the writer thread; both clocks and the anchor are safe to
+        read there.)
+        """
+        wall, mono = self._anchor
+        return min(wall + (self._monotonic() - mono), self._wall_clock())
 
     def _did_open(self, journal_mode: str) -> None:
         self._opened = True
@@ -708,6 +919,10 @@ class Store(Service):
         if wanted == ():
             return defer.succeed([])
         return self._run(lambda: self._database.audit_log(limit, before, wanted))
+
+    def sizes(self) -> Deferred[dict[str, int]]:
+        """Bytes of the database file (C{file}), its WAL (C{wal}) and the pages in use (C{used})."""
+        return self._run(self._database.sizes)
 
     def integrity_check(self) -> Deferred[str]:
         """SQLite's ``PRAGMA integrity_check``: ``'ok'``, or the problems found, one a line."""

@@ -95,18 +95,28 @@ class AccessLogFile:
     lines are buffered and flushed once a second (by L{flush}, called from the
     heartbeat), which costs a small fraction of a log event per request.  The
     default remains twisted.logger (namespace C{boatwist.access}).
+
+    The file is rotated when it passes C{max_size} bytes (checked at each
+    flush): C{path.1} ... C{path.N} with C{files} kept, the oldest deleted,
+    so the access log takes at most about C{max_size * (files + 1)} bytes.
+    C{max_size} 0: never rotated.
     """
 
     _log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_size: int = 0, files: int = 5) -> None:
         self.path = path
+        self.max_size = max_size
+        self.files = files
         self._file = open(path, "ab", buffering=65536)
+        self._size = self._file.tell()
         self._failed = False
 
     def write(self, line: str) -> None:
+        data = line.encode("utf-8") + b"\n"
         try:
-            self._file.write(line.encode("utf-8") + b"\n")
+            self._file.write(data)
+            self._size += len(data)
         except OSError as e:
             self._report(e)
 
@@ -114,8 +124,24 @@ class AccessLogFile:
         try:
             self._file.flush()
             self._failed = False
+            if self.max_size and self._size >= self.max_size:
+                self._rotate()
         except OSError as e:
             self._report(e)
+
+    def _rotate(self) -> None:
+        """path -> path.1 -> ... -> path.N; the one past N is deleted."""
+        import os
+
+        self._file.close()
+        for n in range(self.files, 0, -1):
+            source = f"{self.path}.{n - 1}" if n > 1 else self.path
+            if os.path.exists(source):
+                os.replace(source, f"{self.path}.{n}")  # the one at .N is replaced: dropped
+        if self.files == 0:
+            os.remove(self.path)
+        self._file = open(self.path, "ab", buffering=65536)
+        self._size = 0
 
     def close(self) -> None:
         self.flush()
@@ -125,5 +151,3 @@ class AccessLogFile:
         if not self._failed:
             self._failed = True
             self._log.error("access log {path} cannot be written: {error}", path=self.path, error=error)
-
-

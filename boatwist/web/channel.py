@@ -11,7 +11,9 @@ Wire behaviour (what a client sees), in the order a request meets it::
       timer on every byte: one byte every 50 s held a connection forever).
       Deadline passes, something received   -> 408, Connection: close
       Deadline passes, nothing received     -> closed silently
-      Idle keep-alive connection            -> closed after idle_timeout s
+      Idle keep-alive connection            -> closed after idle_timeout s,
+                                               unauthenticated_idle s while no
+                                               request on it has authenticated
     request line longer than 16 KiB         -> 414, closed, logged
     a header line longer than 16 KiB, or all header lines together
                                             -> 431, closed, logged
@@ -68,6 +70,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource
 
 from boatwist.config import HttpSettings
+from boatwist.net.tracking import TrackedConnection, tracked
 from boatwist.web.errors import error_page
 from boatwist.web.headers import security_headers
 
@@ -247,6 +250,10 @@ class BoatwistChannel(http.HTTPChannel):
         self._closing = False
         self._bodyBytes = 0
         self._expectContinue = False
+        #: The tracked connection under this channel (None under test transports):
+        #: told when a request is being answered and when it is done, so that
+        #: the connection tracker knows who should give way to a newcomer.
+        self._tracked: TrackedConnection | None = None
 
     # -- deadlines
 
@@ -271,8 +278,9 @@ class BoatwistChannel(http.HTTPChannel):
             return
         peer = self.transport.getPeer() if self.transport is not None else None
         if self.requests or self._buffer:
-            self._log.info("{peer}: request headers incomplete after {timeout} s: 408", peer=peer,
-                           timeout=self._settings.header_timeout)
+            # Debug: the 408 is in the access log (summarised when there are many).
+            self._log.debug("{peer}: request headers incomplete after {timeout} s: 408", peer=peer,
+                            timeout=self._settings.header_timeout)
             self._refuse(http.REQUEST_TIMEOUT, "the request headers took too long")
         else:
             self._log.debug("{peer}: no request within {timeout} s: closing", peer=peer,
@@ -377,6 +385,7 @@ class BoatwistChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         """Start the header clock at once: accept-and-say-nothing is a slowloris too."""
         super().connectionMade()
+        self._tracked = tracked(self)
         self._armHeaderDeadline()
 
     def dataReceived(self, data: bytes) -> None:
@@ -431,6 +440,8 @@ class BoatwistChannel(http.HTTPChannel):
             return
         self._cancel(self._headerCall)
         self._headerCall = None
+        if self._tracked is not None:
+            self._tracked.request_started()
         request = self.requests[-1]
         request.parseCookies()
         self.persistent = self.checkPersistence(request, self._version)
@@ -517,6 +528,12 @@ class BoatwistChannel(http.HTTPChannel):
         already (partly) here, pipelined, its header clock starts now.
         """
         super().requestDone(request)
+        if self._tracked is not None:
+            self._tracked.request_finished()
+        if self.persistent and not self._closing:
+            # Until a request on it has authenticated, an idle connection is kept only briefly.
+            authenticated = self._tracked is None or self._tracked.user is not None
+            self.setTimeout(self._settings.idle_timeout if authenticated else self._settings.unauthenticated_idle)
         if self.persistent and not self._closing and self.line_mode and not self._handlingRequest and self._buffer:
             self._armHeaderDeadline()
 
@@ -526,6 +543,11 @@ class BoatwistChannel(http.HTTPChannel):
     def _respondToBadRequestAndDisconnect(self) -> None:
         """Twisted's bare 400 gets the security headers and a log line like any response."""
         self._refuse(http.BAD_REQUEST, "bad request")
+
+    def timeoutConnection(self) -> None:
+        """An idle keep-alive connection is closed (the stock method logs each at info: a flood's worth)."""
+        self._log.debug("{peer}: idle, closing", peer=self.transport.getPeer() if self.transport else None)
+        self._close()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._closing = True

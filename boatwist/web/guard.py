@@ -30,7 +30,8 @@ from zope.interface import implementer
 
 from boatwist import __version__
 from boatwist.auth.passwords import LOGOUT_USER
-from boatwist.web.errors import unauthorized_page
+from boatwist.auth.throttle import TooManyAttempts
+from boatwist.web.errors import ErrorResource, unauthorized_page
 from boatwist.web.static import StaticFiles, static_dir
 
 __all__ = ["Challenges", "Healthz", "LOGOUT_USER", "LoggedOut", "OperatorGuard", "PublicRoot", "Unauthorized",
@@ -231,11 +232,28 @@ def _from_factories(factories: Sequence[ICredentialFactory]) -> Challenges:
     return challenges
 
 
+class TooManyAttemptsResource(ErrorResource):
+    """
+    429 with Retry-After: the user name's checks are taken (boatwist.auth.throttle).
+    The password was not checked, and the answer is the same for every name.
+    """
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(429, f"too many login attempts for this user name; try again in {retry_after} s",
+                         retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"retry-after", str(self.retry_after).encode())
+        return super().render(request)
+
+
 class OperatorGuard(HTTPAuthSessionWrapper):
     """
     HTTPAuthSessionWrapper with a wrapper class made once, not per request,
     and 401s that can depend on why the login was refused (C{challenges}:
-    by default every factory's challenge, as the stock guard).
+    by default every factory's challenge, as the stock guard), and a 429
+    with Retry-After for an attempt the throttle refused unchecked.
     """
 
     def __init__(self, portal: Portal, credentialFactories: Sequence[ICredentialFactory],
@@ -268,6 +286,9 @@ class OperatorGuard(HTTPAuthSessionWrapper):
         return d.addCallbacks(self._loginSucceeded, self._refused)
 
     def _refused(self, failure: Failure) -> IResource:
+        if failure.check(TooManyAttempts):
+            assert isinstance(failure.value, TooManyAttempts)
+            return TooManyAttemptsResource(failure.value.retry_after)
         if failure.check(error.Unauthorized, error.LoginFailed):
             return Unauthorized(self._challenges, failure.value)
         return self._loginFailed(failure)

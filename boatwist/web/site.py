@@ -21,7 +21,7 @@ from twisted.web import http, resource, server
 from twisted.web.http import _GenericHTTPChannelProtocol
 
 from boatwist.config import HttpSettings
-from boatwist.logs import NamespacedLogger
+from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.web.accesslog import AccessLogFile, access_log_line, escape_log, redact_query
 from boatwist.web.channel import DEFAULT_MIN_BODY_RATE, BoatwistChannel, BoatwistRequest, Rejection
 from boatwist.web.headers import cross_site_reason, host_allowed, parse_host_rule
@@ -43,6 +43,10 @@ class BoatwistSite(server.Site):
         rebinding.  None or empty: any Host.
     @param min_body_rate: bytes/s a request body must average (see the
         module docstring).
+    @param summary: where the access lines of unauthenticated requests and
+        of refusals (429, 503) go past a rate: counted into a summary line
+        per source and second instead of written one by one.  None: every
+        line is written.
     """
 
     requestFactory = BoatwistRequest
@@ -58,9 +62,11 @@ class BoatwistSite(server.Site):
         secure_hosts: Iterable[str] | None = None,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         access_log: AccessLogFile | None = None,
+        summary: SourceSummary | None = None,
     ) -> None:
         super().__init__(resource, timeout=settings.idle_timeout, reactor=reactor)
         self.settings = settings
+        self.summary = summary
         #: When set, access lines go to this file instead of twisted.logger.
         self.access_file = access_log
         self._secure_hosts = tuple(parse_host_rule(rule) for rule in secure_hosts or ())
@@ -94,14 +100,15 @@ class BoatwistSite(server.Site):
         body is read, before authentication, before any resource: a foreign
         Host (421) or a cross-site state-changing request (403).
         """
+        # Debug: the access log has the refusal already (and summarises a flood of them).
         if self._secure_hosts and not host_allowed(request.getHeader(b"host"), self._secure_hosts):
-            self._log.info("{peer}: Host {host!r} is not served here: 421", peer=request.getClientAddress(),
-                           host=request.getHeader(b"host"))
+            self._log.debug("{peer}: Host {host!r} is not served here: 421", peer=request.getClientAddress(),
+                            host=request.getHeader(b"host"))
             return 421, "this server does not answer to that host name"
         reason = cross_site_reason(request.method, request.requestHeaders, request.isSecure())
         if reason is not None:
-            self._log.info("{peer}: cross-site {method} refused ({reason})", peer=request.getClientAddress(),
-                           method=request.method.decode("ascii", "replace"), reason=reason)
+            self._log.debug("{peer}: cross-site {method} refused ({reason})", peer=request.getClientAddress(),
+                            method=request.method.decode("ascii", "replace"), reason=reason)
             return http.FORBIDDEN, "cross-site request refused"
         return None
 
@@ -121,6 +128,12 @@ class BoatwistSite(server.Site):
         One access-log line per response, to twisted.logger namespace
         C{boatwist.access}; the text is in C{log_line}, the parts in fields.
         """
+        if self.summary is not None and (getattr(request, "boatwist_user", None) is None
+                                         or request.code in (429, http.SERVICE_UNAVAILABLE)):
+            address = request.getClientAddress()
+            source = getattr(address, "host", None) or "-"
+            if not self.summary.admit(source, str(request.code)):
+                return
         line = access_log_line(request, self._log_time())
         if self.access_file is not None:
             self.access_file.write(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from pathlib import Path
 
@@ -157,3 +158,71 @@ def test_tls_endpoints_and_ssl_files(tmp_path: Path) -> None:
         parse_config("[server]\nchat = ssl:8992:privateKey=/nowhere/key.pem\n")
     with pytest.raises(ConfigError, match="expected privateKey"):
         parse_config("[server]\nchat = ssl:8992\n")
+
+
+@pytest.mark.parametrize("text, size", [("auto", 0), ("AUTO", 0), ("262144", 262144), ("512K", 512 * 1024),
+                                        ("4M", 4 << 20), ("4MiB", 4 << 20), ("1g", 1 << 30)])
+def test_store_max_size_takes_bytes_with_a_unit_or_auto(text: str, size: int) -> None:
+    """[store] max_size: auto (0), or bytes with an optional K/M/G (KiB, MiB, GiB) suffix."""
+    assert parse_config(f"[store]\nmax_size = {text}\n").store.max_size == size
+
+
+@pytest.mark.parametrize("text", ["-1", "4X", "1.5M", "100K", "", "M"])
+def test_store_max_size_refuses_what_is_not_a_size(text: str) -> None:
+    """A size that is not one (or below 256 KiB, where SQLite's own pages do not fit) is one line."""
+    with pytest.raises(ConfigError, match=r"\[store\] max_size"):
+        parse_config(f"[store]\nmax_size = {text}\n", "f.ini")
+
+
+#: Keys whose default is worked out from another (the table says how).
+DERIVED_DEFAULTS = {("auth", "users"): "`state_dir/users.htpasswd`",
+                    ("auth", "digest_users"): "`state_dir/users.htdigest`",
+                    ("server", "name"): "*(the host name)*",
+                    ("mqtt", "client_id"): "`boatwist-<device name>`",
+                    ("mqtt", "topic"): "`boatwist/<device name>`"}
+#: Keys whose value is a size in bytes (written 1M, 512K; 0 is auto).
+SIZE_KEYS = {("store", "max_size"), ("log", "max_size")}
+
+
+def _readme_default(section: str, key: str, value: object) -> str:
+    """How the README's table writes the default C{value} of C{[section] key}."""
+    if (section, key) in DERIVED_DEFAULTS:
+        return DERIVED_DEFAULTS[(section, key)]
+    if (section, key) in SIZE_KEYS and isinstance(value, int):
+        if value == 0:
+            return "`auto`"
+        for unit, size in (("M", 1 << 20), ("K", 1 << 10)):
+            if value % size == 0:
+                return f"`{value // size}{unit}`"
+    if value is None or value == "" or value == ():
+        return "*(empty)*"
+    if isinstance(value, bool):
+        return "`yes`" if value else "`no`"
+    if isinstance(value, tuple):
+        return "`" + ", ".join(str(getattr(v, "value", v)) for v in value) + "`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    if isinstance(value, enum.Enum):
+        label = getattr(value, "label", None)  # an ordered Role says its name as label
+        return f"`{label if isinstance(label, str) else value.value}`"
+    return f"`{value}`"
+
+
+def test_the_readmes_table_has_every_key_with_its_default() -> None:
+    """
+    Every key the parser accepts has its row in the README's configuration
+    table (section, key, default), and the default written there is the
+    code's: a limit changed in one place and not the other fails here.
+    """
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[1].startswith("`") and cells[1].endswith("`"):
+            rows[(cells[0], cells[1].strip("`"))] = cells[2]
+    wrong = {}
+    for section, key, default in describe_defaults():
+        expected = _readme_default(section, key, default)
+        if rows.get((section, key)) != expected:
+            wrong[f"[{section}] {key}"] = (rows.get((section, key)), expected)
+    assert not wrong, wrong

@@ -75,7 +75,8 @@ class World:
     """A tracker on a real Presence and EventHub, driven by a Clock."""
 
     def __init__(self, networks: tuple[str, ...] = ("10.0.0.0/8", "::1/128"), max_connections: int = 512,
-                 per_address: int = 64, max_users: int = 10, keepalive: KeepaliveSettings | None = None) -> None:
+                 per_address: int = 64, max_users: int = 10, keepalive: KeepaliveSettings | None = None,
+                 max_unauthenticated: int = 128) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         self.hub = EventHub()
@@ -86,6 +87,7 @@ class World:
             networks=tuple(ipaddress.ip_network(n) for n in networks),
             max_connections=max_connections,
             max_connections_per_address=per_address,
+            max_unauthenticated=max_unauthenticated,
         )
         self.presence = Presence(self.hub, self.admission, self.clock.seconds, lambda: 1_700_000_000.0)
         self.tracker = ConnectionTracker(self.presence, self.admission, keepalive or KeepaliveSettings(),
@@ -125,6 +127,20 @@ class World:
             transport.peerAddr = addr
         proto.makeConnection(transport)
         return proto, transport
+
+    def turns(self) -> None:
+        """
+        Let the reactor turn twice (the tracker counts turns while a budget
+        is under pressure): what was accepted has been read once and may give way.
+        """
+        self.clock.advance(0)
+        self.clock.advance(0)
+
+    def connect_read(self, host: str = "10.1.2.3", port: int = 40000) -> tuple[Any, StringTransport]:
+        """connect(), then the turns that read it."""
+        result = self.connect(host, port)
+        self.turns()
+        return result
 
     def presence_events(self) -> list[tuple[str, str, str]]:
         return [(e.data["user"], e.data["state"], e.data["reason"]) for e in self.events if e.kind == "presence"]
@@ -266,34 +282,188 @@ def test_ipv6_peer_is_checked_against_ipv6_networks() -> None:
     assert len(w.tracker) == 1
 
 
-def test_per_address_cap() -> None:
+def test_per_address_cap_makes_way_from_that_address_only() -> None:
     """
-    At most max_connections_per_address from one address; others are not
-    affected, and a slot frees when one of them ends.
+    At max_connections_per_address a newcomer from that address is let in and
+    the oldest unauthenticated connection *of that address* gives way (reset);
+    other addresses are untouched, and the counts stay within the cap.
     """
     w = World(per_address=2)
-    first, _ = w.connect("10.0.0.1", 1)
-    w.connect("10.0.0.1", 2)
+    first, t1 = w.connect_read("10.0.0.1", 1)
+    _, t2 = w.connect_read("10.0.0.1", 2)
+    _, other = w.connect_read("10.0.0.2", 4)
+    _, t3 = w.connect("10.0.0.1", 3)
+    w.turns()  # the first pressure: what was there is given its turn, then the cap is enforced
+    assert t1.disconnected and not t2.disconnected and not t3.disconnected and not other.disconnected
+    assert len(w.inner.built) == 4
+    assert w.tracker.evictions == 1
+    first.connectionLost(Failure(ConnectionDone()))
+    assert len(w.tracker) == 3
+    assert w.tracker._per_address == {"10.0.0.1": 2, "10.0.0.2": 1}
+
+
+def test_per_address_cap_drops_the_newcomer_when_all_are_logged_in() -> None:
+    """When every connection of the address has authenticated, none gives way: the newcomer is dropped."""
+    w = World(per_address=2)
+    for port in (1, 2):
+        w.connect_read("10.0.0.1", port)
+        w.touch_http(w.tracker.connections()[-1], f"user{port}")
     _, third = w.connect("10.0.0.1", 3)
     assert third.disconnected
-    _, other = w.connect("10.0.0.2", 4)
-    assert not other.disconnected
-    assert len(w.tracker) == 3
-    first.connectionLost(Failure(ConnectionDone()))
-    _, again = w.connect("10.0.0.1", 5)
-    assert not again.disconnected
-    assert len(w.inner.built) == 4
-
-
-def test_total_cap() -> None:
-    """At most max_connections in all, whatever the address."""
-    w = World(max_connections=2)
-    w.connect("10.0.0.1")
-    w.connect("10.0.0.2")
-    _, third = w.connect("10.0.0.3")
-    assert third.disconnected
-    assert len(w.tracker) == 2
     assert len(w.inner.built) == 2
+    assert w.tracker.drops == 1
+    assert not any(c.evicted for c in w.tracker.connections())
+
+
+def test_total_cap_makes_way_or_drops() -> None:
+    """At max_connections an unauthenticated connection gives way; with all logged in, the newcomer is dropped."""
+    w = World(max_connections=2)
+    w.connect_read("10.0.0.1")
+    w.touch_http(w.tracker.connections()[-1], "alice")
+    _, squatter = w.connect_read("10.0.0.2")
+    _, third = w.connect_read("10.0.0.3")
+    assert squatter.disconnected and not third.disconnected
+    w.touch_http(w.tracker.connections()[-1], "bob")
+    _, fourth = w.connect("10.0.0.4")
+    assert fourth.disconnected
+    assert len(w.inner.built) == 3
+
+
+def test_unauthenticated_budget_is_smaller_and_logged_in_connections_keep_the_rest() -> None:
+    """
+    With max_unauthenticated = 3, the fourth connection not logged in
+    pushes the oldest one out; logging in takes a connection out of that
+    budget, so 3 more fit beside it.
+    """
+    w = World(max_unauthenticated=3)
+    transports = [w.connect_read("10.0.0.1", port)[1] for port in range(4)]
+    assert [t.disconnected for t in transports] == [True, False, False, False]
+    assert w.tracker.unauthenticated() == 3
+    alice = w.tracker.connections()[1]
+    w.touch_http(alice, "alice")
+    assert w.tracker.unauthenticated() == 2
+    more = [w.connect_read("10.0.0.2", port)[1] for port in range(2)]
+    assert not any(t.disconnected for t in more)
+    # The oldest unauthenticated went; alice's, older still, stays.
+    assert [t.disconnected for t in transports] == [True, False, True, False]
+    assert not alice.evicted
+
+
+def test_nobody_gives_way_before_it_was_read_once() -> None:
+    """
+    A burst accepted in one reactor turn (Twisted accepts hundreds before it
+    reads any): none of it is pushed out by the rest of the burst -- it goes
+    past the budget -- and a turn later the budget is enforced, oldest first.
+    """
+    w = World(max_unauthenticated=3)
+    transports = [w.connect("10.0.0.1", port)[1] for port in range(6)]
+    assert not any(t.disconnected for t in transports)
+    assert w.tracker.unauthenticated() == 6
+    w.turns()
+    assert [t.disconnected for t in transports] == [True, True, True, False, False, False]
+    assert w.tracker.unauthenticated() == 3
+
+
+def test_turns_are_counted_only_under_pressure() -> None:
+    """A quiet tracker schedules nothing; after a burst it stops counting turns once the budgets hold again."""
+    w = World(max_unauthenticated=3)
+    for port in range(3):
+        w.connect("10.0.0.1", port)
+    assert w.clock.getDelayedCalls() == []
+    w.connect("10.0.0.1", 9)
+    assert w.clock.getDelayedCalls() != []
+    for _ in range(4):
+        w.clock.advance(0)
+    assert w.clock.getDelayedCalls() == []
+    assert w.tracker.unauthenticated() == 3
+
+
+def test_a_burst_past_the_overflow_is_dropped() -> None:
+    """Beyond the budget plus the overflow (the listen backlog) a burst's newcomers are dropped."""
+    w = World(max_unauthenticated=2)
+    w.tracker.overflow = 3
+    transports = [w.connect("10.0.0.1", port)[1] for port in range(8)]
+    assert [t.disconnected for t in transports] == [False] * 5 + [True] * 3
+
+
+def test_who_gives_way_first() -> None:
+    """
+    The order: closing, or silent for SILENT_AFTER; then one that sent bytes
+    with no request being answered; then one too young to have spoken; then
+    one whose request is being answered -- each oldest progress first, and a
+    finished response moves a connection to the back of the line.
+    """
+    w = World(max_unauthenticated=4)
+    _, busy = w.connect("10.0.0.1", 1)
+    _, talker = w.connect("10.0.0.1", 2)
+    _, silent = w.connect("10.0.0.1", 3)
+    busy_conn, talker_conn, _ = w.tracker.connections()
+    busy_conn.bytes_in = 80
+    busy_conn.request_started()
+    talker_conn.bytes_in = 10
+    w.clock.advance(connections.SILENT_AFTER)
+    _, young = w.connect_read("10.0.0.1", 4)  # 4 now: full
+    w.connect_read("10.0.0.2", 5)
+    assert silent.disconnected and not talker.disconnected and not busy.disconnected and not young.disconnected
+    w.connect_read("10.0.0.3", 6)
+    assert talker.disconnected and not young.disconnected and not busy.disconnected
+    w.connect_read("10.0.0.4", 7)
+    assert young.disconnected and not busy.disconnected  # the oldest of the young
+    busy_conn.request_finished()  # back of the line, and talking
+    for c in w.tracker.connections()[-3:]:
+        c.bytes_in = 1
+    w.connect_read("10.0.0.5", 8)
+    assert not busy.disconnected
+    assert {c.peer_port for c in w.tracker.connections() if c.evicted} == {3, 2, 4, 5}
+
+
+def test_a_connection_closing_after_its_response_is_not_reset() -> None:
+    """One we are closing after its response goes last: a reset would destroy the response unread."""
+    w = World(max_unauthenticated=2)
+    proto, closing = w.connect("10.0.0.1", 1)
+    w.tracker.connections()[0].bytes_in = 10
+    proto.loseConnection()
+    _, talker = w.connect_read("10.0.0.1", 2)
+    w.tracker.connections()[1].bytes_in = 10
+    w.connect_read("10.0.0.1", 3)
+    assert talker.disconnected and not closing.disconnected
+
+
+def test_a_connection_whose_request_is_unread_waits_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newcomer whose first bytes are still in its socket goes after one that said nothing."""
+    w = World(max_unauthenticated=2)
+    _, fresh = w.connect("10.0.0.1", 1)
+    _, silent = w.connect_read("10.0.0.1", 2)
+    first = w.tracker.connections()[0]
+    monkeypatch.setattr(first, "has_unread_bytes", lambda: True)
+    w.connect_read("10.0.0.1", 3)
+    assert silent.disconnected and not fresh.disconnected
+
+
+def test_chat_connections_never_give_way_and_do_not_count_as_unauthenticated() -> None:
+    """The chat port budgets its own logins: its connections are not evicted for HTTP newcomers."""
+    w = World(per_address=2, max_unauthenticated=1)
+    chat = w.tracker.wrap(RecorderFactory(), Kind.CHAT)
+    for port in (1, 2):
+        addr = IPv4Address("TCP", "10.0.0.1", port)
+        chat.buildProtocol(addr).makeConnection(StringTransport(peerAddress=addr))
+    w.turns()
+    assert w.tracker.unauthenticated() == 0
+    _, http = w.connect("10.0.0.1", 3)
+    assert http.disconnected
+    assert not any(c.evicted for c in w.tracker.connections())
+
+
+def test_evicted_connections_stop_counting_at_once() -> None:
+    """An evicted connection's slot is free before its connectionLost arrives (next reactor turn)."""
+    w = World(max_connections=2)
+    w.connect_read("10.0.0.1", 1)
+    w.connect_read("10.0.0.1", 2)
+    for port in range(3, 10):
+        _, t = w.connect_read("10.0.0.1", port)
+        assert not t.disconnected
+    assert w.tracker._counted == 2
+    assert w.tracker.evictions == 7
 
 
 def test_refusals_are_logged_at_most_once_per_ten_seconds(logged: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from boatwist.auth.offer import ChallengeOffer
 from boatwist.auth.passwords import UserDatabase, set_password
 from boatwist.auth.portal import digest_order
 from boatwist.auth.refusals import NoUsableHash, NotAGuess, StaleNonce
-from boatwist.auth.throttle import LoginThrottle
+from boatwist.auth.throttle import LoginThrottle, Standing
 from boatwist.web.guard import Unauthorized
 from boatwist.workers import SynchronousRunner
 
@@ -232,9 +232,13 @@ def test_basic_checks_an_htdigest_users_password_against_the_ha1(files: tuple[Pa
 
 
 def test_throttle_refunds_what_is_not_a_guess() -> None:
-    """Neither a stale nonce nor a missing hash counts toward the address's lockout; a wrong password does."""
+    """
+    Neither a stale nonce nor a missing hash spends the name's checks or marks
+    the address as guessing; a wrong password does.
+    """
     clock = Clock()
-    throttle = LoginThrottle(clock.seconds, 2, 60, 0)
+    clock.advance(1000)
+    throttle = LoginThrottle(clock, clock.seconds, max_guesses=6, max_wait=5.0, max_failures=2, window=60.0)
 
     class Inner:
         credentialInterfaces = ()
@@ -249,14 +253,22 @@ def test_throttle_refunds_what_is_not_a_guess() -> None:
     checker = ThrottledChecker(inner, throttle, clock)
     credentials = UsernamePassword(b"dave", b"pw")
     credentials.peer_host = "10.0.0.1"  # type: ignore[attr-defined]
+    results: list[Any] = []
     for refusal in [NoUsableHash("dave", "SHA-256", ("basic",))] * 5 + [StaleNonce("again")] * 5:
         inner.refusal = refusal
-        checker.requestAvatarId(credentials).addErrback(lambda f: None)
-    assert not throttle.refused("10.0.0.1", "alice")
+        checker.requestAvatarId(credentials).addErrback(results.append)
+    # Ten refusals, each answered at once: no turn was kept (the burst of 6/6 = 1 would be gone).
+    assert len(results) == 10 and all(f.check(NotAGuess) for f in results)
+    assert throttle.standing("10.0.0.1", "dave") is Standing.CLEAN
     inner.refusal = error.UnauthorizedLogin("wrong")
-    for _ in range(2):
-        checker.requestAvatarId(credentials).addErrback(lambda f: None)
-    assert throttle.refused("10.0.0.1", "alice")
+    wrong = UsernamePassword(b"dave", b"guess")
+    wrong.peer_host = "10.0.0.1"  # type: ignore[attr-defined]
+    failures: list[Any] = []
+    checker.requestAvatarId(wrong).addErrback(failures.append)
+    clock.advance(5)
+    # A wrong password is a guess: it spends the turn and marks the address.
+    assert [f.check(error.UnauthorizedLogin) for f in failures] == [error.UnauthorizedLogin]
+    assert throttle.standing("10.0.0.1", "dave") is Standing.SUSPECT
 
 
 # ----------------------------------------------------------- the nonce key

@@ -864,3 +864,85 @@ def test_access_log_file_errors_are_reported_once(tmp_path: Any) -> None:
     finally:
         globalLogPublisher.removeObserver(errors.append)
     assert len([e for e in errors if "cannot be written" in e.get("log_format", "")]) == 1
+
+
+# ------------------------------------------- tracked: who is logged in, idle deadlines
+
+
+def tracked_world() -> tuple[World, Any, Any]:
+    """
+    The site behind a real ConnectionTracker (as the daemon has it), with
+    /admit: a resource that admits its connection to presence as alice.
+    Returns the world, the tracker and the wrapping factory.
+    """
+    from boatwist.config import AdmissionSettings, KeepaliveSettings
+    from boatwist.events import EventHub
+    from boatwist.net.tracking import ConnectionTracker
+    from boatwist.presence import Kind, Presence
+
+    import ipaddress
+
+    world = build_world()
+    admission = AdmissionSettings(networks=(ipaddress.ip_network("192.0.2.0/24"),))
+    presence = Presence(EventHub(), admission, world.clock.seconds, lambda: 1_700_000_000.0)
+    tracker = ConnectionTracker(presence, admission, KeepaliveSettings(), world.clock, world.clock.seconds)
+
+    class Admit(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            presence.admit(tracker.connection_for(request.channel), "alice", Kind.HTTP)
+            return b"in"
+
+    world.site.resource.putChild(b"admit", Admit())
+    return world, tracker, tracker.wrap(world.site, Kind.HTTP)
+
+
+def tracked_connect(factory: Any) -> tuple[Any, StringTransport]:
+    protocol = factory.buildProtocol(PEER)
+    transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_unauthenticated_keepalive_connection_is_idle_only_briefly() -> None:
+    """
+    After a response to a request that did not authenticate, an idle
+    keep-alive connection is closed after unauthenticated_idle (5 s), not
+    idle_timeout; once a request on it has authenticated, idle_timeout applies.
+    """
+    world, tracker, factory = tracked_world()
+    client, anonymous = tracked_connect(factory)
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\n")
+    world.clock.advance(4.9)
+    assert not anonymous.disconnecting
+    world.clock.advance(0.1)
+    assert anonymous.disconnecting
+    client, operator = tracked_connect(factory)
+    client.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
+    assert parse(operator.value())[0].body == b"in"
+    world.clock.advance(IDLE_TIMEOUT - 0.1)
+    assert not operator.disconnecting
+    world.clock.advance(0.1)
+    assert operator.disconnecting
+
+
+def test_the_channel_tells_the_tracker_when_a_request_is_answered() -> None:
+    """
+    A request being answered makes its connection busy (last to give way);
+    the finished response clears it and moves the connection to the back of
+    the line; a connection admitted to presence leaves the unauthenticated.
+    """
+    world, tracker, factory = tracked_world()
+    first, _ = tracked_connect(factory)
+    second, _ = tracked_connect(factory)
+    conn = tracker.connections()[0]
+    first.dataReceived(b"GET /slow HTTP/1.1\r\nHost: dev\r\n\r\n")
+    assert conn.busy
+    assert list(tracker._unauthenticated) == [conn.id, conn.id + 1]
+    world.clock.advance(1)
+    world.slow.pending[0].finish()
+    assert not conn.busy and conn.progress_at == world.clock.seconds()
+    assert list(tracker._unauthenticated) == [conn.id + 1, conn.id]
+    second.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
+    assert tracker.unauthenticated() == 1

@@ -49,6 +49,7 @@ def make_store(
         retention_count=retention_count,
         retention_days=retention_days,
         wall_clock=clock.seconds,
+        monotonic=clock.seconds,
         runner=SynchronousRunner(),
     )
     store.startService()
@@ -522,3 +523,151 @@ class OperationsTests(SynchronousTestCase):
         self.assertEqual([o.id for o in self.successResultOf(store.operations(before=5, limit=1))], [4])
         self.assertEqual([o.control for o in self.successResultOf(store.operations(control="c4"))], ["c4"])
         self.assertEqual(len(self.successResultOf(store.control_values())), 5)
+
+
+class SizeTests(SynchronousTestCase):
+    """The store's size budget (small flash): oldest rows go, per table, by its share."""
+
+    def make(self, max_bytes: int = 256 * 1024, path: str = ":memory:", **kw: Any) -> Store:
+        clock = Clock()
+        store = Store(path, retention_count=1_000_000, retention_days=3650.0, max_bytes=max_bytes,
+                      wall_clock=clock.seconds, monotonic=clock.seconds, runner=SynchronousRunner(), **kw)
+        store.startService()
+        self.addCleanup(store.stopService)
+        return store
+
+    def test_chat_goes_on_indefinitely_within_the_budget(self) -> None:
+        """
+        Four times the budget of chat (2,000 messages of 500 bytes into
+        256 KiB): every message is saved, the oldest are pruned, the pages
+        in use stay within the budget's data part, ids keep counting.
+        """
+        store = self.make()
+        for n in range(2000):
+            message = self.successResultOf(store.add_message("ann", f"{n:05d} " + "x" * 494, "web"))
+        self.assertEqual(message.id, 2000)
+        sizes = self.successResultOf(store.sizes())
+        self.assertLessEqual(sizes["used"], store._database.data_bytes)
+        history = self.successResultOf(store.history(limit=500))
+        self.assertEqual(history[-1].id, 2000)
+        self.assertGreater(history[0].id, 1)
+        self.assertGreater(store._database.pruned_for_size["messages"], 1000)
+        self.assertEqual(self.successResultOf(store.integrity_check()), "ok")
+
+    def test_an_audit_flood_does_not_push_the_chat_out(self) -> None:
+        """Each table keeps its share: 20,000 failed-login entries leave the 50 chat messages in place."""
+        store = self.make()
+        for n in range(50):
+            self.successResultOf(store.add_message("ann", f"m{n}", "web"))
+        for n in range(20_000):
+            self.successResultOf(store.audit("login-failed", f"user{n}", "10.0.0.1", "http " + "y" * 40))
+        self.assertEqual(len(self.successResultOf(store.history(limit=500))), 50)
+        self.assertGreater(store._database.pruned_for_size["audit"], 10_000)
+        self.assertNotIn("messages", store._database.pruned_for_size)
+
+    def test_the_wal_stays_bounded_on_a_real_file(self) -> None:
+        """On a file, the WAL is checkpointed and truncated well before SQLite's 4 MB default."""
+        directory = tempfile.mkdtemp(prefix="boatwist-store-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        store = self.make(path=os.path.join(directory, "db.sqlite"))
+        largest = 0
+        for n in range(1500):
+            self.successResultOf(store.add_message("ann", "z" * 400, "chat"))
+            largest = max(largest, os.path.getsize(os.path.join(directory, "db.sqlite-wal")))
+        sizes = self.successResultOf(store.sizes())
+        database = store._database
+        self.assertLessEqual(largest, database.wal_bytes + 16 * database.page_size)
+        self.assertLessEqual(sizes["file"] + sizes["wal"], 256 * 1024 + 32 * database.page_size)
+
+    def test_size_budget(self) -> None:
+        """max_size: given, or a quarter of the file system, at most 64 MiB, at least 256 KiB."""
+        from boatwist.store.service import MIN_BYTES, size_budget
+
+        self.assertEqual(size_budget(1_000_000, "/"), 1_000_000)
+        self.assertEqual(size_budget(1000, "/"), MIN_BYTES)
+        auto = size_budget(0, tempfile.gettempdir())
+        self.assertTrue(MIN_BYTES <= auto <= 64 * 1024 * 1024)
+
+
+class ClockStepTests(SynchronousTestCase):
+    """Age retention measures time with the monotonic clock once open: a wall clock step ages nothing."""
+
+    def make(self, wall: Clock, mono: Clock, path: str = ":memory:") -> Store:
+        store = Store(path, retention_count=1000, retention_days=30.0, wall_clock=wall.seconds,
+                      monotonic=mono.seconds, runner=SynchronousRunner())
+        store.startService()
+        self.addCleanup(lambda: store.stopService() if store.running else None)
+        return store
+
+    def test_a_step_of_100_days_deletes_nothing(self) -> None:
+        """
+        The wall clock jumps 100 days forward while the store runs (an RTC-less
+        device, a wrong NTP answer): the next message deletes none of the
+        earlier ones; they go when 30 days have really passed.
+        """
+        wall, mono = Clock(), Clock()
+        wall.advance(1_700_000_000)
+        store = self.make(wall, mono)
+        for n in range(3):
+            self.successResultOf(store.add_message("ann", f"before {n}", "web"))
+            self.successResultOf(store.audit("login", "ann", "10.0.0.1"))
+        wall.advance(100 * DAY)
+        self.successResultOf(store.add_message("ann", "after the step", "web"))
+        self.successResultOf(store.audit("login", "ann", "10.0.0.1"))
+        self.assertEqual(len(self.successResultOf(store.history())), 4)
+        self.assertEqual(len(self.successResultOf(store.audit_log())), 4)
+        mono.advance(30 * DAY + 1)
+        wall.advance(30 * DAY + 1)
+        self.successResultOf(store.add_message("ann", "a month later", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(store.history())],
+                         ["after the step", "a month later"])
+
+    def test_a_step_back_deletes_nothing_either(self) -> None:
+        """A step back of a year: rows now look from the future; nothing is deleted, new rows are kept."""
+        wall, mono = Clock(), Clock()
+        wall.advance(1_700_000_000)
+        store = self.make(wall, mono)
+        self.successResultOf(store.add_message("ann", "before", "web"))
+        wall.advance(-365 * DAY)
+        self.successResultOf(store.add_message("ann", "after", "web"))
+        self.assertEqual(len(self.successResultOf(store.history())), 2)
+
+    def test_the_wall_clock_is_trusted_when_the_store_opens(self) -> None:
+        """A device switched off longer than retention_days drops that history when it starts again."""
+        directory = tempfile.mkdtemp(prefix="boatwist-store-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        path = os.path.join(directory, "db.sqlite")
+        wall, mono = Clock(), Clock()
+        wall.advance(1_700_000_000)
+        store = self.make(wall, mono, path)
+        self.successResultOf(store.add_message("ann", "old", "web"))
+        self.successResultOf(store.stopService())
+        wall.advance(31 * DAY)
+        reopened = self.make(wall, mono, path)
+        self.assertEqual(self.successResultOf(reopened.history()), [])
+
+
+class ReopenTests(SynchronousTestCase):
+    def test_a_store_that_could_not_open_opens_on_a_later_write(self) -> None:
+        """
+        Opening failed (here: its directory is missing; on a device: a full
+        disk at start); a write after REOPEN_INTERVAL opens it and succeeds,
+        no restart needed.
+        """
+        from boatwist.store.service import REOPEN_INTERVAL
+
+        directory = tempfile.mkdtemp(prefix="boatwist-store-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        path = os.path.join(directory, "later", "db.sqlite")
+        clock = Clock()
+        with capturedLogs():
+            store = Store(path, retention_count=10, retention_days=1, wall_clock=clock.seconds,
+                          monotonic=clock.seconds, runner=SynchronousRunner())
+            store.startService()
+            self.addCleanup(store.stopService)
+            self.failureResultOf(store.when_open(), StoreError)
+            os.mkdir(os.path.join(directory, "later"))
+            self.failureResultOf(store.add_message("ann", "too soon", "web"), StoreError)
+            clock.advance(REOPEN_INTERVAL)
+            saved = self.successResultOf(store.add_message("ann", "now", "web"))
+        self.assertEqual(saved.text, "now")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from boatwist.config import AdmissionSettings
 from boatwist.tap import FD_RESERVE, fit_connection_cap
 
@@ -77,3 +81,46 @@ def test_systemd_endpoint_without_a_socket_is_one_line(capsys) -> None:
         assert info.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "x.ini: [server] chat" in err and "index 1" in err
+
+
+def test_a_listener_that_fails_when_it_starts_ends_twistd_with_one_line(monkeypatch: Any) -> None:
+    """
+    A port taken between the start-up check and the listen (another process
+    was quicker): the listener's failure is one line on the real stderr and
+    exit status 2, not a traceback.
+    """
+    import io
+    import sys
+
+    from twisted.internet import defer
+    from twisted.internet.error import CannotListenError
+
+    from boatwist.startup import OneLineListener
+
+    from twisted.internet.interfaces import IStreamServerEndpoint
+    from twisted.internet.protocol import Factory
+    from zope.interface import implementer
+
+    @implementer(IStreamServerEndpoint)
+    class Taken:
+        def listen(self, factory: object) -> "defer.Deferred[object]":
+            return defer.fail(CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use")))
+
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "__stderr__", err)
+    listener = OneLineListener(Taken(), Factory(), "etc/embweb.ini: [server] http = 'tcp:8080'")
+    with pytest.raises(SystemExit) as exited:
+        listener.privilegedStartService()
+    assert exited.value.code == 2
+    assert err.getvalue() == ("embweb: etc/embweb.ini: [server] http = 'tcp:8080': cannot listen: address already "
+                              "in use (another program, or another boatwist, listens there)\n")
+
+
+def test_with_backlog_only_adds_one_where_none_is_given() -> None:
+    """Listeners get a backlog the flood tests need; an explicit one, and systemd or unix endpoints, are kept."""
+    from boatwist.tap import with_backlog
+
+    assert with_backlog("tcp:8080:interface=127.0.0.1", 512) == "tcp:8080:interface=127.0.0.1:backlog=512"
+    assert with_backlog("tcp:8080:backlog=10", 512) == "tcp:8080:backlog=10"
+    assert with_backlog("systemd:domain=INET:index=0", 512) == "systemd:domain=INET:index=0"
+    assert with_backlog("unix:/run/x.sock", 512) == "unix:/run/x.sock"

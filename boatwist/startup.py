@@ -1,0 +1,148 @@
+"""
+Start-up checks that end twistd with one line naming the file and the key.
+
+What the INI parser cannot know -- whether a port is free, whether an
+interface address is this machine's, whether the state directory can be
+written -- is found out here, while L{boatwist.tap.makeService} assembles
+(before twistd redirects stderr into its log), and said in one line:
+
+    embweb: etc/embweb.ini: [server] http = 'tcp:8080': cannot listen on port 8080: address already in use
+
+Before, each of these was a 21-35 line traceback.  A listen that fails all
+the same when the service starts (another process took the port meanwhile)
+is caught by L{OneLineListener} and said in one line too.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+
+__all__ = ["OneLineListener", "StartupError", "check_listen", "check_state_dir", "listen_address"]
+
+_WHY = {
+    errno.EADDRINUSE: "address already in use (another program, or another boatwist, listens there)",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+}
+
+
+class StartupError(Exception):
+    """A start-up problem; its message is the one line to show."""
+
+
+def listen_address(description: str) -> tuple[str, int] | None:
+    """
+    (interface, port) a C{tcp:}/C{ssl:} endpoint string would listen on, as
+    Twisted parses it (the interface is C{""} for all); None for other kinds
+    or a string Twisted refuses (the INI parser has said so already).
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+    from twisted.internet.testing import MemoryReactor
+
+    if description.split(":", 1)[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    reactor = MemoryReactor()
+    try:
+        serverFromString(reactor, description).listen(Factory())
+    except Exception:  # Twisted raises ValueError, TypeError, OSError ...: config.check_endpoint reports it
+        return None
+    for port, _factory, _backlog, interface in reactor.tcpServers:
+        return str(interface), int(port)
+    for port, _factory, _context, _backlog, interface in reactor.sslServers:
+        return str(interface), int(port)
+    return None
+
+
+def check_listen(description: str, where: str) -> None:
+    """
+    Bind (and release at once) the address C{description} will listen on:
+    a port in use, a privileged port, an interface address this machine
+    does not have, become one StartupError naming C{where}.
+    """
+    address = listen_address(description)
+    if address is None:
+        return
+    interface, port = address
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    what = f"{where} = {description!r}: cannot listen on {f'{interface}:' if interface else 'port '}{port}"
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise StartupError(f"{what}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
+        sock.bind((interface, port))
+    except socket.gaierror:
+        raise StartupError(f"{what}: interface= must be an address of this machine like 127.0.0.1 or ::1, "
+                           f"not {interface!r}") from None
+    except (OverflowError, ValueError):
+        raise StartupError(f"{what}: a port is a number from 0 to 65535") from None
+    except OSError as e:
+        raise StartupError(f"{what}: {_WHY.get(e.errno or 0, e.strerror or str(e))}") from None
+    finally:
+        sock.close()
+
+
+def check_state_dir(state_dir: Path, where: str) -> None:
+    """
+    Make C{state_dir} (and missing parents) and make sure a file can be
+    written there: a file in its place, a parent that cannot be made, a
+    read-only file system become one StartupError naming C{where}.
+    """
+    what = f"{where} = {str(state_dir)!r}"
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StartupError(f"{what}: is a file, not a directory")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise StartupError(f"{what}: a part of that path is a file, not a directory") from None
+    except NotADirectoryError:
+        raise StartupError(f"{what}: a part of that path is a file, not a directory") from None
+    except OSError as e:
+        raise StartupError(f"{what}: cannot create it ({e.strerror or e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as e:
+        raise StartupError(f"{what}: cannot write there ({e.strerror or e})") from None
+
+
+class OneLineListener(StreamServerEndpointService):
+    """
+    A listener whose failure to start ends twistd with one line.  It is
+    started after twistd redirected stderr into its log: the line goes to
+    the process's real stderr (and the log), and twistd exits with status 2.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, where: str) -> None:
+        super().__init__(endpoint, factory)
+        self.where = where
+        # Private Twisted API: without it a port that cannot be bound is logged
+        # and twistd runs on without it; the start must fail instead.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception as e:  # CannotListenError, OSError, ...
+            error = getattr(e, "socketError", None) or e
+            code = getattr(error, "errno", None)
+            reason = _WHY.get(code or 0) or getattr(error, "strerror", None) or str(error)
+            _exit(f"{self.where}: cannot listen: {reason}")
+
+
+def _exit(message: str) -> NoReturn:
+    """One line on the real stderr, and exit 2 (twistd prints no traceback for SystemExit)."""
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"embweb: {message}\n")
+    stream.flush()
+    raise SystemExit(2)
