@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from boatwist.config import AdmissionSettings
 from boatwist.events import EventHub
-from boatwist.reasons import Reason, RefusalReason
+from boatwist.reasons import WORDS, Reason, RefusalReason
 
 ONLINE = "online"
 UNSTABLE = "unstable"
@@ -269,8 +269,8 @@ class Presence:
         if by is not None:
             extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
-        self._log.info("{user} is offline: {reason} (detected after {after})",
-                       user=state.name, reason=reason, after=detected_after)
+        after = "" if detected_after is None else f", detected after {detected_after:.1f} s"
+        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=WORDS.get(reason.value, reason.value), after=after)
 
     def _update_stability(self, state: UserState, reason: Reason) -> None:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE

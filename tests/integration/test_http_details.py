@@ -187,7 +187,7 @@ def test_an_absolute_form_target_is_served(daemon: Daemon) -> None:
     target = f"http://127.0.0.1:{daemon.http_port}/api/whoami"
     status, _, body = raw(daemon.http_port, f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{daemon.http_port}\r\n"
                           .encode() + auth() + b"\r\n")
-    assert status == 200 and json.loads(body) == {"user": "alice"}
+    assert status == 200 and json.loads(body)["user"] == "alice"
     status, _, _ = raw(daemon.http_port, f"GET {target} HTTP/1.1\r\n".encode() + auth() + b"\r\n")
     assert status == 200
     status, _, _ = raw(daemon.http_port, f"GET {target} HTTP/1.1\r\nHost: evil.example\r\n".encode() + auth()
@@ -203,8 +203,8 @@ def test_an_absolute_form_target_is_served(daemon: Daemon) -> None:
     challenge = digest_challenge(Response(401, message, b""), "SHA-256")
     header = digest_authorization(challenge, "alice", "alice-pw", "GET", target)
     status, _, body = raw(daemon.http_port, f"GET {target} HTTP/1.1\r\nAuthorization: {header}\r\n\r\n".encode())
-    assert status == 200 and json.loads(body) == {"user": "alice"}
+    assert status == 200 and json.loads(body)["user"] == "alice"
     done = subprocess.run([curl, "-s", "--basic", "-u", "alice:alice-pw", "--request-target", target,
                            "-w", "\n%{http_code}", daemon.url], capture_output=True, text=True, timeout=20)
     body_text, _, code = done.stdout.rpartition("\n")
-    assert code == "200" and json.loads(body_text) == {"user": "alice"}, done.stdout
+    assert code == "200" and json.loads(body_text)["user"] == "alice", done.stdout
