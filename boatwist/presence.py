@@ -270,7 +270,8 @@ class Presence:
             extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
         after = "" if detected_after is None else f", detected after {detected_after:.1f} s"
-        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=WORDS.get(reason.value, reason.value), after=after)
+        why = Reason(reason).value  # a caller may pass the plain string (as _publish allows)
+        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=WORDS.get(why, why), after=after)
 
     def _update_stability(self, state: UserState, reason: Reason) -> None:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE
