@@ -2,7 +2,12 @@
 ``/metrics`` in the Prometheus text format.
 
 A registry of our own per process (never prometheus_client's global one, so
-tests and two daemons in one interpreter do not collide).  Gauges are read
+tests and two daemons in one interpreter do not collide), made at the first
+scrape: prometheus_client (and the wsgiref, http.server and asyncio it
+brings) is imported only then -- until someone scrapes, a device does not
+pay its ~1 MB and ~30 ms of start-up.  The two histograms are counted by
+L{BucketCounts} meanwhile, and exported as prometheus_client's own
+histograms would be (buckets, count, sum, created).  Gauges are read
 at scrape time from presence, the tracker, the heartbeat and the open event
 streams; counters and histograms are fed by the event hub, so data still
 flows one way.  The one exception is the device's backend calls, which are
@@ -22,11 +27,11 @@ The device:
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections import Counter
-from typing import Callable, Iterable, Iterator, Sized
-
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from itertools import accumulate
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, Sized
 
 from boatwist.events import Event
 from boatwist.heartbeat import HeartbeatService
@@ -34,10 +39,70 @@ from boatwist.net.tracking import ConnectionTracker
 from boatwist.presence import Kind, Presence
 from boatwist.reasons import VANISHED, Reason
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
 
 #: Backend call buckets, seconds: memory answers in microseconds, a file in a fraction of a
 #: millisecond, Modbus on a LAN in milliseconds, a command in tens of them, a timeout in seconds.
 BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _Series:
+    """One label set of a L{BucketCounts}: observations per bucket (not cumulative), their sum, when made."""
+
+    __slots__ = ("counts", "total", "created")
+
+    def __init__(self, buckets: int, created: float) -> None:
+        self.counts = [0] * buckets
+        self.total = 0.0
+        self.created = created
+
+
+class BucketCounts:
+    """
+    A histogram, by label values, without prometheus_client: the series
+    of each label set.  L{family} exports it as prometheus_client's
+    C{Histogram} would (the same buckets, count, sum and created samples).
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], labelnames: Sequence[str] = (),
+                 wall: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets) + (float("inf"),)
+        self._wall = wall
+        self.series: dict[tuple[str, ...], _Series] = {}
+        if not self.labelnames:
+            self._series(())  # as prometheus_client: an unlabelled histogram exists from the start
+
+    def _series(self, labels: tuple[str, ...]) -> _Series:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = _Series(len(self.bounds), self._wall())
+        return series
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        series = self._series(labels)
+        series.counts[bisect_left(self.bounds, value)] += 1
+        series.total += value
+
+    def family(self) -> Metric:
+        """The histogram family, with C{_created} samples as prometheus_client writes them."""
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [floatToGoString(b) for b in self.bounds]
+        for labels, series in self.series.items():
+            cumulative = list(accumulate(series.counts))
+            family.add_metric(list(labels), list(zip(edges, cumulative, strict=True)), sum_value=series.total)
+        for labels, series in self.series.items():
+            family.add_sample(self.name + "_created", dict(zip(self.labelnames, labels, strict=True)),
+                              series.created)
+        return family
 
 
 class BackendCalls:
@@ -48,19 +113,13 @@ class BackendCalls:
     """
 
     def __init__(self) -> None:
-        # Not registered here: Metrics registers it in its own registry.
-        self.latency = Histogram("boatwist_backend_call_seconds", "Seconds per backend call, by control and call",
-                                 labelnames=("control", "call"), buckets=BACKEND_BUCKETS, registry=None)
+        self.latency = BucketCounts("boatwist_backend_call_seconds", "Seconds per backend call, by control and call",
+                                    BACKEND_BUCKETS, labelnames=("control", "call"))
         #: control -> reads that failed.
         self.read_errors: Counter[str] = Counter()
-        # labels() validates and locks on every call: 100 controls polled each second make it count.
-        self._children: dict[tuple[str, str], Histogram] = {}
 
     def observe(self, control: str, call: str, seconds: float, ok: bool) -> None:
-        child = self._children.get((control, call))
-        if child is None:
-            child = self._children[(control, call)] = self.latency.labels(control, call)
-        child.observe(max(0.0, seconds))
+        self.latency.observe(max(0.0, seconds), (control, call))
         if not ok and call == "read":
             self.read_errors[control] += 1
 
@@ -73,7 +132,8 @@ class Metrics:
         self.heartbeat = heartbeat
         self.streams = streams
         self.backend_calls = backend_calls
-        self.registry = CollectorRegistry(auto_describe=True)
+        #: Made at the first scrape (L{render}).
+        self._registry: CollectorRegistry | None = None
         #: More families, read at each scrape (the MQTT bridge's counters when it runs).
         self._sources: list[Callable[[], Iterable[Metric]]] = []
         self.offline_reasons: Counter[str] = Counter()
@@ -81,15 +141,11 @@ class Metrics:
         self.refusals: Counter[str] = Counter()
         #: (control, result) -> operations.
         self.operations: Counter[tuple[str, str]] = Counter()
-        self.detection = Histogram(
+        self.detection = BucketCounts(
             "boatwist_detection_seconds",
             "Seconds from a vanished peer's last sign of life to its offline event",
             buckets=(0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 300, 900),
-            registry=self.registry,
         )
-        self.registry.register(backend_calls.latency)
-        # A custom collector: prometheus_client calls collect() at each scrape.
-        self.registry.register(self)
 
     def on_event(self, event: Event) -> None:
         data = event.data
@@ -107,6 +163,11 @@ class Metrics:
             self.operations[(str(data.get("control")), str(data.get("result")))] += 1
 
     def collect(self) -> Iterator[Metric]:
+        """Every family, read now (prometheus_client calls it at each scrape)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+        yield self.detection.family()
+        yield self.backend_calls.latency.family()
         users = GaugeMetricFamily("boatwist_users_online", "Users online, by state", labels=["state"])
         states = Counter(u.state for u in self.presence.users())
         for state in ("online", "unstable"):
@@ -171,4 +232,9 @@ class Metrics:
         return []
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=True)
+            self._registry.register(self)
+        return generate_latest(self._registry)

@@ -313,3 +313,21 @@ def test_poll_errors_by_control(tmp_path: Path) -> None:
     assert value(s, "boatwist_poll_errors_total", control="temp") == 3
     assert value(s, "boatwist_backend_call_seconds_count", control="temp", call="read") == 5
     assert rig.core.controls.get("temp").value == 21.5  # type: ignore[union-attr]
+
+
+def test_histograms_are_exported_as_prometheus_client_would() -> None:
+    """
+    The histograms are counted without prometheus_client (imported at the
+    first scrape only) and exported as its own Histogram would be: a
+    created sample per series, buckets ending in +Inf, count and sum.
+    """
+    rig = Rig()
+    rig.core.metrics.backend_calls.observe("plc", "read", 0.2, True)
+    text = rig.metrics.render().decode("utf-8")
+    s = rig.samples()
+    assert value(s, "boatwist_detection_seconds_created") is not None
+    assert value(s, "boatwist_backend_call_seconds_created", control="plc", call="read") is not None
+    assert value(s, "boatwist_backend_call_seconds_bucket", control="plc", call="read", le="+Inf") == 1
+    assert value(s, "boatwist_backend_call_seconds_count", control="plc", call="read") == 1
+    assert "# TYPE boatwist_backend_call_seconds histogram" in text
+    assert "# TYPE boatwist_backend_call_seconds_created gauge" in text
