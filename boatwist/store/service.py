@@ -58,7 +58,6 @@ import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 from twisted.application.service import Service
@@ -236,6 +235,8 @@ def read_schema(name: str) -> str:
     The text of ``boatwist/schema/<name>``, read as package data so it works
     from a wheel or a zip; FileNotFoundError when no such file is shipped.
     """
+    from importlib import resources  # here: only the store's thread needs it, after listening
+
     return (resources.files("boatwist.store") / "schema" / name).read_text(encoding="utf-8")
 
 

@@ -1,5 +1,5 @@
 """
-The UI's files, read once into memory and served from there.
+The UI's files, read once into memory (at the first request) and served from there.
 
 They are a handful of small, immutable files shipped in the package:
 keeping them in memory spares every request an open, a stat, reads and
@@ -7,17 +7,19 @@ Twisted's file producer, which cost more than the request itself.  A strong
 ETag lets the browser revalidate cheaply (C{Cache-Control: no-cache}), so
 after a firmware upgrade it never runs an old app.js.
 
-Text files are also kept gzip-compressed (made once, at start) and sent so
+Text files are also kept gzip-compressed (made once, with the first read) and sent so
 to a client that accepts gzip: the console's ~82 kB are ~27 kB on the wire,
 which is what a slow link to a device feels.  The compressed form has its own
 ETag, and C{Vary: Accept-Encoding} keeps caches from mixing the two.
+
+Nothing is read before the first request: reading and compressing them
+(and importing gzip) at start would delay listening and keep ~120 kB
+resident on a device nobody has opened the console of yet.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-from importlib import resources as importlib_resources
 from pathlib import Path
 
 from twisted.web.resource import Resource
@@ -29,7 +31,8 @@ __all__ = ["StaticFiles", "static_dir"]
 
 
 def static_dir() -> Path:
-    return Path(str(importlib_resources.files("boatwist.web") / "static"))
+    """The UI's files, shipped in the package (a directory: they are served from a real file system)."""
+    return Path(__file__).resolve().parent / "static"
 
 
 class StaticFiles(Resource):
@@ -58,10 +61,18 @@ class StaticFiles(Resource):
 
     def __init__(self, directory: str) -> None:
         super().__init__()
+        self._directory = directory
         self._files: dict[tuple[bytes, ...], tuple[bytes, bytes, bytes]] = {}
         #: The gzip form of a file that has one (same keys): body and ETag.
         self._gzipped: dict[tuple[bytes, ...], tuple[bytes, bytes]] = {}
-        root = Path(directory)
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Read every file (and compress the text ones), once."""
+        import gzip
+
+        self._loaded = True
+        root = Path(self._directory)
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(root)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
@@ -80,6 +91,8 @@ class StaticFiles(Resource):
                     self._gzipped[k] = (packed, etag[:-1] + b'-gz"')
 
     def render_GET(self, request: Request) -> bytes:
+        if not self._loaded:
+            self._load()
         key = tuple(request.postpath or ()) or (b"",)
         found = self._files.get(key)
         if found is None:

@@ -306,6 +306,18 @@ def test_static_files_are_served(files: Site) -> None:
     assert render_file(files.resource, b"/sub/file.txt")[::2] == (200, b"nested")
 
 
+def test_static_files_are_read_at_the_first_request(tmp_path: Path) -> None:
+    """
+    Nothing is read (or compressed) when the resource is made, at start:
+    the files are read once, by the first request, and kept from then on.
+    """
+    static = StaticFiles(str(tmp_path))
+    (tmp_path / "late.txt").write_text("written after start")
+    assert render_file(static, b"/late.txt")[::2] == (200, b"written after start")
+    (tmp_path / "later.txt").write_text("written after the first request")
+    assert render_file(static, b"/later.txt")[0] == 404
+
+
 @pytest.mark.parametrize("path", [b"/.secret", b"/sub/.env", b"/.git/config", b"/%2esecret", b"/sub/%2Eenv"])
 def test_dotfiles_are_not_served(files: Site, path: bytes) -> None:
     """A name starting with a dot is never served, at any depth, however it is spelt."""
