@@ -435,7 +435,7 @@ def test_a_connection_whose_request_is_unread_waits_its_turn(monkeypatch: pytest
     _, fresh = w.connect("10.0.0.1", 1)
     _, silent = w.connect_read("10.0.0.1", 2)
     first = w.tracker.connections()[0]
-    monkeypatch.setattr(first, "has_unread_bytes", lambda: True)
+    monkeypatch.setattr(TrackedConnection, "has_unread_bytes", lambda conn: conn is first)
     w.connect_read("10.0.0.1", 3)
     assert silent.disconnected and not fresh.disconnected
 
@@ -484,6 +484,19 @@ def test_refusals_are_logged_at_most_once_per_ten_seconds(logged: list[dict[str,
 
 
 # ------------------------------------------------------- socket plumbing
+
+
+def test_what_each_connection_keeps_has_no_dict_of_its_own() -> None:
+    """
+    There are hundreds of connections at a time: the tracked connection, its
+    socket record and the recording socket keep their state in slots.
+    """
+    w = World()
+    transport = SocketTransport(FakeSocket())
+    w.connect(transport=transport)
+    [conn] = w.tracker.connections()
+    for kept in (conn, conn.record, transport.socket):
+        assert type(kept).__dictoffset__ == 0, f"{type(kept).__name__} instances have a __dict__"
 
 
 def test_socket_gets_keepalive_options_and_a_recorder(logged: list[dict[str, Any]]) -> None:
