@@ -453,12 +453,11 @@ def check_endpoint(description: str) -> None:
     """
     Refuse a malformed server endpoint string without listening on it.
 
-    The string is parsed by Twisted itself against a memory reactor, so every
+    The string is parsed by Twisted itself (never listened on), so every
     endpoint type Twisted knows (``tcp:``, ``ssl:``, ``unix:``, ``systemd:``)
     is accepted and checked the way ``twistd`` would check it.
     """
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor
+    from .startup import listen_address, parse_endpoint
 
     expected = "expected a Twisted endpoint string like tcp:8080:interface=127.0.0.1"
     kind = description.split(":", 1)[0]
@@ -468,12 +467,10 @@ def check_endpoint(description: str) -> None:
             raise ConfigError("expected systemd:domain=INET:index=N")
         return
     try:
-        serverFromString(MemoryReactor(), description)
+        parse_endpoint(description)
     except Exception as e:  # Twisted raises ValueError, TypeError, KeyError, OSError ...
         reason = str(e) or type(e).__name__
         raise ConfigError(f"{expected} ({reason})") from None
-    from .startup import listen_address
-
     address = listen_address(description)
     if address is not None and not 0 <= address[1] <= 65535:
         raise ConfigError(f"expected a port from 0 to 65535, not {address[1]}")
