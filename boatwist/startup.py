@@ -8,9 +8,12 @@ written -- is found out here, while L{boatwist.tap.makeService} assembles
 
     embweb: etc/embweb.ini: [server] http = 'tcp:8080': cannot listen on port 8080: address already in use
 
-Before, each of these was a 21-35 line traceback.  A listen that fails all
-the same when the service starts (another process took the port meanwhile)
-is caught by L{OneLineListener} and said in one line too.
+Before, each of these was a 21-35 line traceback.  A C{tcp:} listener's
+socket is not only checked but kept listening (L{listen_early}): the daemon
+listens before it imports and assembles the rest, and its listener adopts
+the socket.  A listen that fails all the same when the service starts (an
+C{ssl:} endpoint whose port another process took meanwhile) is caught by
+L{OneLineListener} and said in one line too.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import NoReturn
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
-__all__ = ["OneLineListener", "StartupError", "check_listen", "check_state_dir", "listen_address", "parse_endpoint"]
+__all__ = ["OneLineListener", "StartupError", "check_listen", "check_state_dir", "listen_address", "listen_early",
+           "parse_endpoint"]
 
 _WHY = {
     errno.EADDRINUSE: "address already in use (another program, or another boatwist, listens there)",
@@ -93,28 +97,74 @@ def check_listen(description: str, where: str) -> None:
     a port in use, a privileged port, an interface address this machine
     does not have, become one StartupError naming C{where}.
     """
+    sock = _bind(description, where)
+    if sock is not None:
+        sock.close()
+
+
+def listen_early(description: str, where: str, backlog: int) -> socket.socket | None:
+    """
+    Listen on a C{tcp:}/C{tcp6:} endpoint now, before the rest of the
+    daemon is assembled: the socket returned is listening (connections
+    wait in its backlog until the reactor runs), and the listener adopts it
+    (L{twisted.internet.endpoints.AdoptedStreamServerEndpoint}).  Fails as
+    L{check_listen} does, with one line.  None for other kinds of endpoint
+    (C{ssl:}, C{systemd:}, C{unix:}), which are checked as L{check_listen}
+    does and listen when the service starts.
+
+    Listening first means a client that connects while the daemon starts
+    (a browser reloading across a restart) is answered a moment later
+    instead of being refused; and nothing can take the port between the
+    check and the listen.
+    """
+    if description.split(":", 1)[0] not in ("tcp", "tcp6"):
+        check_listen(description, where)
+        return None
+    sock = _bind(description, where)
+    if sock is None:
+        return None
+    try:
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"{where} = {description!r}: cannot listen: {e.strerror or e}") from None
+    return sock
+
+
+def _bind(description: str, where: str) -> socket.socket | None:
+    """A socket bound as Twisted would bind it for C{description} (None for non-TCP kinds); errors in one line."""
     address = listen_address(description)
     if address is None:
-        return
+        return None
     interface, port = address
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     what = f"{where} = {description!r}: cannot listen on {f'{interface}:' if interface else 'port '}{port}"
+    if not 0 <= port <= 65535:
+        raise StartupError(f"{what}: a port is a number from 0 to 65535")
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
         raise StartupError(f"{what}: {e.strerror or e}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted does
-        sock.bind((interface, port))
+        if family == socket.AF_INET6:
+            # As Twisted resolves it: a scope (fe80::1%eth0) is kept.
+            sock.bind(socket.getaddrinfo(interface, port, family, socket.SOCK_STREAM, 0,
+                                         socket.AI_NUMERICHOST)[0][4])
+        else:
+            sock.bind((interface, port))
     except socket.gaierror:
+        sock.close()
         raise StartupError(f"{what}: interface= must be an address of this machine like 127.0.0.1 or ::1, "
                            f"not {interface!r}") from None
     except (OverflowError, ValueError):
+        sock.close()
         raise StartupError(f"{what}: a port is a number from 0 to 65535") from None
     except OSError as e:
-        raise StartupError(f"{what}: {_WHY.get(e.errno or 0, e.strerror or str(e))}") from None
-    finally:
         sock.close()
+        raise StartupError(f"{what}: {_WHY.get(e.errno or 0, e.strerror or str(e))}") from None
+    return sock
 
 
 def check_state_dir(state_dir: Path, where: str) -> None:

@@ -10,44 +10,32 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from boatwist import __version__
-from boatwist.auth.digest import NONCE_KEY_FILE, persistent_key
-from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
-from boatwist.auth.portal import build_authentication
-from boatwist.auth.watch import CredentialWatch
-from boatwist.chat.device import device_commands
-from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
 from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, load_config, plain_endpoint, ssl_files
-from boatwist.controls.backends.factory import BackendFactory
-from boatwist.controls.registry import ControlsService
-from boatwist.core import Core, build_core
-from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
-from boatwist.net.tracking import ClosingService
-from boatwist.presence import Kind
-from boatwist.startup import OneLineListener, StartupError, check_listen, check_state_dir
-from boatwist.store.service import Store, size_budget
-from boatwist.systemd import Notifier, SystemdNotifyService
-from boatwist.web.accesslog import AccessLogFile
-from boatwist.web.guard import guarded_root
-from boatwist.web.redirect import HttpsRedirect
-from boatwist.web.resources import OperatorRoot
-from boatwist.web.site import BoatwistSite
+from boatwist.startup import OneLineListener, StartupError, check_state_dir, listen_early
+
+if TYPE_CHECKING:
+    from boatwist.core import Core
+    from boatwist.logs import SourceSummary
+
+# The rest of boatwist is imported by makeService, once the listeners listen:
+# those imports are most of the time a start takes.
 
 _log = Logger(namespace="boatwist.tap")
 
@@ -90,16 +78,28 @@ def with_backlog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory) -> StreamServerEndpointService:
-    """A service listening on the endpoint of C{[server] key}; failing to start, it ends twistd with one line."""
+def _backlog(settings: Settings) -> int:
+    return max(50, min(4096, 2 * settings.admission.max_connections))
+
+
+def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory,
+            listening: dict[str, socket.socket]) -> StreamServerEndpointService:
+    """
+    A service listening on the endpoint of C{[server] key} (adopting the
+    socket L{makeService} listens on first, if any); failing to start, it
+    ends twistd with one line.
+    """
     description = plain_endpoint(getattr(settings.server, key))
     endpoint: IStreamServerEndpoint
     where = f"{settings.source}: [server] {key}"
-    if description.startswith("systemd:"):
+    early = listening.pop(key, None)
+    if early is not None:
+        # The endpoint closes the descriptor once the reactor's port has its own copy.
+        endpoint = AdoptedStreamServerEndpoint(reactor, early.detach(), early.family)
+    elif description.startswith("systemd:"):
         endpoint = systemd_endpoint(reactor, where, description)
     else:
-        backlog = max(50, min(4096, 2 * settings.admission.max_connections))
-        endpoint = serverFromString(reactor, with_backlog(description, backlog))
+        endpoint = serverFromString(reactor, with_backlog(description, _backlog(settings)))
     return OneLineListener(endpoint, factory, f"{where} = {description!r}")
 
 
@@ -107,8 +107,9 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     """
     Assemble boatwist, in the order data flows: users, the core (events,
     presence, connections, store, chat room, heartbeat, metrics), the
-    services, authentication, then the listeners.  Every start-up problem
-    ends twistd with one line.
+    services, authentication, then the listeners -- whose tcp: sockets
+    listen before all that (L{listen_early}).  Every start-up problem ends
+    twistd with one line.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -118,14 +119,39 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     settings: Settings = options["settings"]
     top = MultiService()
     state_dir = settings.server.state_dir
+    # Listen first (tcp: endpoints), then assemble: a client connecting meanwhile waits in the
+    # backlog and is answered once the reactor runs, instead of being refused.
+    listening: dict[str, socket.socket] = {}
     try:
         # What the INI cannot say: ports free, interfaces ours, state_dir writable.
         for key in ("http", "https", "chat"):
             if getattr(settings.server, key):
-                check_listen(getattr(settings.server, key), f"{settings.source}: [server] {key}")
+                early = listen_early(plain_endpoint(getattr(settings.server, key)),
+                                     f"{settings.source}: [server] {key}", _backlog(settings))
+                if early is not None:
+                    listening[key] = early
         check_state_dir(state_dir, f"{settings.source}: [server] state_dir")
     except StartupError as e:
         _fail(str(e))
+
+    from twisted.internet.threads import deferToThreadPool
+
+    from boatwist.auth.digest import NONCE_KEY_FILE, persistent_key
+    from boatwist.auth.passwords import PasswordFileError, UserDatabase, ensure_initial_admin
+    from boatwist.auth.portal import build_authentication
+    from boatwist.auth.watch import CredentialWatch
+    from boatwist.chat.device import device_commands
+    from boatwist.chat.protocol import ChatFactory
+    from boatwist.controls.backends.factory import BackendFactory
+    from boatwist.controls.registry import ControlsService
+    from boatwist.core import build_core
+    from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
+    from boatwist.net.tracking import ClosingService
+    from boatwist.presence import Kind
+    from boatwist.store.service import Store, size_budget
+    from boatwist.systemd import Notifier, SystemdNotifyService
+    from boatwist.web.guard import guarded_root
+    from boatwist.web.resources import OperatorRoot
 
     # -- users
     try:
@@ -223,7 +249,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     # -- listeners (the automatic TLS certificate first: any of them may serve it)
     _make_automatic_certificate(settings)
     _listen_http(reactor, settings, core, guarded_root(auth.portal, auth.factories, auth.offer.challenges), top,
-                 summary)
+                 summary, listening)
     if settings.server.chat:
         def chat_login(user: str, password: str, peer: str) -> Deferred[str]:
             return auth.check_password(user, password, peer, via="chat")
@@ -232,7 +258,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
                                              settings.chat, commands=device_commands(core))
         if is_tls(settings.server.chat):  # chat = tls:PORT: the https certificate, TLS put on by us
             chat = _with_tls(settings, chat)
-        _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT)).setServiceParent(top)
+        _listen(reactor, settings, "chat", core.tracker.wrap(chat, Kind.CHAT), listening).setServiceParent(top)
 
     _log.info("boatwist {version} starting; at most {n} operators", version=__version__,
               n=settings.admission.max_users)
@@ -242,8 +268,13 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
 
 
 def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService,
-                 summary: SourceSummary) -> None:
+                 summary: SourceSummary, listening: dict[str, socket.socket]) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
+    from boatwist.presence import Kind
+    from boatwist.web.accesslog import AccessLogFile
+    from boatwist.web.redirect import HttpsRedirect
+    from boatwist.web.site import BoatwistSite
+
     access_file = None
     if settings.http.access_log is not None:
         try:
@@ -258,7 +289,8 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         https_factory: IProtocolFactory = site
         if not settings.server.https.startswith("ssl:"):
             https_factory = _with_tls(settings, site)
-        _listen(reactor, settings, "https", core.tracker.wrap(https_factory, Kind.HTTP)).setServiceParent(top)
+        _listen(reactor, settings, "https", core.tracker.wrap(https_factory, Kind.HTTP),
+                listening).setServiceParent(top)
     if settings.server.http:
         http_site = site
         if settings.server.redirect_http:
@@ -266,7 +298,7 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
                                      access_log=access_file, secure_hosts=settings.http.hosts or None,
                                      summary=summary)
-        _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
+        _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP), listening).setServiceParent(top)
 
 
 def _make_automatic_certificate(settings: Settings) -> None:
