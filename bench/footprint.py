@@ -14,15 +14,26 @@ default access log):
                authenticated with Basic), RSS after minus RSS before, / N
   start        seconds from spawn to the port accepting a connection
                (median of --starts runs)
+  answer       seconds from spawn to the first HTTP answer (any status: boatwist
+               answers 401 without credentials), median of the same runs -- a
+               server may listen before it can answer (boatwist does: see
+               boatwist.startup.listen_early); connections made meanwhile wait
 
 and the ratios against twistd web.  Targets (issue 13): per connection
 <= 3 KB; idle RSS <= 1.1x; start <= 1.2x.
+
+boatwist's bytecode is compiled first (into its __pycache__ directories), as
+an installed wheel has it and as Twisted's is: with PYTHONDONTWRITEBYTECODE
+set and an editable install, every start would otherwise compile ~90
+modules from source (~100 ms and ~1 MB more) -- a cost twistd web, whose
+bytecode pip wrote at install, does not pay.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import os
 import shutil
 import signal
@@ -63,6 +74,24 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
     raise SystemExit(f"port {port} did not open")
 
 
+def wait_answer(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> float:
+    """Seconds until a GET of C{path} is answered (any status line)."""
+    started = time.monotonic()
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited: {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(request)
+                if s.recv(16).startswith(b"HTTP/1."):
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise SystemExit(f"port {port} did not answer")
+
+
 def settle(pid: int, seconds: float = 1.5) -> int:
     """RSS once it has stopped moving (after start-up work and the first heartbeat ticks)."""
     time.sleep(seconds)
@@ -96,6 +125,17 @@ class Server:
                                 start_new_session=True)
         return proc, wait_listening(self.port, proc)
 
+    def spawn_and_ask(self) -> float:
+        """Seconds from spawn to the first answer (the server is stopped again)."""
+        started = time.monotonic()
+        proc = subprocess.Popen(self.argv, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            wait_answer(self.port, self.path, proc)
+            return time.monotonic() - started
+        finally:
+            self.stop(proc)
+
     @staticmethod
     def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -106,11 +146,12 @@ class Server:
             proc.wait(10)
 
     def measure(self, connections: int, starts: int) -> dict[str, float]:
-        times = []
+        times, answers = [], []
         for _ in range(starts):
             proc, took = self.spawn()
             times.append(took)
             self.stop(proc)
+            answers.append(self.spawn_and_ask())
         proc, _ = self.spawn()
         try:
             idle = settle(proc.pid)
@@ -120,7 +161,8 @@ class Server:
                 s.close()
         finally:
             self.stop(proc)
-        return {"idle_kb": idle, "per_conn_kb": (full - idle) / connections, "start_s": statistics.median(times)}
+        return {"idle_kb": idle, "per_conn_kb": (full - idle) / connections, "start_s": statistics.median(times),
+                "answer_s": statistics.median(answers)}
 
 
 def main() -> None:
@@ -130,6 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     import resource
 
+    compileall.compile_dir(str(ROOT / "boatwist"), quiet=1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 + 100)), hard))
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,12 +202,13 @@ def main() -> None:
                                                    str(device / "embweb.ini")], device, port, "/api/whoami", basic)
         results = {server.name: server.measure(args.connections, args.starts) for server in (baseline, ours)}
     base = results[baseline.name]
-    print(f"{'server':28} {'idle RSS kB':>12} {'per conn kB':>12} {'start s':>8}")
+    print(f"{'server':28} {'idle RSS kB':>12} {'per conn kB':>12} {'start s':>8} {'answer s':>9}")
     for name, r in results.items():
-        print(f"{name:28} {r['idle_kb']:12.0f} {r['per_conn_kb']:12.2f} {r['start_s']:8.3f}")
+        print(f"{name:28} {r['idle_kb']:12.0f} {r['per_conn_kb']:12.2f} {r['start_s']:8.3f} {r['answer_s']:9.3f}")
     r = results[ours.name]
     print(f"ratios: idle RSS {r['idle_kb'] / base['idle_kb']:.2f}x (target <= 1.1x), "
           f"start {r['start_s'] / base['start_s']:.2f}x (target <= 1.2x), "
+          f"answer {r['answer_s'] / base['answer_s']:.2f}x, "
           f"per connection {r['per_conn_kb']:.2f} kB (target <= 3 kB; twistd web {base['per_conn_kb']:.2f} kB)")
 
 
