@@ -348,6 +348,16 @@ class TrackingFactory(WrappingFactory):
             return _Refused()  # type: ignore[return-value]
         return super().buildProtocol(addr)
 
+    def registerProtocol(self, p: ProtocolWrapper) -> None:
+        """
+        Not kept: the tracker holds every connection already, and
+        WrappingFactory's own C{protocols} dict would be a second index,
+        one entry per connection, that nothing reads.
+        """
+
+    def unregisterProtocol(self, p: ProtocolWrapper) -> None:
+        """See L{registerProtocol}."""
+
 
 class ConnectionTracker:
     """All live connections of the process; bridges them to presence."""

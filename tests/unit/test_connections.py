@@ -489,7 +489,8 @@ def test_refusals_are_logged_at_most_once_per_ten_seconds(logged: list[dict[str,
 def test_what_each_connection_keeps_has_no_dict_of_its_own() -> None:
     """
     There are hundreds of connections at a time: the tracked connection, its
-    socket record and the recording socket keep their state in slots.
+    socket record and the recording socket keep their state in slots, and
+    the wrapping factory keeps no second index of them (the tracker has one).
     """
     w = World()
     transport = SocketTransport(FakeSocket())
@@ -497,6 +498,7 @@ def test_what_each_connection_keeps_has_no_dict_of_its_own() -> None:
     [conn] = w.tracker.connections()
     for kept in (conn, conn.record, transport.socket):
         assert type(kept).__dictoffset__ == 0, f"{type(kept).__name__} instances have a __dict__"
+    assert w.wrapping.protocols == {}
 
 
 def test_socket_gets_keepalive_options_and_a_recorder(logged: list[dict[str, Any]]) -> None:
