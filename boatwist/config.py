@@ -420,14 +420,14 @@ def _check_ssl_files(settings: Settings) -> None:
     only that the endpoint string is wrong).  When they all exist, Twisted
     checks the whole endpoint.
     """
-    from .tls import CERT_FILE, KEY_FILE, TLS_DIRECTORY
-
     s = settings
-    automatic = {(s.server.state_dir / TLS_DIRECTORY / name).resolve() for name in (CERT_FILE, KEY_FILE)}
     for key in ("http", "https", "chat"):
         description = getattr(s.server, key)
         if not description.startswith("ssl:"):
             continue
+        from .tls import CERT_FILE, KEY_FILE, TLS_DIRECTORY  # here: without ssl: listeners it is not loaded
+
+        automatic = {(s.server.state_dir / TLS_DIRECTORY / name).resolve() for name in (CERT_FILE, KEY_FILE)}
         where = f"{s.source}: [server] {key} = {description!r}"
         files = ssl_files(description)
         if "privateKey" not in files:

@@ -308,8 +308,6 @@ def _make_automatic_certificate(settings: Settings) -> None:
     C{[server] certificate = auto}, or an ssl: endpoint naming its files
     (which do not exist on first start).  Logs its fingerprint.
     """
-    from boatwist.tls import TLSConfigError, certificate_files, ensure_self_signed, fingerprint
-
     server = settings.server
     automatic = server.certificate.strip().lower() == "auto"
     wanted = automatic and (bool(server.https) or is_tls(server.chat))
@@ -319,6 +317,8 @@ def _make_automatic_certificate(settings: Settings) -> None:
             wanted = wanted or any(Path(f).resolve().parent == tls_dir for f in ssl_files(description).values())
     if not wanted:
         return
+    from boatwist.tls import TLSConfigError, certificate_files, ensure_self_signed, fingerprint
+
     try:
         cert, _key = certificate_files(server) if automatic else ensure_self_signed(server.state_dir)
     except TLSConfigError as e:

@@ -118,14 +118,16 @@ def _imported(modules: set[str], *names: str) -> list[str]:
 def test_the_shipped_configuration_imports_only_what_it_uses(tmp_path: Path) -> None:
     """
     Starting with etc/embweb.ini (no Modbus control, no [mqtt], no https)
-    imports neither pymodbus nor paho, nor prometheus_client (imported by
-    the first /metrics), nor Twisted's test tools (trial and doctest come
-    with them); and parsing the INI -- all that happens before the
-    listeners listen -- imports neither SQLite nor the core.
+    imports neither pymodbus nor paho (nor our modules for them, nor our
+    TLS module), nor prometheus_client (imported by the first /metrics),
+    nor Twisted's test tools (trial and doctest come with them); and parsing
+    the INI -- all that happens before the listeners listen -- imports
+    neither SQLite nor the core.
     """
     modules = _start_modules(tmp_path)
     assert _imported(modules["made"], "pymodbus", "serial", "paho", "prometheus_client", "twisted.trial",
-                     "twisted.internet.testing", "doctest", "gzip") == []
+                     "twisted.internet.testing", "doctest", "gzip", "boatwist.controls.backends.modbus",
+                     "boatwist.mqtt.bridge", "boatwist.tls") == []
     assert _imported(modules["parsed"], "sqlite3", "boatwist.core", "boatwist.store", "boatwist.web",
                      "boatwist.chat", "boatwist.auth") == []
     assert "boatwist.core" in modules["made"]

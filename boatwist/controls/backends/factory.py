@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -41,7 +42,10 @@ from boatwist.controls.backends.base import Backend
 from boatwist.controls.backends.command import CommandBackend
 from boatwist.controls.backends.file import FileBackend
 from boatwist.controls.backends.memory import MemoryBackend
-from boatwist.controls.backends.modbus import ModbusBackend, ModbusBusPool, ModbusConnection, PymodbusConnection
+
+if TYPE_CHECKING:
+    # Imported by the first Modbus control (_modbus): a device without one does not load it.
+    from boatwist.controls.backends.modbus import ModbusBusPool, ModbusConnection
 
 __all__ = ["BackendFactory"]
 
@@ -54,7 +58,8 @@ class BackendFactory:
         reactor); ignored when C{make_runner} is given.
     @param make_runner: a runner (not yet started) for a thread name; tests
         pass C{lambda name: SynchronousRunner()}.
-    @param make_connection: the Modbus connection for a bus; tests pass fakes.
+    @param make_connection: the Modbus connection for a bus (default:
+        L{boatwist.controls.backends.modbus.PymodbusConnection}); tests pass fakes.
     """
 
     def __init__(
@@ -64,7 +69,7 @@ class BackendFactory:
         threads: IReactorFromThreads,
         *,
         make_runner: Callable[[str], Runner] | None = None,
-        make_connection: Callable[[ModbusBus], ModbusConnection] = PymodbusConnection,
+        make_connection: Callable[[ModbusBus], ModbusConnection] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
@@ -103,8 +108,11 @@ class BackendFactory:
         return backend
 
     def _modbus(self, control: ControlSpec, spec: ModbusSpec) -> Backend:
+        from boatwist.controls.backends.modbus import ModbusBackend, ModbusBusPool, PymodbusConnection
+
         if self._pool is None:
-            self._pool = ModbusBusPool(self._clock, self._runner, self._make_connection, self._monotonic)
+            self._pool = ModbusBusPool(self._clock, self._runner, self._make_connection or PymodbusConnection,
+                                       self._monotonic)
         return ModbusBackend(control, self._pool.link(spec.bus))
 
     def close(self) -> Deferred[None]:
