@@ -54,6 +54,7 @@ C{[chat] ping_timeout} or the session leaves with C{heartbeat-timeout}.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import deque
@@ -715,7 +716,10 @@ def _build() -> Callable[[_Core], _Inputs]:
     return builder.build()
 
 
-_machine = _build()
+@functools.cache
+def _machine() -> Callable[[_Core], _Inputs]:
+    """The machine, built by the first session: a daemon whose chat port nobody uses never builds it."""
+    return _build()
 
 
 class Session:
@@ -730,7 +734,7 @@ class Session:
         self._follow: list[Callable[[], None]] = []
         self._running = False
         self._core = _Core(parts, terminal, host, admit, self)
-        self._machine = _machine(self._core)
+        self._machine = _machine()(self._core)
         # One table, in the order /help lists it: registered commands after the room's own.
         built_in = self._core.built_ins()
         last = {name: built_in.pop(name) for name in ("yes", "help", "quit")}
