@@ -270,7 +270,8 @@ class Presence:
             extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
         after = "" if detected_after is None else f", detected after {detected_after:.1f} s"
-        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=WORDS.get(reason.value, reason.value), after=after)
+        words = WORDS.get(str(getattr(reason, "value", reason)), str(reason))
+        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=words, after=after)
 
     def _update_stability(self, state: UserState, reason: Reason) -> None:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE

@@ -33,7 +33,16 @@ from boatwist.auth.watch import CredentialWatch
 from boatwist.chat.device import device_commands
 from boatwist.chat.protocol import ChatFactory
 from boatwist.clock import WallClockView, use_monotonic_time
-from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, load_config, plain_endpoint, ssl_files
+from boatwist.config import (
+    ACCESS_LOG_OFF,
+    AdmissionSettings,
+    ConfigError,
+    Settings,
+    is_tls,
+    load_config,
+    plain_endpoint,
+    ssl_files,
+)
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.registry import ControlsService
 from boatwist.core import Core, build_core
@@ -245,15 +254,17 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
                  summary: SourceSummary) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     access_file = None
-    if settings.http.access_log is not None:
+    path = settings.access_log_file
+    if path is not None:
         try:
-            access_file = AccessLogFile(str(settings.http.access_log), settings.log.max_size, settings.log.files)
+            access_file = AccessLogFile(str(path), settings.log.max_size, settings.log.files)
         except OSError as e:
-            _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
+            _fail(f"{settings.source}: [http] access_log = {str(path)!r}: cannot open ({e})")
         core.heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
+    log_access = settings.http.access_log != ACCESS_LOG_OFF
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
-                        secure_hosts=settings.http.hosts or None, summary=summary)
+                        log_access=log_access, secure_hosts=settings.http.hosts or None, summary=summary)
     if settings.server.https:
         https_factory: IProtocolFactory = site
         if not settings.server.https.startswith("ssl:"):
@@ -264,7 +275,8 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file, secure_hosts=settings.http.hosts or None,
+                                     access_log=access_file, log_access=log_access,
+                                     secure_hosts=settings.http.hosts or None,
                                      summary=summary)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP)).setServiceParent(top)
 

@@ -47,6 +47,9 @@ class BoatwistSite(server.Site):
         of refusals (429, 503) go past a rate: counted into a summary line
         per source and second instead of written one by one.  None: every
         line is written.
+    @param access_log: the access log's file; None: the lines go through
+        twisted.logger (namespace C{boatwist.access}), unless C{log_access}
+        is False (C{[http] access_log = off}): then they go nowhere.
     """
 
     requestFactory = BoatwistRequest
@@ -62,6 +65,7 @@ class BoatwistSite(server.Site):
         secure_hosts: Iterable[str] | None = None,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         access_log: AccessLogFile | None = None,
+        log_access: bool = True,
         summary: SourceSummary | None = None,
     ) -> None:
         super().__init__(resource, timeout=settings.idle_timeout, reactor=reactor)
@@ -69,6 +73,7 @@ class BoatwistSite(server.Site):
         self.summary = summary
         #: When set, access lines go to this file instead of twisted.logger.
         self.access_file = access_log
+        self.log_access = log_access
         self._secure_hosts = tuple(parse_host_rule(rule) for rule in secure_hosts or ())
         if min_body_rate <= 0:
             raise ValueError("min_body_rate must be positive")
@@ -125,9 +130,12 @@ class BoatwistSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         """
-        One access-log line per response, to twisted.logger namespace
-        C{boatwist.access}; the text is in C{log_line}, the parts in fields.
+        One access-log line per response: to the access log's file, or to
+        twisted.logger namespace C{boatwist.access} (the text in C{log_line},
+        the parts in fields).
         """
+        if not self.log_access:
+            return
         if self.summary is not None and (getattr(request, "boatwist_user", None) is None
                                          or request.code in (429, http.SERVICE_UNAVAILABLE)):
             address = request.getClientAddress()
