@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from boatwist import __version__
 from boatwist.auth.passwords import LOGOUT_USER
+from boatwist.auth.portal import no_logout
 from boatwist.auth.throttle import TooManyAttempts
 from boatwist.web.errors import ErrorResource, unauthorized_page
 from boatwist.web.static import StaticFiles, static_dir
@@ -279,7 +280,7 @@ class OperatorGuard(HTTPAuthSessionWrapper):
         except BaseException:
             self._log.failure("Unexpected failure from credentials factory")
             raise
-        return util.DeferredResource(self._loginFor(credentials, request))
+        return _resource_now(self._loginFor(credentials, request))
 
     def _loginFor(self, credentials: object, request: Request) -> "Deferred[IResource]":
         d = self._portal.login(credentials, None, IResource)
@@ -293,9 +294,30 @@ class OperatorGuard(HTTPAuthSessionWrapper):
             return Unauthorized(self._challenges, failure.value)
         return self._loginFailed(failure)
 
-    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> _LoggedIn:
+    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> IResource:
         _interface, avatar, logout = args
+        if logout is no_logout:
+            return avatar  # nothing to call when the request ends: no wrapper around every child
         return _LoggedIn(avatar, logout)
+
+
+def _resource_now(d: "Deferred[IResource]") -> IResource:
+    """
+    The resource C{d} has already fired with -- a login answered at once
+    (a session known right, a Digest response checked in place) goes straight
+    on to traversal -- else a L{util.DeferredResource} that waits for it (a
+    bcrypt check in its thread, a throttled turn, a failure delay, an error).
+    """
+    seen: list[object] = []
+
+    def note(result: object) -> object:
+        seen.append(result)
+        return result
+
+    d.addBoth(note)
+    if seen and not isinstance(seen[0], Failure):
+        return seen[0]  # type: ignore[return-value]  # _loginFor's callbacks return resources
+    return util.DeferredResource(d)
 
 
 def guarded_root(portal: Portal, credential_factories: list[ICredentialFactory],

@@ -24,9 +24,14 @@ from boatwist.config import HttpSettings
 from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.web.accesslog import AccessLogFile, access_log_line, escape_log, redact_query
 from boatwist.web.channel import DEFAULT_MIN_BODY_RATE, BoatwistChannel, BoatwistRequest, Rejection
-from boatwist.web.headers import cross_site_reason, host_allowed, parse_host_rule
+from boatwist.web.headers import SAFE_METHODS, cross_site_reason, host_allowed, parse_host_rule
 
 __all__ = ["BoatwistSite"]
+
+#: Refusals whose access lines are summarised past a rate: 429 and 503.  A
+#: tuple bound once (each twisted.web.http attribute goes through a
+#: deprecation proxy, a few microseconds on every request).
+_REFUSED_CODES = (429, http.SERVICE_UNAVAILABLE)
 
 
 class BoatwistSite(server.Site):
@@ -110,6 +115,8 @@ class BoatwistSite(server.Site):
             self._log.debug("{peer}: Host {host!r} is not served here: 421", peer=request.getClientAddress(),
                             host=request.getHeader(b"host"))
             return 421, "this server does not answer to that host name"
+        if request.method in SAFE_METHODS:
+            return None  # cannot change state: not judged (and TLS-ness need not be asked)
         reason = cross_site_reason(request.method, request.requestHeaders, request.isSecure())
         if reason is not None:
             self._log.debug("{peer}: cross-site {method} refused ({reason})", peer=request.getClientAddress(),
@@ -119,6 +126,16 @@ class BoatwistSite(server.Site):
 
     _cached_second = -1
     _cached_log_time = ""
+    _date_second = -1
+    _date = b""
+
+    def http_date(self) -> bytes:
+        """The Date header's value from the site's reactor, formatted once per second."""
+        now = int(self.reactor.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = http.datetimeToString(now)
+        return self._date
 
     def _log_time(self) -> str:
         """The access-log timestamp, formatted once per second (strftime is costly per request)."""
@@ -137,7 +154,7 @@ class BoatwistSite(server.Site):
         if not self.log_access:
             return
         if self.summary is not None and (getattr(request, "boatwist_user", None) is None
-                                         or request.code in (429, http.SERVICE_UNAVAILABLE)):
+                                         or request.code in _REFUSED_CODES):
             address = request.getClientAddress()
             source = getattr(address, "host", None) or "-"
             if not self.summary.admit(source, str(request.code)):

@@ -393,3 +393,25 @@ def test_embweb_passwd_refuses_the_user_name_logout(tmp_path: Any) -> None:
                    "--password-stdin", "add", "logout"], stdin=io.StringIO("pw\n"), stdout=io.StringIO(), stderr=err)
     assert status != 0 and "reserved for logging out" in err.getvalue()
     assert not users.exists() and not digest.exists()
+
+
+def test_uptimes_read_the_process_start_once_and_the_boot_clock_after() -> None:
+    """Uptimes: the start from /proc/self/stat (read once), the rest from CLOCK_BOOTTIME, as /proc/uptime says."""
+    import os
+    import time
+
+    from boatwist.web.console_api import Uptimes
+
+    reads: list[str] = []
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = b"1 (twistd) S " + b" ".join(b"0" for _ in range(18)) + b" %d 0 0" % (int((boot - 30) * ticks))
+
+    def read(path: str) -> bytes:
+        reads.append(path)
+        return stat if path == "/proc/self/stat" else f"{time.clock_gettime(time.CLOCK_BOOTTIME)} 0\n".encode()
+
+    uptimes = Uptimes(read)
+    first = len(reads)
+    assert uptimes.process() == pytest.approx(30, abs=1) and uptimes.host() == pytest.approx(boot, abs=1)
+    assert uptimes.process() >= 0 and len(reads) == first  # nothing read per request
