@@ -18,7 +18,6 @@ source address -- never with the password.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections import Counter, OrderedDict
@@ -51,7 +50,7 @@ Runner = Callable[..., "defer.Deferred[Any]"]
 
 def credential_key(secret: bytes, user: bytes, password: bytes) -> bytes:
     """What stands for a (user, password) pair in memory: an HMAC under a key of this process."""
-    return hmac.new(secret, user + b"\0" + password, hashlib.sha256).digest()
+    return hmac.digest(secret, user + b"\0" + password, "sha256")
 
 
 class _CredentialCache:

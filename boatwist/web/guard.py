@@ -79,6 +79,21 @@ def claimed_user(header: bytes | None) -> str | None:
     return None
 
 
+#: LOGOUT_USER as it appears in a Digest header, and at the start of a Basic token (base64 of
+#: "logout" is 8 characters, so "logout:..." always encodes to these first).
+_LOGOUT_DIGEST = LOGOUT_USER.encode("ascii")
+_LOGOUT_BASIC = base64.b64encode(LOGOUT_USER.encode("ascii"))
+
+
+def _claims_logout(header: bytes | None) -> bool:
+    """Whether the Authorization header claims the user name C{logout} (most never mention it: no parsing)."""
+    if not header:
+        return False
+    if _LOGOUT_DIGEST not in header and _LOGOUT_BASIC not in header and b"\\" not in header:
+        return False  # (a backslash: a quoted-pair could spell it, l\ogout)
+    return claimed_user(header) == LOGOUT_USER
+
+
 #: One auth-param of a credentials header (RFC 9110 11.2): name = token or quoted string.
 _AUTH_PARAM = re.compile(rb'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
 
@@ -128,7 +143,7 @@ class PublicRoot(Resource):
             return self.healthz
         if path == b"public" and self.public is not None:
             return self.public
-        if claimed_user(request.getHeader(b"authorization")) == LOGOUT_USER:
+        if _claims_logout(request.getHeader(b"authorization")):
             if path == b"logout" and not request.postpath:
                 return self.logged_out
             request.requestHeaders.removeHeader(b"authorization")

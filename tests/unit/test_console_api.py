@@ -415,3 +415,24 @@ def test_uptimes_read_the_process_start_once_and_the_boot_clock_after() -> None:
     first = len(reads)
     assert uptimes.process() == pytest.approx(30, abs=1) and uptimes.host() == pytest.approx(boot, abs=1)
     assert uptimes.process() >= 0 and len(reads) == first  # nothing read per request
+
+
+@pytest.mark.parametrize("header", [
+    b"Basic " + base64.b64encode(b"logout:x"),
+    b'Digest username="logout", realm="r"',
+    b'Digest username="lo\\gout", realm="r"',
+    b"Digest username=logout, realm=r",
+])
+def test_every_way_to_claim_logout_is_seen(header: bytes) -> None:
+    """The shortcut that skips parsing never misses a header claiming the user name logout."""
+    from boatwist.web.guard import _claims_logout
+
+    assert claimed_user(header) == "logout" and _claims_logout(header)
+
+
+@pytest.mark.parametrize("header", [b"Basic " + base64.b64encode(b"alice:logout"), b'Digest username="alice"',
+                                    b'Digest username="alice", realm="logout"', None])
+def test_a_header_not_claiming_logout_is_not_taken_for_it(header: bytes | None) -> None:
+    from boatwist.web.guard import _claims_logout
+
+    assert not _claims_logout(header)
