@@ -46,7 +46,7 @@ from boatwist.config import (
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.registry import ControlsService
 from boatwist.core import Core, build_core
-from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
+from boatwist.logs import BoundedLogs, SourceSummary, rotate_size, rotating_observer
 from boatwist.net.tracking import ClosingService
 from boatwist.presence import Kind
 from boatwist.startup import OneLineListener, StartupError, check_listen, check_state_dir
@@ -189,7 +189,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     log_observer = None
     if settings.log.file is not None:
         try:
-            log_observer = rotating_observer(str(settings.log.file), settings.log.max_size, settings.log.files)
+            log_observer = rotating_observer(str(settings.log.file), rotate_size(str(settings.log.file),
+                                             settings.log.max_size, settings.log.files), settings.log.files)
         except OSError as e:
             _fail(f"{settings.source}: [log] file = {str(settings.log.file)!r}: cannot open ({e.strerror or e})")
         globalLogPublisher.addObserver(log_observer)
@@ -257,7 +258,8 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
     path = settings.access_log_file
     if path is not None:
         try:
-            access_file = AccessLogFile(str(path), settings.log.max_size, settings.log.files)
+            access_file = AccessLogFile(str(path), rotate_size(str(path), settings.log.max_size, settings.log.files),
+                                        settings.log.files)
         except OSError as e:
             _fail(f"{settings.source}: [http] access_log = {str(path)!r}: cannot open ({e})")
         core.heartbeat.after_tick.append(access_file.flush)
