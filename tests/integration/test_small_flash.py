@@ -220,6 +220,8 @@ def test_a_wall_clock_step_of_100_days_deletes_nothing(tmp_path: Path) -> None:
     wall clock is stepped 100 days forward while it runs (retention_days is
     90).  The next message and the next logins delete none of the earlier
     messages or audit entries, and the step shows in the new message's time.
+    Then the daemon is restarted with the clock still 100 days ahead (a
+    step while it was stopped, an RTC-less boot): nothing is deleted either.
     """
     stamp = tmp_path / "faketime"
     stamp.write_text("+0d\n")
@@ -239,9 +241,16 @@ def test_a_wall_clock_step_of_100_days_deletes_nothing(tmp_path: Path) -> None:
         client = Client(d, "bob")  # a new login: an audit entry written after the step
         after = client.history()
         client.close()
+        d.stop()
+        d.start()  # the wall clock is still 100 days ahead of when the first messages were written
+        client = Client(d, "alice")
+        assert client.post("after the restart") == 201
+        restarted = client.history()
+        client.close()
     finally:
         d.stop()
     assert [m["text"] for m in after] == [m["text"] for m in before] + ["after the step"]
+    assert [m["text"] for m in restarted] == [m["text"] for m in after] + ["after the restart"]
     assert after[-1]["at"] - before[-1]["at"] > 99 * 86400
     import sqlite3
 
