@@ -5,12 +5,13 @@ Every connection carries a larger number than the one before, in its
 ``online`` status and in its last will, across restarts of the daemon --
 Sparkplug B's C{bdSeq}.  A broker may publish the will of an old connection
 after the new one said ``online`` (a half-open TCP connection that the
-broker notices only at 1.5 x keepalive); a subscriber that keeps the
+broker notices only at 1.5 x keepalive, where it cannot take the old
+connection over: see L{boatwist.mqtt.bridge}); a subscriber that keeps the
 highest session it has seen online ignores an ``offline`` with a smaller
-one.  The number is C{max(last + 1, now in whole seconds)}: it grows by one
-while the clock is wrong (a device without a real-time clock boots in
-1970), and a lost state file does not send it back to 1 once the clock is
-right.
+one, and the bridge itself answers it by saying ``online`` again.  The number
+is C{max(last + 1, now in whole seconds)}: it grows by one while the clock
+is wrong (a device without a real-time clock boots in 1970), and a lost
+state file does not send it back to 1 once the clock is right.
 """
 
 from __future__ import annotations

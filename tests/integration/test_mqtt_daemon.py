@@ -32,7 +32,7 @@ import pytest
 from daemon import Daemon, SSEReader
 from ha_discovery import check_documented, render
 from mosquitto import Mosquitto
-from mqtt_tools import Received, Watcher
+from mqtt_tools import HoldingProxy, Received, Watcher
 
 from boatwist.mqtt.commands import parse_command
 
@@ -106,12 +106,13 @@ def broker(tmp_path: Path, cleanup: ExitStack) -> Mosquitto:
 
 
 def device(make_daemon: Callable[..., Daemon], broker: Mosquitto, name: str, controls: str = DEV_A_CONTROLS,
-           **mqtt: str) -> Daemon:
+           via: str = "", **mqtt: str) -> Daemon:
     """
-    One daemon named C{name} on C{broker}, started and connected to it -- which also means its controls
-    were read: the bridge connects only then (the last test).
+    One daemon named C{name} on C{broker} (reached through C{via}, a relay's address, when given), started
+    and connected to it -- which also means its controls were read: the bridge connects only then (the
+    last test).
     """
-    keys = {"broker": broker.address, **mqtt}
+    keys = {"broker": via or broker.address, **mqtt}
     config = (f"[server]\nname = {name}\n"
               "[floor]\nmode = optional\n"
               # Bursts of operations in these tests; the chat's rate applies to operations too.
@@ -432,6 +433,71 @@ def test_kill_9_turns_the_status_offline_through_the_will_within_the_bound(
     assert took <= 1.5 * 2 + 1, took
     assert retained(broker, "boatwist/dev-a/status", count=1)["boatwist/dev-a/status"]["state"] == "offline"
 
+
+def session_of(line: str) -> int:
+    """The session of a "MQTT connected (session N)" log line."""
+    return int(line.rsplit("session ", 1)[1].rstrip(")\n"))
+
+
+def reconfigure(d: Daemon, **mqtt: str) -> None:
+    """Change [mqtt] keys in the daemon's INI (for its next start)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(d.config_path, encoding="utf-8")
+    for key, value in mqtt.items():
+        parser.set("mqtt", key, value)
+    with open(d.config_path, "w", encoding="utf-8") as f:
+        parser.write(f)
+
+
+def test_a_late_will_of_the_killed_daemon_cannot_leave_the_restarted_one_offline(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    kill -9 of a daemon whose connection the broker cannot see end (held half-open on the way: a pulled
+    cable, a NAT that dropped the flow), restarted at once: the new daemon says online (a larger session),
+    and only then does the broker notice the old connection's end and publish its will -- offline, old
+    session, retained.  The restarted daemon sees that late will on its own status topic and says online
+    again, so a newcomer's mosquitto_sub -C 1 (which compares no sessions) sees the device online, as does
+    embweb-fleet.
+
+    The restart connects with another client id, as it would through a broker cluster or a load balancer
+    that put it on another node: with the same client id on one Mosquitto the broker takes the old
+    connection over and publishes its will at once, before the new CONNACK -- no late will at all.  The
+    broker's keepalive expiry (1.5 x keepalive, here 60 s) is played by the relay closing the held
+    connection once the new online is on the broker: the broker reads EOF and publishes the will at once.
+    """
+    proxy = HoldingProxy(broker.port)
+    cleanup.callback(proxy.close)
+    d = device(make_daemon, broker, "dev-a", via=proxy.address, keepalive="60")
+    old = session_of(d.wait_for_log("MQTT connected"))
+    P = "boatwist/dev-a"
+    w = watcher(cleanup, broker, f"{P}/status")
+    w.on(f"{P}/status", where=lambda j: j["state"] == "online" and j["session"] == old)
+
+    d.kill9()
+    proxy.wait_holding()
+    reconfigure(d, broker=broker.address, client_id="boatwist-dev-a-node2")
+    d.start()
+    line = wait_until(lambda: [x for x in d.log_text().splitlines() if "MQTT connected" in x][1:], 20,
+                      "the restarted daemon connected")[0]
+    new = session_of(line)
+    assert new > old
+    online = w.on(f"{P}/status", where=lambda j: j["state"] == "online" and j["session"] == new)
+
+    proxy.release()
+    will = w.on(f"{P}/status", where=lambda j: j["state"] == "offline")
+    assert will.json == {"state": "offline", "session": old}
+    assert w.messages.index(will) > w.messages.index(online)  # the old will did land after the new online
+    again = w.on(f"{P}/status", after=w.messages.index(will) + 1, where=lambda j: j["state"] == "online")
+    assert again.payload == online.payload
+    d.wait_for_log(f"a late will of session {old} said offline")
+
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", f"{P}/status",
+                          "-C", "1", "-W", "5"], capture_output=True, timeout=10, check=True).stdout
+    assert json.loads(out)["state"] == "online" and json.loads(out)["session"] == new
+    fleet = subprocess.run([FLEET, "--broker", broker.address, "--once", "--json"], capture_output=True,
+                           timeout=30, check=True)
+    (view,) = json.loads(fleet.stdout)
+    assert (view["state"], view["session"]) == ("online", new)
 
 def test_broker_restart_while_operating_keeps_the_daemon_responsive_and_loses_nothing(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
