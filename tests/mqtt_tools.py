@@ -1,21 +1,26 @@
 """
 Test tools around a real broker: a bridge in a process of its own
 (L{BridgeProcess}, driving tests/mqtt_harness.py), a subscriber built on
-paho (L{Watcher}) whose waits are bounded and end on real messages, and a
+paho (L{Watcher}) whose waits are bounded and end on real messages, a
 relay that holds a dead client's connection to the broker half-open
-(L{HoldingProxy}).
+(L{HoldingProxy}), and a program on a terminal of its own (L{OnTerminal}:
+embweb-fleet's live view).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -264,3 +269,72 @@ class HoldingProxy:
         for sock in (self._listener, self._wake_r, self._wake_w):
             sock.close()
         self._selector.close()
+
+
+class OnTerminal:
+    """
+    A program on a pseudo-terminal that is its controlling terminal, as when a person runs it: it sees a
+    tty (isatty), and C{interrupt} is the Ctrl-C they type (the line discipline sends SIGINT to it).  What
+    it writes is read by a thread; C{wait_for} is bounded and ends on real output.
+    """
+
+    def __init__(self, argv: list[str], rows: int = 40, columns: int = 200) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+        def controlling_terminal() -> None:  # in the child, after setsid(): fd 0 becomes its terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                            preexec_fn=controlling_terminal)
+        finally:
+            os.close(slave)
+        self._master = master
+        self._cond = threading.Condition()
+        self.output = b""
+        self.ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: every holder of the terminal's other side is gone
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    self.ended = True
+                    self._cond.notify_all()
+                    return
+                self.output += chunk
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[bytes], Any], timeout: float = 10.0, what: str = "output") -> Any:
+        """The first true value of C{predicate}(everything written so far), waiting up to C{timeout}."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate(self.output)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended:
+                    raise AssertionError(f"{what} not within {timeout} s (ended={self.ended}); "
+                                         f"last output: {self.output[-3000:]!r}")
+                self._cond.wait(left)
+
+    def interrupt(self) -> None:
+        """Ctrl-C typed at the terminal."""
+        os.write(self._master, b"\x03")
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(10)
+        os.close(self._master)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import configparser
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +33,8 @@ import pytest
 from daemon import Daemon, SSEReader
 from ha_discovery import check_documented, render
 from mosquitto import Mosquitto
-from mqtt_tools import HoldingProxy, Received, Watcher
+from mqtt_tools import HoldingProxy, OnTerminal, Received, Watcher
+from screen import render as screen_of
 
 from boatwist.mqtt.commands import parse_command
 
@@ -498,6 +500,71 @@ def test_a_late_will_of_the_killed_daemon_cannot_leave_the_restarted_one_offline
                            timeout=30, check=True)
     (view,) = json.loads(fleet.stdout)
     assert (view["state"], view["session"]) == ("online", new)
+
+#: How embweb-fleet's live view starts each redraw on a terminal: cursor home, clear the screen.
+CLEAR = b"\x1b[H\x1b[2J"
+
+
+def frames(output: bytes) -> list[list[str]]:
+    """The screens drawn so far, each as the rows a person sees (the terminal's CR LF read as it shows them)."""
+    screens = []
+    for raw in output.split(CLEAR)[1:]:
+        screen = screen_of(raw)
+        assert not screen.stray, screen.stray  # nothing but the clear sequence drives the terminal
+        screens.append([row for row in screen.rows if row])
+    return screens
+
+
+def device_row(screen: list[str], prefix: str) -> str | None:
+    return next((row for row in screen if row.startswith(prefix + " ")), None)
+
+
+def test_the_live_fleet_view_redraws_as_messages_arrive_and_stops_on_ctrl_c(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    embweb-fleet without --once, on a terminal as a person runs it: it draws the table once the retained
+    messages are in (dev-a up, nobody on it), and draws it again by itself as messages arrive -- alice
+    logging in (1/10 alice), her operation (the last operation, in the chat port's words), her taking the
+    floor, dev-a stopping (down, stopped) -- each redraw starting with a cleared screen and nothing else
+    driving the terminal.  Ctrl-C ends it at once, with status 0 and no traceback.
+    """
+    a = device(make_daemon, broker, "dev-a")
+    P = "boatwist/dev-a"
+    fleet = OnTerminal([FLEET, "--broker", broker.address])
+    cleanup.callback(fleet.close)
+
+    def drawn(check: Callable[[str], bool], after: int) -> Callable[[bytes], Any]:
+        """A screen drawn after the first C{after} whose dev-a row passes C{check}: how many were drawn up to it."""
+        def find(output: bytes) -> int | None:
+            for n, screen in enumerate(frames(output)[after:], after + 1):
+                row = device_row(screen, P)
+                if row is not None and check(row):
+                    return n
+            return None
+        return find
+
+    first = fleet.wait_for(drawn(lambda row: " up " in row, 0), 15, "the first table")
+    screen = frames(fleet.output)[first - 1]
+    assert screen[0].split()[:3] == ["DEVICE", "STATUS", "SINCE"]
+    assert " 0/10 " in device_row(screen, P) + " "  # nobody on dev-a yet
+    assert "alice" not in device_row(screen, P)
+
+    stream(cleanup, a, "alice")  # alice logs in: presence re-published, the fleet redraws
+    login = fleet.wait_for(drawn(lambda row: "1/10 alice" in row, first), 15, "alice on the table")
+    operate(a, "alice", "pump", True)
+    op = fleet.wait_for(drawn(lambda row: "alice set pump to on (was off) via web" in row, login), 15,
+                        "alice's operation on the table")
+    status, body, _ = request(a, "POST", "/api/floor", "alice")
+    assert status == 200 and body["holder"] == "alice", (status, body)
+    floor = fleet.wait_for(drawn(lambda row: re.search(r"1/10 alice\s+alice\s", row) is not None, op), 15,
+                           "alice holding the floor on the table")
+    a.stop()
+    fleet.wait_for(drawn(lambda row: " down (stopped) " in row, floor), 15, "dev-a down on the table")
+
+    fleet.interrupt()
+    assert fleet.wait(10) == 0
+    fleet.wait_for(lambda output: fleet.ended, 10, "the end of the output")
+    assert b"Traceback" not in fleet.output, fleet.output[-2000:]
 
 def test_broker_restart_while_operating_keeps_the_daemon_responsive_and_loses_nothing(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
