@@ -412,6 +412,50 @@ def test_commands_over_mqtt_run_through_the_pipeline_and_are_refused_like_any_op
     assert a.get_json("/api/controls/heater", "alice")["value"] is False
 
 
+def test_a_viewers_command_over_mqtt_is_refused_403_in_the_words_of_the_http_api(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    [mqtt] user = bob, and bob is a viewer ([roles]): a command on …/controls/pump/set is refused with
+    status 403 on …/controls/pump/result, and the same error and refusal (refused: role) as bob's own POST
+    /api/controls/pump gets -- word for word.  The pump stays off; the refused attempt is recorded and
+    broadcast like any operation (result error, via mqtt, on the browser's event stream and on
+    …/events/control).  Role comes before confirmation: a viewer's command on a control with confirm is
+    403 too, not 428.
+    """
+    roles = "[roles]\ndefault = operator\nviewer = bob\n"
+    a = device(make_daemon, broker, "dev-a", DEV_A_CONTROLS + roles, commands="yes", user="bob")
+    P = "boatwist/dev-a"
+    w = watcher(cleanup, broker, f"{P}/controls/+/result", f"{P}/events/control")
+    reader = stream(cleanup, a, "alice")
+
+    def command(name: str, payload: str) -> dict[str, Any]:
+        n = len(w.messages)
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                        "-t", f"{P}/controls/{name}/set", "-m", payload], check=True, timeout=10)
+        return w.on(f"{P}/controls/{name}/result", after=n).json
+
+    refused = command("pump", '{"value": true}')
+    status, http, _ = request(a, "POST", "/api/controls/pump", "bob", {"value": True})
+    assert status == 403, (status, http)
+    assert refused["status"] == 403, refused
+    assert (refused["error"], refused["refused"]) == (http["error"], http["refused"]) == (
+        "bob is a viewer: viewers watch and chat, they do not operate", "role")
+    operation = refused["operation"]
+    assert (operation["user"], operation["via"], operation["result"], operation["error"]) == \
+        ("bob", "mqtt", "error", refused["error"])
+    assert (operation["old"], operation["value"]) == (False, True)
+    assert a.get_json("/api/controls/pump", "alice")["value"] is False
+
+    _, seen, _ = reader.wait_for(lambda kind, data: kind == "control" and data["id"] == operation["id"])
+    assert (seen["user"], seen["via"], seen["result"], seen["refused"], seen["error"]) == \
+        ("bob", "mqtt", "error", "role", refused["error"])
+    event = w.on(f"{P}/events/control", where=lambda j: j["id"] == operation["id"])
+    assert (event.json["via"], event.json["refused"], event.json["error"]) == ("mqtt", "role", refused["error"])
+
+    heater = command("heater", "true")
+    assert (heater["status"], heater["error"]) == (403, refused["error"]), heater
+    assert a.get_json("/api/controls/heater", "alice")["value"] is False
+
 def test_kill_9_turns_the_status_offline_through_the_will_within_the_bound(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
     """
