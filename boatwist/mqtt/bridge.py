@@ -330,7 +330,7 @@ class MqttBridgeService(Service):
             return
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested past Python's limit
             return
         if not isinstance(data, dict) or data.get("state") != "offline":
             return

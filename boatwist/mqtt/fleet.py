@@ -97,7 +97,7 @@ class Fleet:
             return False
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested past Python's limit
             return False
         if not isinstance(data, dict):
             return False

@@ -380,7 +380,8 @@ def test_a_late_will_of_an_older_session_is_answered_with_online_again(tmp_path:
 def test_other_messages_on_the_own_status_topic_are_left_alone(tmp_path: Path) -> None:
     """
     Its own online coming back, an offline of this session or of a newer one (another process on the same
-    topic: not ours to fight), an offline without a session, an emptied topic, bytes that are not JSON:
+    topic: not ours to fight), an offline without a session, an emptied topic, bytes that are not JSON (or
+    nested too deeply to parse):
     nothing is published -- no answer can loop.
     """
     rig = Rig(tmp_path)
@@ -388,7 +389,8 @@ def test_other_messages_on_the_own_status_topic_are_left_alone(tmp_path: Path) -
     session = rig.bridge.stats.session
     statuses(rig, conn)
     for payload in (status(session, "online", at=1000.0), status(session), status(session + 1),
-                    b'{"state":"offline"}', b'{"state":"offline","session":true}', b"offline", b"", b"[1]"):
+                    b'{"state":"offline"}', b'{"state":"offline","session":true}', b"offline", b"", b"[1]",
+                    b"[" * 100000):
         conn.send(publish(f"{P}/status", payload))
     rig.turn()
     assert rig.drain(conn) == []

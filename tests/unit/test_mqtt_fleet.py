@@ -226,7 +226,7 @@ def test_a_time_no_clock_can_show_is_a_question_mark(at: float) -> None:
 def test_messages_the_fleet_does_not_read_change_nothing() -> None:
     """
     Other topics (events, controls, another prefix, a deeper level), a cleared retained topic (empty), bytes
-    that are not a JSON object, and a status without a usable state or session (a bool is no session):
+    that are not a JSON object (or nested too deeply for Python's parser), and a status without a usable state or session (a bool is no session):
     not taken, and no device appears for them.
     """
     fleet = Fleet("boatwist/+")
@@ -238,6 +238,7 @@ def test_messages_the_fleet_does_not_read_change_nothing() -> None:
         (f"{A}/status", b""),
         (f"{A}/status", b"online"),
         (f"{A}/status", b'["online", 5]'),
+        (f"{A}/status", b"[" * 100000),
         (f"{A}/status", b'{"state":"online"}'),
         (f"{A}/status", b'{"state":"online","session":"5"}'),
         (f"{A}/status", b'{"state":"online","session":true}'),
