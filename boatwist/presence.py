@@ -187,21 +187,26 @@ class Presence:
             limit = self._settings.max_connections_per_user
             if len(state.connections) >= limit:
                 return self._refuse(user, RefusalReason.TOO_MANY_CONNECTIONS, len(state.connections), limit, kind)
+        arriving = state is None
         if state is None:
             if self.seats_used >= self.limit:
                 return self._refuse(user, RefusalReason.FULL, self.seats_used, self.limit, kind)
-            state = self._come_online(user, kind)
+            state = self._seat(user, kind)
         conn.user = user
         if not kind.persistent:
             if not state.persistent:
                 state.http_until = self._monotonic() + self._settings.http_grace
                 state.http_peer = conn.peer_host
-            return None
-        conn.kind = kind
-        if conn not in state.connections:
-            state.connections.append(conn)
-        # Persistent presence replaces the plain-HTTP grace period.
-        state.http_until = None
+        else:
+            conn.kind = kind
+            if conn not in state.connections:
+                state.connections.append(conn)
+            # Persistent presence replaces the plain-HTTP grace period.
+            state.http_until = None
+        if arriving:
+            # Told once the connection is the user's: whoever reads presence on the login event
+            # (a snapshot, the MQTT bridge's retained state) sees it.
+            self._announce(state)
         return None
 
     # ------------------------------------------------------------ changes
@@ -253,14 +258,16 @@ class Presence:
 
     # ------------------------------------------------------------ private
 
-    def _come_online(self, user: str, via: Kind) -> UserState:
+    def _seat(self, user: str, via: Kind) -> UserState:
         state = UserState(name=user, state=ONLINE, since=self._wall(), via=via)
         self._users[user] = state
         self._refused_at.pop(user, None)
-        self._publish(user, ONLINE, Reason.LOGIN, via)
-        self._log.info("{user} is online via {via} ({used} of {limit} seats)",
-                       user=user, via=via, used=self.seats_used, limit=self.limit)
         return state
+
+    def _announce(self, state: UserState) -> None:
+        self._publish(state.name, ONLINE, Reason.LOGIN, state.via)
+        self._log.info("{user} is online via {via} ({used} of {limit} seats)",
+                       user=state.name, via=state.via, used=self.seats_used, limit=self.limit)
 
     def _go_offline(self, state: UserState, reason: Reason, detected_after: float | None, via: Kind) -> None:
         del self._users[state.name]

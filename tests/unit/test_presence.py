@@ -237,3 +237,19 @@ def test_an_event_id_from_before_a_restart_means_missed_events() -> None:
     assert hub.since(4999) == [first]
     assert hub.since(5000) == []
     assert hub.since(90000) is None
+
+
+def test_whoever_reads_presence_on_the_login_event_sees_the_connection() -> None:
+    """
+    The login event goes out once the connection is the user's: a subscriber
+    reading the snapshot then (the MQTT bridge's retained presence) counts it,
+    and a plain request's user shows with their http peer.
+    """
+    hub, clock, seen = EventHub(), Clock(), []
+    p = Presence(hub, AdmissionSettings(max_users=2), clock.seconds, lambda: 1_700_000_000.0)
+    hub.subscribe(lambda e: seen.append(p.snapshot()) if e.kind == "presence" else None)
+    attach(p, "alice", FakeConn(1))
+    touch_http(p, "bob", "10.0.0.9")
+    alice, bob = (next(u for u in snap["users"] if u["user"] == name) for snap, name in zip(seen, ["alice", "bob"]))
+    assert [c["kind"] for c in alice["connections"]] == [Kind.WEB]
+    assert bob["connections"] == [{"kind": "http", "peer": "10.0.0.9"}]
