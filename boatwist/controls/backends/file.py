@@ -156,7 +156,8 @@ class FileBackend:
         if self._spec.field is not None:
             fields = text.split("\n", 1)[0].split()
             if len(fields) < self._spec.field:
-                raise BackendError(f"{path}: the first line has {len(fields)} fields, not {self._spec.field}")
+                have = f"only {len(fields)} field{'' if len(fields) == 1 else 's'}" if fields else "no fields"
+                raise BackendError(f"{path}: field = {self._spec.field}, but the first line has {have}")
             text = fields[self._spec.field - 1]
         return parse_reading(
             self._control,
