@@ -15,7 +15,12 @@ trust the value shown:
 A change that nobody in boatwist made -- a sensor's new reading, a hand on
 the device, another program writing the file -- is published as a C{value}
 event, and so is every change of quality: everyone sees the device as it
-is, not as boatwist last left it.
+is, not as boatwist last left it.  Going stale is such a change although no
+read happens: the poll loop, on the reactor's clock, looks at each control
+whose poll it has to skip, and publishes the moment its reading becomes
+overdue (L{Controls.quality_of}); the next good reading (a poll, or an
+operation's read back) publishes C{good} again.  Nothing is done per
+request.
 
 Reads and operations on one control are serialised (one lock per control):
 a poll never interleaves with an operation, and a poll that would have to
@@ -156,11 +161,19 @@ class Controls:
 
     def quality_of(self, state: ControlState) -> Quality:
         """The quality now: a good value whose poll is overdue has gone stale."""
-        if state.quality is Quality.GOOD and state.spec.poll is not None and state.seen_at is not None:
-            overdue = 2 * state.spec.poll + state.spec.timeout
-            if self._clock.seconds() - state.seen_at > overdue:
-                return Quality.STALE
+        if state.quality is Quality.GOOD and self._overdue(state):
+            return Quality.STALE
         return state.quality
+
+    def _overdue(self, state: ControlState) -> bool:
+        """
+        Whether a polled control's last good reading is older than two polls
+        and a timeout: two polls missed, the last one given all its time.
+        """
+        poll, seen = state.spec.poll, state.seen_at
+        if poll is None or seen is None:
+            return False
+        return self._clock.seconds() - seen > 2 * poll + state.spec.timeout
 
     def describe_json(self, state: ControlState, user: str, roles: RolePolicy) -> bytes:
         """
@@ -277,8 +290,17 @@ class Controls:
 
     def _poll(self, state: ControlState) -> None:
         if state.lock.locked:
-            return  # an operation or a read is under way: the next poll comes soon
+            # An operation or a read is under way: the next poll comes soon.  Meanwhile
+            # the reading may have become overdue, which everyone must be told.
+            self._check_stale(state)
+            return
         self.refresh(state)
+
+    def _check_stale(self, state: ControlState) -> None:
+        """A good reading that became overdue turns C{stale}, published once (the next good one turns it back)."""
+        if state.quality is Quality.GOOD and self._overdue(state):
+            state.quality = Quality.STALE
+            self._publish_value(state)
 
     def refresh(self, state: ControlState) -> Deferred[None]:
         """Read the control now (under its lock); publish a C{value} event if what people see changed."""
@@ -324,11 +346,19 @@ class Controls:
             self._publish_value(state)
 
     def note_written(self, state: ControlState, value: Value, user: str, at: float) -> None:
-        """An operation set C{value} (published by the pipeline as a C{control} event, not here)."""
+        """
+        An operation set C{value} (published by the pipeline as a C{control}
+        event, not here).  A control everyone was told is stale (its polls
+        waited for this operation) is good again: that is published here, as
+        a change of quality.
+        """
+        told_stale = state.quality is Quality.STALE and state.seen_at is not None
         state.value = value
         state.quality, state.error = Quality.GOOD, None
         state.seen_at = self._clock.seconds()
         state.changed_at, state.changed_by = at, user
+        if told_stale:
+            self._publish_value(state)
 
     def _publish_value(self, state: ControlState) -> None:
         self._hub.publish("value", {"control": state.name, "value": state.value,
