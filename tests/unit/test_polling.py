@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 from mqtt_memory import CONNACK, MemoryEndpoint
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from boatwist.chat.device import device_commands
 from boatwist.chat.lines import format_event
 from boatwist.config import parse_config
+from boatwist.controls.backends.factory import POLL_THREAD
+from boatwist.controls.backends.file import SLOW_READ, FileBackend, FileReads
 from boatwist.controls.registry import ControlState
 from boatwist.controls.spec import ControlSpec, Value
 from boatwist.mqtt.bridge import MqttBridgeService
 from boatwist.mqtt.device import CoreDevice
 from boatwist.mqtt.outbox import Backoff
 from boatwist.mqtt.settings import MqttSettings
+from boatwist.workers import Runner, SynchronousRunner
 from core_rig import Rig
+
+_T = TypeVar("_T")
 
 DEVICE = """
 [floor]
@@ -235,3 +242,265 @@ def test_stale_reaches_mqtt_and_the_chat_port_and_counts_as_nothing(tmp_path: Pa
     metrics = d.core.metrics.render().decode()
     assert "boatwist_operations_total{" not in metrics
     assert "boatwist_poll_errors_total{" not in metrics
+
+
+# ------------------------------------------------------------- file polls in batches
+
+FILES = """
+[floor]
+mode = off
+[control:a]
+type = sensor
+backend = file
+path = {dir}/a
+unit = °C
+poll = 1
+[control:b]
+type = sensor
+backend = file
+path = {dir}/b
+unit = °C
+poll = 1
+[control:c]
+type = sensor
+backend = file
+path = {dir}/c
+unit = °C
+poll = 1
+"""
+
+
+class ManualRunner:
+    """A thread that runs its work only when the test says: busy, or stuck."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self.runs = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        pass
+
+    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        self.runs += 1
+        d: Deferred[_T] = Deferred()
+        self.queue.append((work, d))
+        return d
+
+    def run_next(self) -> None:
+        work, d = self.queue.pop(0)
+        try:
+            result = work()
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class CountingRunner(SynchronousRunner):
+    """Runs work at once, and counts the hand-offs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.stopped = False
+
+    def run(self, work: Callable[[], _T]) -> Deferred[_T]:
+        self.runs += 1
+        return super().run(work)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Threads:
+    """Every runner the backends asked for, by thread name, oldest first; C{manual}: names whose work waits."""
+
+    def __init__(self, manual: tuple[str, ...] = ()) -> None:
+        self.manual = manual
+        self.made: dict[str, list[Any]] = {}
+
+    def make(self, name: str) -> Runner:
+        runner: Any = ManualRunner() if name in self.manual else CountingRunner()
+        self.made.setdefault(name, []).append(runner)
+        return cast(Runner, runner)
+
+    def runs(self, name: str) -> int:
+        return sum(r.runs for r in self.made.get(name, []))
+
+
+class Files(Rig):
+    def __init__(self, tmp_path: Path, manual: tuple[str, ...] = ()) -> None:
+        for name, reading in (("a", "1\n"), ("b", "2\n"), ("c", "3\n")):
+            (tmp_path / name).write_text(reading)
+        self.dir = tmp_path
+        self.threads = Threads(manual)
+        super().__init__(parse_config(FILES.format(dir=tmp_path)), runners=self.threads.make)
+        self.core.controls.start()
+
+    def state(self, name: str) -> ControlState:
+        state = self.core.controls.get(name)
+        assert state is not None
+        return state
+
+    def file_backend(self, name: str) -> FileBackend:
+        backend = self.state(name).backend
+        assert isinstance(backend, FileBackend)
+        return backend
+
+    def shown(self, name: str) -> tuple[Value, str, str | None]:
+        state = self.state(name)
+        return state.value, self.core.controls.quality_of(state).value, state.error
+
+    def value_events(self, since: int = 0) -> list[tuple[str, Value, str]]:
+        return [(e.data["control"], e.data["value"], e.data["quality"]) for e in self.events[since:]
+                if e.kind == "value"]
+
+
+def test_file_controls_due_at_one_tick_are_read_in_one_hand_off(tmp_path: Path) -> None:
+    """
+    Three file sensors polled every second: each tick hands all three reads
+    to the shared poll thread at once (one hand-off, not three); their own
+    threads are used only for the first read at start.  An unchanged file
+    publishes nothing; a changed one a C{value} event for that control only.
+    """
+    d = Files(tmp_path)
+    assert [d.threads.runs(f"boatwist-file-{n}") for n in "abc"] == [1, 1, 1]
+    assert d.threads.runs(POLL_THREAD) == 0
+    mark = len(d.events)
+    d.clock.advance(1)
+    d.clock.advance(1)
+    assert d.threads.runs(POLL_THREAD) == 2
+    assert [d.threads.runs(f"boatwist-file-{n}") for n in "abc"] == [1, 1, 1]
+    assert d.value_events(mark) == []
+    (tmp_path / "b").write_text("2.5\n")
+    d.clock.advance(1)
+    assert d.threads.runs(POLL_THREAD) == 3
+    assert d.value_events(mark) == [("b", 2.5, "good")]
+    assert [d.shown(n) for n in "abc"] == [(1.0, "good", None), (2.5, "good", None), (3.0, "good", None)]
+    assert [reads_counted(d, n) for n in "abc"] == [4, 4, 4], "every read of a batch is timed for /metrics"
+
+
+def test_a_hung_file_in_a_batch_times_out_and_marks_only_its_control(tmp_path: Path) -> None:
+    """
+    The poll thread reads a, then b hangs in the kernel for the whole
+    timeout (2 s).  At the timeout the batch is answered with what it has:
+    a good; b quality error, "timed out after 2 s" (one value event); c --
+    behind b, never reached -- simply not read this time, still good and
+    unmarked.  The stuck thread is given up (stopped when it comes back) and
+    the next tick's batch goes to a fresh thread, without b: b is read on a
+    thread of its own from then on, where its reads still time out.
+    """
+    d = Files(tmp_path, manual=(POLL_THREAD, "boatwist-file-b"))
+    b = d.file_backend("b")
+    real_read = b.read_blocking
+
+    def hangs_once() -> Value:
+        b.read_blocking = real_read  # type: ignore[method-assign]
+        d.clock.advance(2)  # stuck in the kernel for the whole timeout, and the reactor goes on meanwhile
+        return real_read()
+
+    d.threads.made["boatwist-file-b"][0].run_next()  # b's first read, at start
+    assert d.shown("b") == (2.0, "good", None)
+    b.read_blocking = hangs_once  # type: ignore[method-assign]
+    mark = len(d.events)
+    d.clock.advance(1)
+    [first] = d.threads.made[POLL_THREAD]
+    first.run_next()
+    assert d.shown("a") == (1.0, "good", None)
+    assert d.shown("b") == (2.0, "error", "timed out after 2 s")
+    assert d.shown("c") == (3.0, "good", None)
+    assert d.value_events(mark) == [("b", 2.0, "error")]
+    assert first.stopped, "the given-up thread came back: stopped"
+    assert b.alone and not d.file_backend("a").alone and not d.file_backend("c").alone
+
+    # The next tick's batch goes to a fresh poll thread, without b; b goes to its own thread.
+    d.clock.advance(1)
+    old, fresh = d.threads.made[POLL_THREAD]
+    assert old is first and len(fresh.queue) == 1
+    fresh.run_next()
+    assert d.state("c").seen_at == d.clock.seconds()
+    b_thread = d.threads.made["boatwist-file-b"][0]
+    assert len(b_thread.queue) == 1, "b polled alone"
+    d.clock.advance(2)
+    assert d.shown("b") == (2.0, "error", "timed out after 2 s")
+    assert [d.shown(n)[1] for n in "ac"] == ["good", "good"]
+    assert d.value_events(mark) == [("b", 2.0, "error")], "the same error again is no news"
+
+
+def test_a_slow_file_is_polled_on_its_own_thread(tmp_path: Path) -> None:
+    """
+    A file whose read takes longer than SLOW_READ (a driver talking to an
+    I2C sensor) is read correctly, and from the next tick on alone, on its
+    own thread, so it holds up no other; the others stay in the batch.
+    """
+    d = Files(tmp_path)
+    c = d.file_backend("c")
+    real_read = c.read_blocking
+
+    def slow() -> Value:
+        d.clock.advance(SLOW_READ * 2)
+        return real_read()
+
+    c.read_blocking = slow  # type: ignore[method-assign]
+    d.clock.advance(1)
+    assert d.shown("c") == (3.0, "good", None) and c.alone
+    assert not d.file_backend("a").alone and not d.file_backend("b").alone
+    before = d.threads.runs("boatwist-file-c")
+    d.clock.advance(1)
+    assert d.threads.runs("boatwist-file-c") == before + 1
+    assert d.threads.runs(POLL_THREAD) == 2
+    assert d.shown("c") == (3.0, "good", None)
+
+
+def test_a_batch_that_never_reached_its_thread_marks_nobody(tmp_path: Path) -> None:
+    """
+    A batch queued behind work that does not come back (the thread is
+    stuck) is answered at its timeout with nothing read -- no control is
+    blamed for a thread it never reached -- and the next batch gets a fresh
+    thread.
+    """
+    clock = Clock()
+    (tmp_path / "x").write_text("1\n")
+    spec = parse_config(f"[control:x]\ntype = sensor\nbackend = file\npath = {tmp_path / 'x'}\n").controls[0]
+    backend = FileBackend(spec, SynchronousRunner(), clock, clock.seconds)
+    runners: list[ManualRunner] = []
+
+    def make() -> Runner:
+        runners.append(ManualRunner())
+        return cast(Runner, runners[-1])
+
+    reads = FileReads(make, clock, clock.seconds)
+    stuck = reads.read([backend], 2.0)  # its thread never runs it: stuck on something else
+    queued = reads.read([backend], 2.0)
+    clock.advance(2)
+    assert self_result(stuck) == [None] and self_result(queued) == [None]
+    assert not backend.alone
+    fresh = reads.read([backend], 2.0)
+    assert len(runners) == 2
+    runners[1].run_next()
+    [reading] = self_result(fresh)
+    assert reading is not None and (reading.value, reading.error) == (1.0, None)
+    runners[0].run_next()
+    runners[0].run_next()
+    assert runners[0].stopped, "stopped once it came back"
+    reads.close()
+    assert runners[1].stopped
+
+
+def reads_counted(d: Rig, control: str) -> float:
+    for family in text_string_to_metric_families(d.core.metrics.render().decode("utf-8")):
+        for sample in family.samples:
+            if sample.name == "boatwist_backend_call_seconds_count" and sample.labels == {
+                    "control": control, "call": "read"}:
+                return float(sample.value)
+    return 0.0
+
+
+def self_result(d: Deferred[_T]) -> _T:
+    got: list[Any] = []
+    d.addBoth(got.append)
+    assert got, "no result yet"
+    return cast(_T, got[0])
