@@ -328,17 +328,21 @@ class Controls:
         """
         files: dict[float, list[ControlState]] = {}
         for state in states:
-            try:
-                if not state.lock.try_acquire():
+            if not state.lock.try_acquire():
+                try:
                     self._check_stale(state)
-                    continue
-                backend = state.backend
-                if isinstance(backend, FileBackend) and not backend.alone:
-                    files.setdefault(state.spec.timeout, []).append(state)
-                else:
-                    self.read_locked(state).addBoth(self._unlock, state)
+                except Exception:
+                    self._log.failure("polling control {name} failed", name=state.name)
+                continue
+            backend = state.backend
+            if isinstance(backend, FileBackend) and not backend.alone:
+                files.setdefault(state.spec.timeout, []).append(state)
+                continue
+            try:
+                self.read_locked(state).addBoth(self._unlock, state)
             except Exception:
                 self._log.failure("polling control {name} failed", name=state.name)
+                state.lock.release()
         for timeout, group in files.items():
             try:
                 self._read_files(group, timeout)

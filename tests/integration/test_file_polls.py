@@ -80,7 +80,7 @@ def test_a_hung_file_marks_only_its_control_and_the_others_keep_polling(make_dae
         bound = 10 * POLL + 3 * TIMEOUT
         event = bob.wait(lambda k, e: k == "value" and e["control"] == "stuck" and e["quality"] == "error", bound)
         assert event["error"] == f"timed out after {TIMEOUT:g} s", event
-        d.wait_for_log("polled on a thread of its own", bound)
+        d.wait_for_log(f"stuck did not answer within {TIMEOUT:g} s; it is polled on a thread of its own", bound)
         mark = bob.mark()
         (files / "c").write_text("3.5\n")
         event = bob.wait(lambda k, e: k == "value" and e["control"] == "c", bound, since=mark)

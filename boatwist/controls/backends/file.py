@@ -297,34 +297,37 @@ class FileReads:
         batch = _Batch(backends, self._monotonic() + timeout, self._monotonic)
         result: Deferred[list[FileReading | None]] = Deferred()
 
+        def padded(readings: list[FileReading | None]) -> list[FileReading | None]:
+            return readings + [None] * (len(backends) - len(readings))
+
         def expire() -> None:
             batch.abandoned = True
             current, since = batch.current, batch.current_since
             readings: list[FileReading | None] = list(batch.readings)
             running = self._monotonic() - since
-            self._set_apart_slow(backends, readings)
-            if current == len(readings) and running >= timeout / 2:
+            hung = current == len(readings) and running >= timeout / 2
+            if hung:
                 # Stuck in the kernel on this one: it alone is marked, and read alone from now on.
-                self._set_apart(backends[current], f"did not answer within {timeout:g} s")
                 readings.append(FileReading(None, TimedOut(timeout), running))
-            readings += [None] * (len(backends) - len(readings))
             if self._shared is shared:
                 # The thread is still at this batch: the next one gets a fresh thread.
                 self._shared, shared.abandoned = None, True
-            result.callback(readings)
+            result.callback(padded(readings))
+            if hung:
+                self._set_apart(backends[current], f"did not answer within {timeout:g} s")
+            self._set_apart_slow(backends, readings)
 
         timer = self._clock.callLater(timeout, expire)
 
         def finished(outcome: object) -> None:
             shared.outstanding -= 1
-            if isinstance(outcome, Failure):
-                self._log.failure("a batch of file reads failed", outcome)
             if timer.active():
                 timer.cancel()
                 readings: list[FileReading | None] = list(batch.readings)
+                result.callback(padded(readings))
                 self._set_apart_slow(backends, readings)
-                readings += [None] * (len(backends) - len(readings))
-                result.callback(readings)
+            if isinstance(outcome, Failure):
+                self._log.failure("a batch of file reads failed", outcome)
             if shared.abandoned and not shared.outstanding:
                 shared.runner.stop()  # it came back after all: idle, so the join is quick
 
