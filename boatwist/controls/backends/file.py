@@ -44,10 +44,10 @@ was read; the read under way, if it has run for half the timeout or more,
 is the hung one (quality error, "timed out"); what comes after it is simply
 not read this time.  The shared thread, presumed stuck, is abandoned (a
 daemon thread, stopped if it ever comes back) and a fresh one reads the next
-batch; the hung control, and any whose read took more than L{SLOW_READ}, is
-from then on read alone on its own thread, as before -- so one slow driver
-cannot hold up the others, and a hung file costs at most one abandoned
-thread.
+batch; the hung control, and any whose reads took more than L{SLOW_READ}
+L{SLOW_TIMES} times in a row, is from then on read alone on its own thread,
+as before -- so one slow driver cannot hold up the others, and a hung file
+costs at most one abandoned thread.
 """
 
 from __future__ import annotations
@@ -69,16 +69,19 @@ from boatwist.controls.backends._bounded import BoundedCalls
 from boatwist.controls.backends._text import format_number, parse_reading
 from boatwist.controls.backends.base import BackendError
 
-__all__ = ["MAX_READ", "SLOW_READ", "FileBackend", "FileReading", "FileReads", "describe_os_error"]
+__all__ = ["MAX_READ", "SLOW_READ", "SLOW_TIMES", "FileBackend", "FileReading", "FileReads", "describe_os_error"]
 
 #: The most a read takes from the file, bytes.
 MAX_READ = 4096
 
-#: Seconds: a file whose read took longer is polled alone, on its own thread,
-#: never in a batch (L{FileReads}).  sysfs attributes and /proc files answer
-#: in microseconds; a driver that talks to an I2C sensor may take tens of
-#: milliseconds, and must not hold up the others.
+#: Seconds: a file whose reads took longer L{SLOW_TIMES} times in a row is
+#: polled alone, on its own thread, never in a batch (L{FileReads}).  sysfs
+#: attributes and /proc files answer in microseconds; a driver that talks to
+#: an I2C sensor may take tens of milliseconds, and must not hold up the
+#: others.  In a row, because on a busy machine the shared thread may be
+#: descheduled in the middle of a fast read now and then.
 SLOW_READ = 0.01
+SLOW_TIMES = 3
 
 _REASONS = {
     errno.ENOENT: "no such file",
@@ -131,6 +134,8 @@ class FileBackend:
         self._calls = BoundedCalls(runner, clock, monotonic)
         #: Polled on its own thread, never in a batch (L{FileReads}): it hung, or is slow.
         self.alone = False
+        #: Batch reads in a row slower than L{SLOW_READ}.
+        self.slow_reads = 0
 
     @property
     def control(self) -> ControlSpec:
@@ -337,8 +342,14 @@ class FileReads:
 
     def _set_apart_slow(self, backends: Sequence[FileBackend], readings: Sequence[FileReading | None]) -> None:
         for backend, reading in zip(backends, readings, strict=False):
-            if reading is not None and reading.seconds > SLOW_READ:
-                self._set_apart(backend, f"took {reading.seconds * 1000:.0f} ms")
+            if reading is None:
+                continue
+            if reading.seconds <= SLOW_READ:
+                backend.slow_reads = 0
+                continue
+            backend.slow_reads += 1
+            if backend.slow_reads >= SLOW_TIMES:
+                self._set_apart(backend, f"took {reading.seconds * 1000:.0f} ms {SLOW_TIMES} times in a row")
 
     def _set_apart(self, backend: FileBackend, why: str) -> None:
         if not backend.alone:
