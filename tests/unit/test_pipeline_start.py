@@ -77,7 +77,7 @@ def test_confirmation_token_expires_after_15_seconds() -> None:
     r.clock.advance(15.0)
     late = result(ops.operate("alice", "heater", True, "api", confirm=str(asked.detail["confirm"])))
     assert late.status == 428, late
-    assert late.error == "the confirmation expired (15 s to answer): ask again", late
+    assert late.error == "the confirmation expired (15 s to answer)", late
     assert late.detail["confirm"] != asked.detail["confirm"]
     assert [(e["control"], e["result"], e["refused"], e["code"]) for e in control_events(r)] == \
         [("heater", "error", "confirm", "expired")]
@@ -175,11 +175,11 @@ def test_a_refused_confirmation_is_written_to_the_audit_log() -> None:
     assert result(ops.operate("alice", "heater", True, "api", confirm=token)).status == 428
     assert audit(r) == [
         ("refused-operation", "alice", "heater = off: refused (confirm, wrong-value): "
-                                       "this confirmation is for heater = True, not False via api"),
+                                       "this confirmation is for heater = on, not off via api"),
         ("refused-operation", "bob", "heater = on: refused (confirm, wrong-user): "
                                      "this confirmation was given to another user via chat"),
         ("refused-operation", "alice", "heater = on: refused (confirm, used): "
-                                       "this confirmation was already used: ask again via api"),
+                                       "this confirmation was already used (ask for a new one) via api"),
     ]
 
 
