@@ -96,7 +96,7 @@ from boatwist.net.classify import classify
 from boatwist.net.recorder import SocketRecord, find_socket, find_tcp_transport, install_recorder
 from boatwist.net.sockdiag import socket_inode
 from boatwist.net.sockopts import apply_keepalive
-from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_info, read_tcp_vitals
+from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_calm, read_tcp_info, read_tcp_vitals
 from boatwist.presence import Kind, Presence
 from boatwist.reasons import ABORTED, Reason
 
@@ -277,6 +277,10 @@ class TrackedConnection:
 
     def tcp_info(self) -> TcpInfo | None:
         return read_tcp_info(self.sock) if self.sock is not None else None
+
+    def tcp_calm(self) -> bool:
+        """ESTABLISHED with nothing outstanding (L{read_tcp_calm}); False without a socket."""
+        return self.sock is not None and read_tcp_calm(self.sock)
 
     def lose(self) -> None:
         """Close as Twisted would after the peer's FIN (what is held is written first)."""
