@@ -42,8 +42,8 @@ where the hard limit forbids 2N descriptors, a child process holds the client
 ends).  Their server sides are registered, as the daemon's are, in a real
 ``boatwist.net.tracking.ConnectionTracker`` (recorder, keepalive options,
 inode) through a stand-in for Twisted's ``tcp.Server`` that holds the real
-socket; the first 20 are event streams of 10 users in a real ``Presence``,
-the rest plain HTTP connections not logged in (a flood).  Their keepalive
+socket; the first 20 (half, below 40) are event streams of 10 users in a
+real ``Presence``, the rest plain HTTP connections not logged in (a flood).  Their keepalive
 idle time is 600 s: with 1 s, 10,000 probes and answers a second cross
 loopback in bursts past the kernel's backlog and the drops end healthy
 connections (a host playing both ends does that; the tick reads the same
@@ -410,7 +410,7 @@ class BenchTransport:
 #: Keepalive idle time of the rig's sockets, seconds: no probe during a run (see TickRig).
 RIG_KEEPALIVE_IDLE = 600
 
-#: Presence connections in the rig: 10 users with 2 event streams each (or fewer, for small N).
+#: Presence connections in the rig: 10 users with 2 event streams each (half the connections, for small N).
 PRESENT_USERS = 10
 STREAMS_PER_USER = 2
 
@@ -421,8 +421,9 @@ class TickRig:
     ``ConnectionTracker`` (every socket registered through its
     ``TrackingFactory``, recorder, keepalive options and inode included), a
     ``Presence`` in which the first connections are event streams of 10 users
-    (2 each; the rest are plain HTTP connections not logged in, as under a
-    flood), and ``HeartbeatService`` with netlink sock_diag or without it.
+    (2 each; half the connections for N < 40; the rest are plain HTTP
+    connections not logged in, as under a flood), and ``HeartbeatService``
+    with netlink sock_diag or without it.
     """
 
     def __init__(self, servers: list[socket.socket], keepalive: Any) -> None:
@@ -456,7 +457,7 @@ class TickRig:
             proto.makeConnection(transport)
             self.transports.append(transport)
             self.conns.append(self.tracker.connection_for(proto))
-        self.present = min(n, PRESENT_USERS * STREAMS_PER_USER)
+        self.present = min(n // 2, PRESENT_USERS * STREAMS_PER_USER)
         for i, conn in enumerate(self.conns[:self.present]):
             refusal = self.presence.admit(conn, f"user{i // STREAMS_PER_USER}", Kind.WEB)
             if refusal is not None:
@@ -685,7 +686,7 @@ def part_cpu(counts: list[int], ticks: int, spacing: float) -> None:
             closed = [c for c in rig.conns if c.close_reason is not None]
             if closed:
                 raise SystemExit(f"{len(closed)} healthy loopback connections were closed: {closed[0].close_reason}")
-            # The last two connections are plain HTTP ones whenever N > 20.
+            # The last two connections are plain HTTP ones whenever N > 3.
             found = (_detects(rig, pairs, diag_hb, n - 1) if n > rig.present else "-",
                      _detects(rig, pairs, fallback_hb, n - 2) if n - 1 > rig.present else "-")
             diag_hb.stopService()
