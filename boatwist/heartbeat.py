@@ -66,9 +66,10 @@ class CommentSink(Protocol):
 PROBE_SLACK_MS = 200
 
 #: How many buckets of the kernel's TCP hash a sock_diag dump walks for the CPU
-#: that reading one connection's TCP_INFO costs (bench/deadpeer.py: about 14 ns
-#: a bucket and 6 us a connection, ticks a second apart): with fewer connections
-#: to check than the hash's buckets over this, reading them one by one is cheaper.
+#: that reading one connection costs: with fewer connections to check than the
+#: hash's buckets over this, they are read one by one.  bench/deadpeer.py, ticks
+#: a second apart: 11-14 ns a bucket, 3.5 us a connection, so ~300; 512 leans to
+#: the dump, whose cost does not grow with the connections.
 BUCKETS_PER_READ = 512
 #: The hash's size where the kernel does not say (before Linux 6.1).
 UNKNOWN_BUCKETS = 65536
