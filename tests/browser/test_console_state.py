@@ -125,8 +125,8 @@ def test_a_refused_stream_turns_the_page_offline_and_back(make_daemon, open_page
     assert not controls_disabled(page)
 
     page.credentials = None  # at the next login dialog, alice presses Cancel
-    write_users(daemon.state, {"alice": "alice-new-pw"})  # embweb-passwd: her sessions end (revoked)
-    daemon.users["alice"] = "alice-new-pw"
+    write_users(daemon.state, {"alice": "alice-new-pw"})  # as embweb-passwd does: her sessions end (revoked)
+    daemon.users = dict(daemon.users, alice="alice-new-pw")  # a copy: USERS is every test's
     status = status_is(page, "offline")
     assert re.fullmatch(r"offline \u2014 retrying in \d+ s \(data as of \d\d:\d\d:\d\d\)", status), status
     assert page.evaluate("getComputedStyle(document.getElementById('status')).backgroundColor") != \
@@ -155,6 +155,49 @@ def test_a_refused_stream_turns_the_page_offline_and_back(make_daemon, open_page
     wait_stream_open(daemon, "alice")
     page.click("#control-pump .switch")
     assert wait_operation(daemon, "pump", 1)[-1]["user"] == "alice"
+
+
+def test_a_long_outage_turns_the_page_offline_and_back(make_daemon, open_page) -> None:
+    """
+    Pins ``offline`` for a daemon that stays away: stopped, the page says
+    ``reconnecting…`` within 5 s (the browser retries by itself; a restart
+    of a few seconds is not "offline"), and once that has not worked for
+    15 s, ``offline — the device does not answer; retrying (data as of
+    HH:MM:SS)`` -- stale, actions disabled, "Reconnect now" offered -- and it
+    stays offline through the browser's further failed retries.  Started
+    again, the daemon has the page live by itself, without a login dialog.
+    Nothing the page runs throws meanwhile (a failed poll is no uncaught
+    rejection).
+    """
+    daemon = console_daemon(make_daemon)
+    page = open_page(daemon, "alice")
+    wait_live(page)
+    wait_stream_open(daemon, "alice")
+    asked = len(page.auth_challenges)
+
+    daemon.stop()
+    stopped = time.monotonic()
+    status_is(page, "reconnecting", timeout=5)
+    status = status_is(page, "offline", timeout=30)
+    assert time.monotonic() - stopped >= 14, "offline before 15 s of reconnecting"
+    assert re.fullmatch(r"offline \u2014 the device does not answer; retrying \(data as of \d\d:\d\d:\d\d\)",
+                        status), status
+    assert_stale_and_disabled(page)
+    assert page.evaluate("!document.getElementById('reconnect').hidden")
+    tries = sum("/api/events" in r for r in page.requests)
+    deadline = time.monotonic() + WAIT
+    while sum("/api/events" in r for r in page.requests) <= tries:  # the browser's next try
+        assert time.monotonic() < deadline, "the browser stopped retrying"
+        time.sleep(0.05)  # bounded poll of what the driver recorded
+    page.wait_for("document.body.dataset.conn === 'offline'", what="still offline after another failed try")
+
+    daemon.start()
+    page.wait_for("document.getElementById('status').textContent === 'live'", timeout=15, what="live again")
+    assert page.auth_challenges[asked:] == []
+    assert not controls_disabled(page)
+    assert page.evaluate("!document.querySelector('.control.stale') && document.getElementById('reconnect').hidden")
+    thrown = [p for p in page.problems() if "HttpError" in p or "connection failed" in p]
+    assert thrown == [], thrown
 
 
 # ------------------------------------------------ qualities and sending…

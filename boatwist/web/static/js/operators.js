@@ -23,7 +23,7 @@ export class Operators {
 
   start() {
     clearInterval(this.timer);
-    this.timer = setInterval(() => this.poll(), POLL);
+    this.timer = setInterval(() => this.poll().catch(() => {}), POLL); // a failure is told through polled()
     return this.poll();
   }
 
