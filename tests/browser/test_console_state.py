@@ -233,7 +233,7 @@ timeout = 60
 type = switch
 label = Slow relay
 backend = command
-write = {script} {tmp / "relay-done"}
+write = {script} {tmp / "relay-done"} {{value}}
 timeout = 60
 [control:flush]
 type = action
