@@ -123,7 +123,7 @@ def test_link_figures_are_refreshed_from_the_server(make_daemon, open_page) -> N
         assert None not in values and values == sorted(values) and values[-1] >= values[0] + 3, seen
         server = next(c for u in daemon.get_json("/api/operators", "alice")["operators"] if u["user"] == "carol"
                       for c in u["connections"])
-        assert abs(server["idle_s"] - values[-1]) <= 3, (server, seen)
+        assert abs(server["idle_s"] - values[-1]) <= 5, (server, seen)  # the page's is up to a poll old
         assert nc.quit() == 0
     finally:
         nc.close()
@@ -233,9 +233,11 @@ user_timeout = 60
         entry = wait_text(page, "#events li.kind-presence", "carol is unstable")
         assert "retransmi" in entry, entry
 
+        # Retransmissions back off (0.2, 0.4, 0.8 ... s apart): poll by poll until the count climbs,
+        # at most 10 polls (20 s), each with carol still unstable and no presence event about her.
         counts = [figure(r"(\d+) retransmissions? outstanding", first["link"])]
         polls = first["polls"]
-        while len(counts) < 4:
+        while len(counts) < 3 or (counts[-1] == counts[0] and len(counts) <= 10):
             now = next_poll(page, polls)
             polls = now["polls"]
             assert now["cls"] == "op unstable" and now["presence"] == first["presence"], now
