@@ -109,9 +109,10 @@ export class Connection {
       this.set("offline", `retrying in ${delay} s`);
       this.retryTimer = setTimeout(() => this.open(), delay * 1000);
     } else if (this.state !== "offline") {
-      this.set("reconnecting"); // the browser retries by itself (the server asks for 2 s)
-    } // offline: it stays so until a stream opens
-
+      // The browser retries by itself (the server asks for 2 s).  Once offline, the page
+      // says so through the browser's further tries, until a stream opens.
+      this.set("reconnecting");
+    }
   }
 
   // A poll answered (or failed): a stream that looks open but whose polls fail is not live.
