@@ -99,6 +99,8 @@ class UserState:
     #: Monotonic deadline of plain-HTTP presence; None when not HTTP-only.
     http_until: float | None = None
     http_peer: str = ""
+    #: Wall clock, for display: when C{state} last changed (online at login, unstable, online again).
+    state_since: float = 0.0
 
     @property
     def persistent(self) -> bool:
@@ -259,7 +261,8 @@ class Presence:
     # ------------------------------------------------------------ private
 
     def _seat(self, user: str, via: Kind) -> UserState:
-        state = UserState(name=user, state=ONLINE, since=self._wall(), via=via)
+        now = self._wall()
+        state = UserState(name=user, state=ONLINE, since=now, via=via, state_since=now)
         self._users[user] = state
         self._refused_at.pop(user, None)
         return state
@@ -284,6 +287,7 @@ class Presence:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE
         if new != state.state:
             state.state = new
+            state.state_since = self._wall()
             self._publish(state.name, new, reason, state.via)
 
     def _retry_after(self, now: float) -> int:

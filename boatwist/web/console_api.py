@@ -13,13 +13,14 @@ for display only; C{uptime} and every C{*_in} / C{idle_s} are measured on
 the monotonic clock, so a browser counts from them without trusting the
 device's wall clock (a device without an RTC may be years off).
 
-/api/operators: one entry per online user with their role, state, since,
-what they hold of the floor, and each connection as the heartbeat sees it
-now -- kind (and the words for it), peer, round-trip time, the keepalive
-probes and retransmissions outstanding (read from TCP_INFO on the request,
-not cached), how long the peer has been silent.  The words for the kinds are
-served here, as /api/reasons serves the reasons', so no browser keeps its
-own copy.
+/api/operators: one entry per online user with their role, state, since
+(their login) and state_since (when the state last changed: an operator
+unstable since 12:01:07 who logged in at 9:00), what they hold of the floor,
+and each connection as the heartbeat sees it now -- kind (and the words
+for it), peer, round-trip time, the keepalive probes and retransmissions
+outstanding (read from TCP_INFO on the request, not cached), how long the
+peer has been silent.  The words for the kinds are served here, as
+/api/reasons serves the reasons', so no browser keeps its own copy.
 
 /api/activity: one timeline of what operators did and what happened to
 them, newest C{limit} first-merged by time and returned oldest first, built
@@ -214,6 +215,7 @@ def operators(core: Core) -> dict[str, JSON]:
             "role": core.roles.role_of(user.name).label,
             "state": user.state,
             "since": user.since,
+            "state_since": user.state_since,
             "floor": "holder" if floor.holder == user.name else "requester" if floor.requested_by == user.name
             else None,
             "connections": connections,

@@ -233,8 +233,8 @@ def test_process_uptime_from_the_kernel() -> None:
 
 def test_operators_have_roles_kinds_in_words_and_link_details() -> None:
     """
-    /api/operators: seats, each online user with role, state, since, and each
-    connection with its kind in words (browser, terminal), peer, RTT and the
+    /api/operators: seats, each online user with role, state, since (and
+    state_since: when the state last changed), and each connection with its kind in words (browser, terminal), peer, RTT and the
     probes/retransmissions fields; plain-request presence with when it ends.
     """
     w = World()
@@ -252,6 +252,7 @@ def test_operators_have_roles_kinds_in_words_and_link_details() -> None:
     chat = by_user["bob"]["connections"][0]
     assert chat["words"] == "terminal (chat port)" and chat["rtt_ms"] == 12.5 and chat["peer"] == "10.0.0.7"
     assert {"probes", "retransmits", "idle_s", "unstable", "since"} <= set(chat)
+    assert by_user["bob"]["state_since"] == by_user["bob"]["since"]  # online since the login
     assert doc["kinds"] == KIND_WORDS
 
 

@@ -188,6 +188,26 @@ def test_unstable_and_recovered() -> None:
     ]
 
 
+def test_state_since_is_when_the_state_changed_since_is_the_login() -> None:
+    """
+    A user's C{since} stays their login; C{state_since} is when their state
+    last changed: the console says "unstable since 12:01:07", not since the
+    login hours before.
+    """
+    p, _, _, wall = make()
+    conn = FakeConn(1)
+    attach(p, "alice", conn)
+    login = wall[0]
+    (alice,) = p.users()
+    assert (alice.since, alice.state_since) == (login, login)
+    wall[0] += 3600
+    p.set_unstable(conn, True, "retransmits")
+    assert (alice.state, alice.since, alice.state_since) == ("unstable", login, login + 3600)
+    wall[0] += 10
+    p.set_unstable(conn, False, "recovered")
+    assert (alice.state, alice.since, alice.state_since) == ("online", login, login + 3610)
+
+
 def test_kick_closes_every_connection_with_reason_kicked() -> None:
     """Kicking a user closes their connections; the tracker reports them with reason kicked."""
     p, _, _, _ = make()
