@@ -218,7 +218,7 @@ def test_confirmation_flow_with_curl(device: Any, streams: list[Watch]) -> None:
     # Another user, or another value, with bob's token: refused, seen by everyone; the heater stays off.
     refusals = []
     for user, value, code, words in (("dave", True, "wrong-user", "another user"),
-                                     ("bob", False, "wrong-value", "not False")):
+                                     ("bob", False, "wrong-value", "not off")):
         status, other = curl(d, "POST", "/api/controls/heater", user, json.dumps({"value": value, "confirm": token}))
         assert status == 428 and words in other["error"], other
         assert (other["refused"], other["code"]) == ("confirm", code), other
