@@ -124,9 +124,10 @@ class HttpSettings:
     #: Host header values served (name, name:port, .domain, IP); others get 421 (DNS
     #: rebinding).  Empty: any Host.
     hosts: tuple[str, ...] = ()
-    #: Empty: access lines go through twisted.logger (twistd's log, the journal).
-    #: A path: a file of its own, buffered and flushed every second (much cheaper).
-    access_log: Path | None = None
+    #: Where the access log goes: None (empty) -- C{state_dir/access.log}, buffered
+    #: and flushed every second; a path -- that file; L{ACCESS_LOG_TO_LOG} -- through
+    #: twisted.logger (twistd's log, the journal); L{ACCESS_LOG_OFF} -- nowhere.
+    access_log: Path | str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,14 @@ class Settings:
     @property
     def digest_users_file(self) -> Path:
         return self.auth.digest_users or self.server.state_dir / "users.htdigest"
+
+    @property
+    def access_log_file(self) -> Path | None:
+        """The access log's file: C{[http] access_log}, C{state_dir/access.log} by default; None for log or off."""
+        target = self.http.access_log
+        if isinstance(target, Path):
+            return target
+        return self.server.state_dir / ACCESS_LOG_FILE if target is None else None
 
 
 # ----------------------------------------------------------------- parsers
@@ -312,6 +321,20 @@ def _path(text: str) -> Path:
 
 
 def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+#: The access log's file in state_dir when C{[http] access_log} is empty.
+ACCESS_LOG_FILE = "access.log"
+#: C{[http] access_log} values that are not a file.
+ACCESS_LOG_TO_LOG = "log"
+ACCESS_LOG_OFF = "off"
+
+
+def _access_log(text: str) -> Path | str | None:
+    """Empty (the default file in state_dir), C{log}, C{off}, or a file's path."""
+    if text in (ACCESS_LOG_TO_LOG, ACCESS_LOG_OFF):
+        return text
     return Path(text) if text else None
 
 
@@ -526,7 +549,7 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "max_body": _integer(0, 1 << 30),
         "idle_timeout": _seconds(1, 86400),
         "unauthenticated_idle": _seconds(0.1, 86400),
-        "access_log": _optional_path,
+        "access_log": _access_log,
         "hosts": _host_list,
     },
     "chat": {

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -28,6 +28,7 @@ from boatwist.controls.floor import Floor, FloorEvent, LastOperatorTracker, desc
 from boatwist.controls.pipeline import Pipeline
 from boatwist.controls.registry import Controls
 from boatwist.controls.roles import RolePolicy
+from boatwist.controls.words import format_value
 from boatwist.events import Event, EventHub
 from boatwist.heartbeat import HeartbeatService
 from boatwist.metrics import BackendCalls, Metrics
@@ -39,7 +40,7 @@ from boatwist.store.service import Store
 from boatwist.web.static import StaticFiles, static_dir
 from boatwist.web.stream import StreamRegistry
 
-__all__ = ["Core", "audit_floor", "audit_presence", "build_core"]
+__all__ = ["Core", "audit_floor", "audit_presence", "build_core", "refusal_detail"]
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,15 @@ def build_core(
 def audit_presence(store: Store) -> Callable[[Event], None]:
     """
     An event-hub subscriber writing to the audit log: logouts (with their
-    reasons), refusals of a seat, and every operation refused by role or
-    floor (operations themselves are in their own table; floor changes are
-    L{audit_floor}'s).
+    reasons), refusals of a seat, and every operation refused by role,
+    floor or confirmation (operations themselves are in their own table;
+    floor changes are L{audit_floor}'s).
     """
 
     def on_event(event: Event) -> None:
         data = event.data
         if event.kind == "control" and data.get("refused"):
-            detail = f"{data.get('control')}: {data.get('error')} via {data.get('via')}"
-            store.audit("refused-operation", data.get("user"), None, detail).addErrback(lambda _: None)
+            store.audit("refused-operation", data.get("user"), None, refusal_detail(data)).addErrback(lambda _: None)
             return
         if event.kind != "presence":
             return
@@ -148,6 +148,20 @@ def audit_presence(store: Store) -> Callable[[Event], None]:
         store.audit(kind, data.get("user"), None, f"{detail} via {data.get('via')}").addErrback(lambda _: None)
 
     return on_event
+
+
+def refusal_detail(data: Mapping[str, object]) -> str:
+    """
+    The audit line of a refused operation (a C{control} event with
+    C{refused}), one format for role, floor and confirmation:
+    C{pump = on: refused (floor, held): alice holds the floor ... via api}.
+    """
+    control = str(data.get("control"))
+    target = control if data.get("type") == "action" else \
+        f"{control} = {format_value(data.get('value'), str(data.get('unit') or ''))}"
+    code = data.get("code")
+    why = f"{data.get('refused')}, {code}" if code else str(data.get("refused"))
+    return f"{target}: refused ({why}): {data.get('error')} via {data.get('via')}"
 
 
 def audit_floor(store: Store) -> Callable[[Event], None]:

@@ -14,6 +14,7 @@ Logging that cannot be turned against the device.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Callable
 
@@ -110,6 +111,30 @@ def _describe(counts: Counter[str]) -> str:
 
 
 # ----------------------------------------------------------- bounded files
+
+#: A log may take at most this share of the file system it is written on.
+FILE_SYSTEM_SHARE = 8
+#: The smallest size a log file is rotated at, however small the file system.
+MIN_ROTATE_SIZE = 16 * 1024
+
+
+def rotate_size(path: str, max_size: int, files: int,
+                statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> int:
+    """
+    The size to rotate a log at C{path} at: C{max_size}, made smaller where
+    C{max_size * (files + 1)} would pass an eighth of the file system holding
+    it (a small flash partition shared with the store: the log must not be
+    what fills it).  At least L{MIN_ROTATE_SIZE}; 0 (never rotated) stays 0.
+    """
+    if max_size <= 0:
+        return max_size
+    try:
+        stats = statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return max_size
+    share = stats.f_blocks * stats.f_frsize // FILE_SYSTEM_SHARE
+    return max(MIN_ROTATE_SIZE, min(max_size, share // (files + 1)))
+
 
 def rotating_observer(path: str, max_size: int, files: int) -> ILogObserver:
     """

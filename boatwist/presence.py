@@ -99,6 +99,8 @@ class UserState:
     #: Monotonic deadline of plain-HTTP presence; None when not HTTP-only.
     http_until: float | None = None
     http_peer: str = ""
+    #: Wall clock, for display: when C{state} last changed (online at login, unstable, online again).
+    state_since: float = 0.0
 
     @property
     def persistent(self) -> bool:
@@ -187,22 +189,27 @@ class Presence:
             limit = self._settings.max_connections_per_user
             if len(state.connections) >= limit:
                 return self._refuse(user, RefusalReason.TOO_MANY_CONNECTIONS, len(state.connections), limit, kind)
+        arriving = state is None
         if state is None:
             if self.seats_used >= self.limit:
                 return self._refuse(user, RefusalReason.FULL, self.seats_used, self.limit, kind)
-            state = self._come_online(user, kind)
+            state = self._seat(user, kind)
         # The user's one string, not the copy each request decoded: 50 bytes a connection.
         conn.user = state.name
         if not kind.persistent:
             if not state.persistent:
                 state.http_until = self._monotonic() + self._settings.http_grace
                 state.http_peer = conn.peer_host
-            return None
-        conn.kind = kind
-        if conn not in state.connections:
-            state.connections.append(conn)
-        # Persistent presence replaces the plain-HTTP grace period.
-        state.http_until = None
+        else:
+            conn.kind = kind
+            if conn not in state.connections:
+                state.connections.append(conn)
+            # Persistent presence replaces the plain-HTTP grace period.
+            state.http_until = None
+        if arriving:
+            # Told once the connection is the user's: whoever reads presence on the login event
+            # (a snapshot, the MQTT bridge's retained state) sees it.
+            self._announce(state)
         return None
 
     # ------------------------------------------------------------ changes
@@ -254,14 +261,17 @@ class Presence:
 
     # ------------------------------------------------------------ private
 
-    def _come_online(self, user: str, via: Kind) -> UserState:
-        state = UserState(name=user, state=ONLINE, since=self._wall(), via=via)
+    def _seat(self, user: str, via: Kind) -> UserState:
+        now = self._wall()
+        state = UserState(name=user, state=ONLINE, since=now, via=via, state_since=now)
         self._users[user] = state
         self._refused_at.pop(user, None)
-        self._publish(user, ONLINE, Reason.LOGIN, via)
-        self._log.info("{user} is online via {via} ({used} of {limit} seats)",
-                       user=user, via=via, used=self.seats_used, limit=self.limit)
         return state
+
+    def _announce(self, state: UserState) -> None:
+        self._publish(state.name, ONLINE, Reason.LOGIN, state.via)
+        self._log.info("{user} is online via {via} ({used} of {limit} seats)",
+                       user=state.name, via=state.via, used=self.seats_used, limit=self.limit)
 
     def _go_offline(self, state: UserState, reason: Reason, detected_after: float | None, via: Kind) -> None:
         del self._users[state.name]
@@ -271,13 +281,14 @@ class Presence:
             extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
         after = "" if detected_after is None else f", detected after {detected_after:.1f} s"
-        why = Reason(reason).value  # a caller may pass the plain string (as _publish allows)
-        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=WORDS.get(why, why), after=after)
+        words = WORDS.get(str(getattr(reason, "value", reason)), str(reason))
+        self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=words, after=after)
 
     def _update_stability(self, state: UserState, reason: Reason) -> None:
         new = UNSTABLE if any(c.unstable for c in state.connections) else ONLINE
         if new != state.state:
             state.state = new
+            state.state_since = self._wall()
             self._publish(state.name, new, reason, state.via)
 
     def _retry_after(self, now: float) -> int:

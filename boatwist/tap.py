@@ -28,7 +28,16 @@ from twisted.python import usage
 
 from boatwist import __version__
 from boatwist.clock import WallClockView, use_monotonic_time
-from boatwist.config import AdmissionSettings, ConfigError, Settings, is_tls, load_config, plain_endpoint, ssl_files
+from boatwist.config import (
+    ACCESS_LOG_OFF,
+    AdmissionSettings,
+    ConfigError,
+    Settings,
+    is_tls,
+    load_config,
+    plain_endpoint,
+    ssl_files,
+)
 from boatwist.startup import OneLineListener, StartupError, check_state_dir, listen_early
 
 if TYPE_CHECKING:
@@ -152,7 +161,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     from boatwist.controls.backends.factory import BackendFactory
     from boatwist.controls.registry import ControlsService
     from boatwist.core import build_core
-    from boatwist.logs import BoundedLogs, SourceSummary, rotating_observer
+    from boatwist.logs import BoundedLogs, SourceSummary, rotate_size, rotating_observer
     from boatwist.net.tracking import ClosingService
     from boatwist.presence import Kind
     from boatwist.store.service import Store, size_budget
@@ -213,7 +222,8 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     log_observer = None
     if settings.log.file is not None:
         try:
-            log_observer = rotating_observer(str(settings.log.file), settings.log.max_size, settings.log.files)
+            log_observer = rotating_observer(str(settings.log.file), rotate_size(str(settings.log.file),
+                                             settings.log.max_size, settings.log.files), settings.log.files)
         except OSError as e:
             _fail(f"{settings.source}: [log] file = {str(settings.log.file)!r}: cannot open ({e.strerror or e})")
         globalLogPublisher.addObserver(log_observer)
@@ -278,20 +288,24 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
                  summary: SourceSummary, listening: dict[str, socket.socket]) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     from boatwist.presence import Kind
+    from boatwist.logs import rotate_size
     from boatwist.web.accesslog import AccessLogFile
     from boatwist.web.redirect import HttpsRedirect
     from boatwist.web.site import BoatwistSite
 
     access_file = None
-    if settings.http.access_log is not None:
+    path = settings.access_log_file
+    if path is not None:
         try:
-            access_file = AccessLogFile(str(settings.http.access_log), settings.log.max_size, settings.log.files)
+            access_file = AccessLogFile(str(path), rotate_size(str(path), settings.log.max_size, settings.log.files),
+                                        settings.log.files)
         except OSError as e:
-            _fail(f"{settings.source}: [http] access_log = {str(settings.http.access_log)!r}: cannot open ({e})")
+            _fail(f"{settings.source}: [http] access_log = {str(path)!r}: cannot open ({e})")
         core.heartbeat.after_tick.append(access_file.flush)
         reactor.addSystemEventTrigger("after", "shutdown", access_file.close)
+    log_access = settings.http.access_log != ACCESS_LOG_OFF
     site = BoatwistSite(root, settings.http, reactor=WallClockView(reactor), access_log=access_file,
-                        secure_hosts=settings.http.hosts or None, summary=summary)
+                        log_access=log_access, secure_hosts=settings.http.hosts or None, summary=summary)
     if settings.server.https:
         https_factory: IProtocolFactory = site
         if not settings.server.https.startswith("ssl:"):
@@ -303,7 +317,8 @@ def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: M
         if settings.server.redirect_http:
             https_port = _port_of(settings.server.https)
             http_site = BoatwistSite(HttpsRedirect(https_port), settings.http, reactor=WallClockView(reactor),
-                                     access_log=access_file, secure_hosts=settings.http.hosts or None,
+                                     access_log=access_file, log_access=log_access,
+                                     secure_hosts=settings.http.hosts or None,
                                      summary=summary)
         _listen(reactor, settings, "http", core.tracker.wrap(http_site, Kind.HTTP), listening).setServiceParent(top)
 

@@ -20,7 +20,8 @@ the thread stays busy and later work queues behind it.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar, cast
+import threading
+from typing import Any, Callable, Protocol, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -47,6 +48,16 @@ class Runner(Protocol):
         """Release the resources; called once all work has finished."""
 
 
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class _DaemonThreadPool(ThreadPool):
+    threadFactory = _DaemonThread
+
+
 class ThreadRunner:
     """
     Runs work on a single dedicated thread, results delivered on the reactor.
@@ -54,11 +65,15 @@ class ThreadRunner:
     A private pool, not the reactor's shared one: DNS lookups or bcrypt in the
     shared pool must not queue behind an fsync or a hung serial port, and one
     thread guarantees the order of operations.
+
+    C{daemon}: the thread does not keep the process alive at exit -- for a
+    runner that may be abandoned while stuck in the kernel (a hung device
+    file), which nothing could join.
     """
 
-    def __init__(self, reactor: IReactorFromThreads, name: str) -> None:
+    def __init__(self, reactor: IReactorFromThreads, name: str, daemon: bool = False) -> None:
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._pool = (_DaemonThreadPool if daemon else ThreadPool)(minthreads=1, maxthreads=1, name=name)
 
     def start(self) -> None:
         self._pool.start()

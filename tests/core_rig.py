@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IProtocolFactory
@@ -26,7 +26,7 @@ from boatwist.events import Event
 from boatwist.net.tracking import TrackedConnection, TrackingProtocol
 from boatwist.presence import Kind
 from boatwist.store.service import Store
-from boatwist.workers import SynchronousRunner
+from boatwist.workers import Runner, SynchronousRunner
 
 WALL = 1_700_000_000.0
 #: What the rig's connections come from, and the network the rig allows.
@@ -50,7 +50,13 @@ class NoThreads:
 class Rig:
     """A core on a Clock, with every event it published in C{events}."""
 
-    def __init__(self, settings: Settings | None = None, store: Store | None = None, **admission: Any) -> None:
+    def __init__(self, settings: Settings | None = None, store: Store | None = None,
+                 runners: Callable[[str], Runner] | None = None, **admission: Any) -> None:
+        """
+        @param runners: the runner for a backend thread's name (default: a
+            L{SynchronousRunner} for each); a test of a hung device passes
+            one whose work runs when the test says.
+        """
         settings = settings or Settings()
         if admission or NETWORK not in settings.admission.networks:
             fields = {"networks": (NETWORK,), **admission}
@@ -65,8 +71,10 @@ class Rig:
                           wall_clock=lambda: self.wall[0])
             store.startService()
         self.store = store
+        # Deadlines on the backends' side are kept by the Clock too: one time for everything.
         self.backends = BackendFactory(self.clock, NoProcesses(), NoThreads(),
-                                       make_runner=lambda name: SynchronousRunner())
+                                       make_runner=runners or (lambda name: SynchronousRunner()),
+                                       monotonic=self.clock.seconds)
         self.core: Core = build_core(settings, self.clock, self.store, self.backends, wall=lambda: self.wall[0],
                                      first_event_id=1)
         self.events: list[Event] = []

@@ -1,17 +1,26 @@
 """
 Test tools around a real broker: a bridge in a process of its own
-(L{BridgeProcess}, driving tests/mqtt_harness.py) and a subscriber built on
-paho (L{Watcher}) whose waits are bounded and end on real messages.
+(L{BridgeProcess}, driving tests/mqtt_harness.py), a subscriber built on
+paho (L{Watcher}) whose waits are bounded and end on real messages, a
+relay that holds a dead client's connection to the broker half-open
+(L{HoldingProxy}), and a program on a terminal of its own (L{OnTerminal}:
+embweb-fleet's live view).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import queue
+import selectors
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -159,3 +168,173 @@ class Watcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class HoldingProxy:
+    """
+    A TCP relay in front of the broker that plays the network between a device and it: bytes go both ways
+    as they come, but when the device's side ends (kill -9, a power cut) the broker's side is *held* --
+    open and silent, as a broker sees a connection whose peer vanished without a FIN reaching it -- until
+    L{release}, which closes it: the broker reads EOF and publishes that connection's will at once.  What a
+    broker's keepalive would do after 1.5 x keepalive, at a moment the test chooses.
+
+    One thread, blocked in select() on real sockets (a socketpair wakes it to stop); every socket is closed
+    by L{close}.
+    """
+
+    def __init__(self, broker_port: int) -> None:
+        self._broker = ("127.0.0.1", broker_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._held: list[socket.socket] = []
+        self._holding = threading.Condition(self._lock)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        """The C{[mqtt] broker} string of a device that reaches the broker through this relay."""
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        while not self._closed:
+            for key, _ in self._selector.select():
+                sock = key.fileobj
+                if sock is self._wake_r:
+                    return
+                if sock is self._listener:
+                    self._accept()
+                else:
+                    self._relay(sock)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        device, _ = self._listener.accept()
+        broker = socket.create_connection(self._broker, timeout=5)
+        broker.settimeout(None)
+        self._peer[device], self._peer[broker] = broker, device
+        self._selector.register(device, selectors.EVENT_READ, "device")
+        self._selector.register(broker, selectors.EVENT_READ, "broker")
+
+    def _relay(self, sock: socket.socket) -> None:
+        side = self._selector.get_key(sock).data
+        other = self._peer[sock]
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            try:
+                other.sendall(data)
+            except OSError:
+                pass  # the other side ends too; its own read says so
+            return
+        for s in (sock, other):
+            self._selector.unregister(s)
+            del self._peer[s]
+        sock.close()
+        if side == "device":
+            with self._holding:  # the broker's side stays open: nothing more is read from it or sent
+                self._held.append(other)
+                self._holding.notify_all()
+        else:
+            other.close()
+
+    def wait_holding(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Until C{count} connections are held (their device side ended); bounded."""
+        with self._holding:
+            if not self._holding.wait_for(lambda: len(self._held) >= count, timeout):
+                raise AssertionError(f"{len(self._held)} of {count} connections held within {timeout} s")
+
+    def release(self) -> None:
+        """Close the held connections: the broker reads EOF now, as if its keepalive had just expired."""
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake_w.send(b"x")
+        self._thread.join(10)
+        self.release()
+        for sock in list(self._peer):
+            sock.close()
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            sock.close()
+        self._selector.close()
+
+
+class OnTerminal:
+    """
+    A program on a pseudo-terminal that is its controlling terminal, as when a person runs it: it sees a
+    tty (isatty), and C{interrupt} is the Ctrl-C they type (the line discipline sends SIGINT to it).  What
+    it writes is read by a thread; C{wait_for} is bounded and ends on real output.
+    """
+
+    def __init__(self, argv: list[str], rows: int = 40, columns: int = 200) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+        def controlling_terminal() -> None:  # in the child, after setsid(): fd 0 becomes its terminal
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        try:
+            self.process = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                            preexec_fn=controlling_terminal)
+        finally:
+            os.close(slave)
+        self._master = master
+        self._cond = threading.Condition()
+        self.output = b""
+        self.ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self._master, 65536)
+            except OSError:  # EIO: every holder of the terminal's other side is gone
+                chunk = b""
+            with self._cond:
+                if not chunk:
+                    self.ended = True
+                    self._cond.notify_all()
+                    return
+                self.output += chunk
+                self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[bytes], Any], timeout: float = 10.0, what: str = "output") -> Any:
+        """The first true value of C{predicate}(everything written so far), waiting up to C{timeout}."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = predicate(self.output)
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0 or self.ended:
+                    raise AssertionError(f"{what} not within {timeout} s (ended={self.ended}); "
+                                         f"last output: {self.output[-3000:]!r}")
+                self._cond.wait(left)
+
+    def interrupt(self) -> None:
+        """Ctrl-C typed at the terminal."""
+        os.write(self._master, b"\x03")
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(10)
+        os.close(self._master)

@@ -18,7 +18,6 @@ source address -- never with the password.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from collections import Counter, OrderedDict
@@ -51,7 +50,7 @@ Runner = Callable[..., "defer.Deferred[Any]"]
 
 def credential_key(secret: bytes, user: bytes, password: bytes) -> bytes:
     """What stands for a (user, password) pair in memory: an HMAC under a key of this process."""
-    return hmac.new(secret, user + b"\0" + password, hashlib.sha256).digest()
+    return hmac.digest(secret, user + b"\0" + password, "sha256")
 
 
 class _CredentialCache:
@@ -288,7 +287,7 @@ class ThrottledChecker:
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
         key = self._credential_key(credentials)
-        session = self._session_key(credentials, name)
+        session = self._session_key(credentials, name, key)
         if session is not None and self._known(self._right, session):
             return self._recheck(credentials, name, peer, session)
         if key is not None:
@@ -438,12 +437,14 @@ class ThrottledChecker:
         if session is not None:
             self._remember(self._right, session)
 
-    def _session_key(self, credentials: ICredentials, name: str) -> bytes | None:
+    def _session_key(self, credentials: ICredentials, name: str, key: bytes | None = None) -> bytes | None:
         """
-        What stands for a logged-in session: the Basic credential's HMAC, or
-        an HMAC of user name and Digest nonce; None for anything else.
+        What stands for a logged-in session: the Basic credential's HMAC
+        (C{key}, when the caller has it already), or an HMAC of user name and
+        Digest nonce; None for anything else.
         """
-        key = self._credential_key(credentials)
+        if key is None:
+            key = self._credential_key(credentials)
         if key is not None:
             return key
         nonce = getattr(credentials, "nonce", None)

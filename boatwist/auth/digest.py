@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 import re
@@ -108,11 +107,17 @@ MAX_CNONCE = 256
 FUTURE_SLACK = 5.0
 
 # auth-param = token BWS "=" BWS ( token / quoted-string ), RFC 7235 section 2.1
-_PARAM = re.compile(
-    rb'[ \t]*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'  # noqa: E501
-)
+#: A quoted-string's content, written as "unrolled loop" (a run of plain characters, then
+#: escaped ones each followed by a run): one character class per run, no alternation per character.
+_QUOTED = rb'[^"\\\x00-\x08\x0a-\x1f\x7f]*(?:\\[^\x00-\x08\x0a-\x1f\x7f][^"\\\x00-\x08\x0a-\x1f\x7f]*)*'
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_ITEM = rb"(" + _TOKEN + rb')[ \t]*=[ \t]*(?:"(' + _QUOTED + rb')"|([!#$%&\'*+\-.^_`|~0-9A-Za-z/:]+))[ \t]*(?:,|$)'
+_PARAM = re.compile(rb"[ \t]*" + _ITEM)
+#: The whole value: auth-params, empty list elements tolerated (RFC 7230 section 7).  No
+#: blank can be taken by two parts of it (a separator, then an item starting with a token),
+#: so a value that does not match fails in linear time.
+_PARAMS = re.compile(rb"[ \t,]*(?:" + _ITEM + rb"[ \t,]*)*")
 _ESCAPE = re.compile(rb"\\(.)", re.S)
-_SEPARATORS = re.compile(rb"[ \t,]+")
 _HEX_DIGEST = re.compile(rb"[0-9a-f]+")
 _NC = re.compile(rb"[0-9a-fA-F]{8}")
 _REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce", "opaque")
@@ -135,31 +140,23 @@ def parse_params(value: bytes) -> dict[str, bytes]:
     names lower-cased, quoted-pairs unescaped.  Raises LoginFailed on
     anything that is not a clean comma-separated list, or on a repeated
     name (which value a proxy or a log would see is then ambiguous).
+
+    The whole value is checked by one regular expression and the items
+    read by another (both in C): a browser sends one on every request.
     """
     if len(value) > MAX_HEADER:
         raise error.LoginFailed("Digest header too long")
-    params: dict[str, bytes] = {}
     value = value.strip()
-    position = 0
-    end = len(value)
-    match_at = _PARAM.match
-    while position < end:
-        match = match_at(value, position)
-        if match is None or match.end() == position:
-            raise error.LoginFailed("malformed Digest header")
-        name = match.group(1).decode("ascii").lower()
+    if _PARAMS.fullmatch(value) is None:
+        raise error.LoginFailed("malformed Digest header")
+    params: dict[str, bytes] = {}
+    for raw_name, quoted, bare in _PARAM.findall(value):
+        name = raw_name.decode("ascii").lower()
         if name in params:
             raise error.LoginFailed(f"Digest parameter {name} given twice")
-        quoted, bare = match.group(2), match.group(3)
-        if quoted is None:
-            params[name] = bare
-        else:
-            params[name] = _ESCAPE.sub(rb"\1", quoted) if b"\\" in quoted else quoted
-        position = match.end()
-        # Tolerate empty list elements (RFC 7230 section 7): skip spaces, tabs and commas.
-        skipped = _SEPARATORS.match(value, position)
-        if skipped is not None:
-            position = skipped.end()
+        # An empty quoted string and a missing bare token both come back empty: the quotes tell them apart
+        # only in the text, and an empty value is refused later as missing either way.
+        params[name] = bare or (_ESCAPE.sub(rb"\1", quoted) if b"\\" in quoted else quoted)
     return params
 
 
@@ -266,8 +263,9 @@ class DigestAuthority:
         self.lifetime = lifetime
         self._key = secret if secret is not None else secrets.token_bytes(32)
         self.max_tracked = max(16, max_tracked)
-        #: nonce -> [issued (seconds), highest nc accepted]
-        self._seen: dict[bytes, list[float]] = {}
+        #: nonce -> [issued (seconds), highest nc accepted, its opaque]: only nonces a
+        #: verified response used get here, so being here proves a nonce is ours.
+        self._seen: dict[bytes, list[Any]] = {}
         #: Nonces issued at or before this time and not tracked are stale (dropped when full; an earlier process's).
         #: Nonces carry milliseconds: those of the millisecond we start in are our own.
         self._forgotten_before = float("-inf") if forget_before is None else forget_before - 0.001
@@ -278,7 +276,7 @@ class DigestAuthority:
 
     def _mac(self, label: bytes, *parts: bytes) -> bytes:
         message = b"\x00".join((b"boatwist-digest", label, self._realm_bytes) + parts)
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+        return hmac.digest(self._key, message, "sha256")
 
     def new_nonce(self) -> bytes:
         """A fresh nonce for a challenge: issue time, randomness, signature."""
@@ -308,14 +306,22 @@ class DigestAuthority:
         True if it is genuine but may not be used any more (expired, from
         the future, forgotten, issued before this process): a right response
         on it earns ``stale=true``, a wrong one a plain 401.
+
+        A nonce a verified response has used before (a browser reuses one
+        for every request) is known genuine: its signature is not checked
+        again, its opaque is compared with the one kept for it.
         """
-        issued = self.nonce_issued(nonce)
-        if not hmac.compare_digest(opaque, self.opaque_for(nonce)):
+        tracked = self._seen.get(nonce)
+        if tracked is not None:
+            issued, expected = tracked[0], tracked[2]
+        else:
+            issued, expected = self.nonce_issued(nonce), self.opaque_for(nonce)
+        if not hmac.compare_digest(opaque, expected):
             raise error.LoginFailed("Digest opaque does not match the nonce")
         now = self._clock.seconds()
         age = now - issued
         return age > self.lifetime or age < -FUTURE_SLACK or (
-            nonce not in self._seen and issued <= self._forgotten_before
+            tracked is None and issued <= self._forgotten_before
         )
 
     def accept_count(self, nonce: bytes, nc: int) -> bool:
@@ -336,7 +342,7 @@ class DigestAuthority:
         if issued <= self._forgotten_before or now - issued > self.lifetime:
             return False
         self._purge(now)
-        self._seen[nonce] = [issued, nc]
+        self._seen[nonce] = [issued, nc, self.opaque_for(nonce)]
         return True
 
     def _purge(self, now: float) -> None:
@@ -345,7 +351,7 @@ class DigestAuthority:
             return
         self._last_purge = now
         horizon = now - self.lifetime
-        for nonce in [n for n, (issued, _nc) in self._seen.items() if issued < horizon]:
+        for nonce in [n for n, entry in self._seen.items() if entry[0] < horizon]:
             del self._seen[nonce]
         if len(self._seen) >= self.max_tracked:
             ordered = sorted(self._seen.items(), key=lambda item: item[1][0])

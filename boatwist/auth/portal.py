@@ -11,16 +11,17 @@ sessions: presence does (L{boatwist.presence}).
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import LoginFailed
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource
 from zope.interface import Interface, implementer
@@ -34,8 +35,8 @@ from boatwist.config import AuthSettings
 from boatwist.logs import SourceSummary
 
 __all__ = [
-    "Authentication", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory", "build_authentication",
-    "digest_factories", "digest_order", "peer_of",
+    "Authentication", "BasicFactory", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory",
+    "build_authentication", "digest_factories", "digest_order", "no_logout", "peer_of",
 ]
 
 
@@ -66,6 +67,14 @@ class PeerAwareFactory:
         return creds
 
 
+def no_logout() -> None:
+    """
+    The logout of every avatar L{OperatorRealm} hands out: presence counts
+    sessions, not the realm.  The guard recognises it and skips the per-request
+    wrapper that would call it.
+    """
+
+
 @implementer(IRealm)
 class OperatorRealm:
     """Hands each authenticated user the resource tree made for them."""
@@ -78,11 +87,39 @@ class OperatorRealm:
         if IResource not in interfaces or not isinstance(avatarId, bytes):
             raise NotImplementedError("only IResource avatars of named users exist")
         user = avatarId.decode("utf-8")
-        return IResource, self._avatar_factory(user), lambda: None
+        return IResource, self._avatar_factory(user), no_logout
 
 
-def basic_factory(realm: str) -> PeerAwareFactory:
-    return PeerAwareFactory(BasicCredentialFactory(realm.encode("utf-8")))
+@implementer(ICredentialFactory)
+class BasicFactory:
+    """
+    HTTP Basic (RFC 7617): what twisted.web.guard's BasicCredentialFactory
+    does, decoding straight into L{PeerCredentials} with the peer's address
+    (one object per request, where the stock factory and L{PeerAwareFactory}
+    make two and go through twisted.cred's deprecation proxy).
+    """
+
+    scheme = b"basic"
+
+    def __init__(self, realm: str) -> None:
+        self.realm = realm.encode("utf-8")
+
+    def getChallenge(self, request: Any) -> dict[str, bytes]:
+        return {"realm": self.realm}
+
+    def decode(self, response: bytes, request: Any) -> "PeerCredentials":
+        try:
+            decoded = binascii.a2b_base64(response + b"===")
+        except binascii.Error:
+            raise LoginFailed("Invalid credentials") from None
+        user, colon, password = decoded.partition(b":")
+        if not colon:
+            raise LoginFailed("Invalid credentials")
+        return PeerCredentials(user, password, peer_of(request), "http")
+
+
+def basic_factory(realm: str) -> BasicFactory:
+    return BasicFactory(realm)
 
 
 

@@ -26,7 +26,8 @@ Which keys go with what (any other key is refused as unknown, listing these):
                        default off / min / the first choice.  No sensors:
                        nothing would ever change a sensor kept in memory.
     file     path (absolute); on, off (switch; on also for an action: the
-             string written); scale (number, sensor)
+             string written); scale (number, sensor); field (sensor: the
+             N-th white-space separated field of the first line, 1-based)
     command  read (not for actions), write (not for sensors): argv split like
              a shell would (shlex) but never run by one; {value} in an
              argument of write is the value, required for switch/number/choice,
@@ -521,7 +522,10 @@ def _file_spec(s: _Section, kind: ControlType) -> FileSpec:
     if kind is ControlType.SWITCH and on == off:
         raise s.error("off" if s.has("off") else "on", f"a text other than on = {on!r}")
     scale = s.get("scale", _scale, 1.0)
-    field: int | None = s.get("field", _integer(1, 64), 0) or None
+    field: int | None = None
+    if s.has("field"):
+        field = s.get("field", _integer(1, 64, " (which white-space separated field of the first line to read: "
+                                               "1 for the first, as in /proc/loadavg)"), 1)
     return FileSpec(path=Path(path), on=on, off=off, scale=scale, field=field)
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from twisted.internet.interfaces import IReactorTime
 
 from boatwist.controls.spec import ControlSpec, Value
+from boatwist.controls.words import format_value
 
 __all__ = [
     "CONFIRM_TTL",
@@ -155,12 +156,12 @@ class Confirmations:
         selector, dot, secret = token.partition(".")
         pending = self._pending.get(selector) if dot else None
         if pending is None or not _same_secret(secret, pending.secret):
-            return ConfirmRefusal(ConfirmReason.UNKNOWN, "this confirmation is not known: ask again")
+            return ConfirmRefusal(ConfirmReason.UNKNOWN, "this confirmation is not known (ask for a new one)")
         if pending.used:
-            return ConfirmRefusal(ConfirmReason.USED, "this confirmation was already used: ask again")
+            return ConfirmRefusal(ConfirmReason.USED, "this confirmation was already used (ask for a new one)")
         if now >= pending.expires:
             return ConfirmRefusal(ConfirmReason.EXPIRED,
-                                  f"the confirmation expired ({self.ttl:g} s to answer): ask again")
+                                  f"the confirmation expired ({self.ttl:g} s to answer)")
         if pending.user != user:
             return ConfirmRefusal(ConfirmReason.WRONG_USER, "this confirmation was given to another user")
         if pending.spec.name != control.name:
@@ -168,7 +169,8 @@ class Confirmations:
                                   f"this confirmation is for {pending.spec.name}, not {control.name}")
         if not _same_value(pending.value, value):
             return ConfirmRefusal(ConfirmReason.WRONG_VALUE,
-                                  f"this confirmation is for {control.name} = {pending.value!r}, not {value!r}")
+                                  f"this confirmation is for {control.name} = {format_value(pending.value)}, "
+                                  f"not {format_value(value)}")
         pending.used = True
         return None
 

@@ -13,9 +13,15 @@ MQTT, the safe state) goes through L{Pipeline.operate}.
     record    -> SQLite: the operation and the control's new value, one commit
     broadcast -> a `control` event everyone sees, live
 
-A refusal by role or floor, and a failed write, are operations too: they
-are recorded and broadcast with their error, so everyone sees that bob
-tried.  A bad value is only answered (nothing happened).  Operations on one
+A refusal -- by role, by floor, or of a confirmation token that does not
+answer the question (wrong user, value or control, expired, replayed) --
+and a failed write are operations too: they are recorded and broadcast with
+their error (a refusal with C{refused} C{role}, C{floor} or C{confirm}, and
+the floor's or the confirmation's C{code}), and the audit log gets a
+C{refused-operation} row for each refusal (L{boatwist.core.audit_presence}),
+so everyone sees that bob tried.  Asking the question (a first request
+without a token) is not a refusal, and a bad value is only answered:
+nothing happened.  Operations on one
 control are serialised, so two people setting it at the same instant both
 get an answer and the recorded old values chain without a gap.
 
@@ -137,16 +143,18 @@ class Pipeline:
             return self._refused(state, user, value, via, 409, held.message, detail)
         if spec.confirm is not None:
             checked = None if confirm is None else self._confirmations.confirm(user, spec, value, confirm)
-            if checked is not None:
-                # A token that does not answer this question: refused, and written down (issue 11 item 6).
-                line = f"{spec.name} = {value!r}: {checked.reason.value}: {checked.message}"
-                self._store.audit("confirm-refused", user, None, line).addErrback(lambda _: None)
             if confirm is None or checked is not None:
                 question = self._confirmations.ask(user, spec, value, via=via)
-                error = "confirmation needed" if checked is None else checked.message
-                return defer.succeed(Outcome(428, error=error, detail={
+                answer: dict[str, object] = {
                     "confirm": question.token, "question": question.question, "expires_in": question.expires_in,
-                    "control": spec.name, "value": value}))
+                    "control": spec.name, "value": value}
+                if checked is None:
+                    return defer.succeed(Outcome(428, error="confirmation needed", detail=answer))
+                # A token that does not answer this question: refused like a role or a floor refusal --
+                # recorded, broadcast, audited (issue 11 item 6) -- and asked again.  The fresh token
+                # goes to the one who asked, never into the broadcast.
+                refused: dict[str, object] = {"refused": "confirm", "code": checked.reason.value}
+                return self._refused(state, user, value, via, 428, checked.message, refused, {**refused, **answer})
         # Before the controls were read at start, an operation waits for them (not a 404, not a failure).
         ready = self._controls.when_built()
         return ready.addCallback(lambda _: state.lock.run(self._write, state, user, value, via, {}))
@@ -193,10 +201,15 @@ class Pipeline:
     # ------------------------------------------------------------ private
 
     def _refused(self, state: ControlState, user: str, value: Value, via: str, status: int, error: str,
-                 detail: Mapping[str, object]) -> Deferred[Outcome]:
-        """A refusal by role or floor: recorded and broadcast (everyone sees who tried), then answered."""
+                 detail: Mapping[str, object], answer: Mapping[str, object] | None = None) -> Deferred[Outcome]:
+        """
+        A refusal by role, floor or confirmation: recorded and broadcast with
+        C{detail} (everyone sees who tried; the hub's audit subscriber writes
+        it down), then answered with C{answer} (C{detail} when None).
+        """
         d = self._record(state, user, state.value, value, via, error, None, dict(detail))
-        return d.addCallback(lambda operation: Outcome(status, operation, error, detail))
+        return d.addCallback(lambda operation: Outcome(status, operation, error,
+                                                       detail if answer is None else answer))
 
     def _write(self, state: ControlState, user: str, value: Value, via: str,
                cause: Mapping[str, object]) -> Deferred[Outcome]:

@@ -15,21 +15,36 @@ trust the value shown:
 A change that nobody in boatwist made -- a sensor's new reading, a hand on
 the device, another program writing the file -- is published as a C{value}
 event, and so is every change of quality: everyone sees the device as it
-is, not as boatwist last left it.
+is, not as boatwist last left it.  Going stale is such a change although no
+read happens: the poll loop, on the reactor's clock, looks at each control
+whose poll it has to skip, and publishes the moment its reading becomes
+overdue (L{Controls.quality_of}); the next good reading (a poll, or an
+operation's read back) publishes C{good} again.  Nothing is done per
+request.
 
 Reads and operations on one control are serialised (one lock per control):
 a poll never interleaves with an operation, and a poll that would have to
 wait is skipped rather than queued (the next one comes soon).  The backends
 bound every call in time; the registry bounds it again (C{with_timeout}),
 so a misbehaving backend cannot hold a control forever.
+
+Polling is one C{LoopingCall} per distinct C{poll} interval, not one per
+control: the controls polled every second are due at the same tick, and
+their C{file} reads go to one shared thread in one hand-off
+(L{boatwist.controls.backends.file.FileReads}, which bounds the batch by the
+controls' timeout and marks only a hung file's control); the others (and a
+file set apart for hanging or being slow) are read one by one as before.
+Taking an uncontended lock costs nothing (L{ControlLock.try_acquire}), and
+an unchanged reading publishes nothing.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -41,6 +56,7 @@ from twisted.python.failure import Failure
 
 from boatwist.controls.backends.base import Backend, BackendError
 from boatwist.controls.backends.factory import BackendFactory
+from boatwist.controls.backends.file import FileBackend, FileReading
 from boatwist.controls.roles import RolePolicy
 from boatwist.controls.spec import ControlSpec, ControlType, MemorySpec, Value
 from boatwist.events import EventHub
@@ -48,7 +64,8 @@ from boatwist.store.operations import ControlValue
 from boatwist.store.service import Store
 from boatwist.workers import TimedOut, with_timeout
 
-__all__ = ["ControlState", "Controls", "ControlsService", "Quality", "describe_failure"]
+__all__ = ["ControlLock", "ControlState", "Controls", "ControlsService", "Quality", "describe_error",
+           "describe_failure"]
 
 
 class Quality(str, enum.Enum):
@@ -60,14 +77,29 @@ class Quality(str, enum.Enum):
         return self.value
 
 
+def describe_error(error: BaseException) -> str:
+    """A backend's error as the one line people read (never a traceback)."""
+    if isinstance(error, (TimedOut, BackendError)):
+        return str(error)
+    return f"internal error ({type(error).__name__})"
+
+
 def describe_failure(failure: Failure) -> str:
-    """A backend failure as the one line people read (never a traceback)."""
-    if failure.check(TimedOut, BackendError):
-        return str(failure.value)
-    return f"internal error ({failure.type.__name__ if failure.type else 'unknown'})"
+    """L{describe_error} of a Failure."""
+    return describe_error(failure.value) if failure.value is not None else "internal error (unknown)"
 
 
-#: Seconds a backend call's latency is remembered for /metrics, per control.
+class ControlLock(DeferredLock):
+    """A control's lock: operations wait for it (L{run}); a poll only takes it when it is free."""
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it (no Deferred, nothing queued); release it with L{release}."""
+        if self.locked:
+            return False
+        self.locked = True
+        return True
+
+
 @dataclass
 class ControlState:
     """One control as it is now."""
@@ -83,7 +115,7 @@ class ControlState:
     changed_by: str | None = None
     #: Monotonic time of the last successful read or write.
     seen_at: float | None = None
-    lock: DeferredLock = field(default_factory=DeferredLock)
+    lock: ControlLock = field(default_factory=ControlLock)
 
     @property
     def name(self) -> str:
@@ -114,6 +146,8 @@ class Controls:
         # backend is built once the recorded values are read (L{start}).
         self._states: dict[str, ControlState] = {spec.name: ControlState(spec, _Starting(spec)) for spec in specs}
         self._pollers: list[LoopingCall] = []
+        #: Each control's last JSON, with what it showed (see describe_json).
+        self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
         #: Fired once every control has its state (L{when_built}).
         self._waiting: list[Deferred[None]] = []
         self._built = False
@@ -153,11 +187,39 @@ class Controls:
 
     def quality_of(self, state: ControlState) -> Quality:
         """The quality now: a good value whose poll is overdue has gone stale."""
-        if state.quality is Quality.GOOD and state.spec.poll is not None and state.seen_at is not None:
-            overdue = 2 * state.spec.poll + state.spec.timeout
-            if self._clock.seconds() - state.seen_at > overdue:
-                return Quality.STALE
+        if state.quality is Quality.GOOD and self._overdue(state):
+            return Quality.STALE
         return state.quality
+
+    def _overdue(self, state: ControlState) -> bool:
+        """
+        Whether a polled control's last good reading is older than two polls
+        and a timeout: two polls missed, the last one given all its time.
+        """
+        poll, seen = state.spec.poll, state.seen_at
+        if poll is None or seen is None:
+            return False
+        return self._clock.seconds() - seen > 2 * poll + state.spec.timeout
+
+    def describe_json(self, state: ControlState, user: str, roles: RolePolicy) -> bytes:
+        """
+        L{describe} as JSON (UTF-8), encoded again only when something it
+        shows changed: C{GET /api/controls} is what a console polls, and
+        encoding every control on every request cost more than the rest of
+        the request.
+        """
+        spec = state.spec
+        writable = spec.type.writable and roles.may_operate(user, spec)
+        value = state.value
+        # The value's type too: True == 1, yet one is "true" and the other "1".
+        key = (type(value), value, self.quality_of(state), state.error, state.changed_at, state.changed_by,
+               writable)
+        cached = self._encoded.get(spec.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        encoded = json.dumps(self.describe(state, user, roles), ensure_ascii=False).encode("utf-8")
+        self._encoded[spec.name] = (key, encoded)
+        return encoded
 
     def describe(self, state: ControlState, user: str, roles: RolePolicy) -> dict[str, object]:
         """One control as C{GET /api/controls} shows it to C{user} (DESIGN.md's fields)."""
@@ -214,6 +276,7 @@ class Controls:
 
     def _build(self, recorded: Mapping[str, ControlValue]) -> Deferred[None]:
         reads: list[Deferred[None]] = []
+        polled: dict[float, list[ControlState]] = {}
         for spec in self._specs:
             last = recorded.get(spec.name)
             restored = last.value if last is not None and isinstance(spec.backend, MemorySpec) else None
@@ -230,10 +293,13 @@ class Controls:
                 state.value = last.value if last is not None and spec.type.has_value else None
                 state.quality = Quality.GOOD
             if spec.poll is not None and state.backend.readable:
-                poller = LoopingCall(self._poll, state)
-                poller.clock = self._clock
-                poller.start(spec.poll, now=False)
-                self._pollers.append(poller)
+                polled.setdefault(spec.poll, []).append(state)
+        for interval, states in polled.items():
+            # The controls polled at one interval are due at the same tick: one timer, one batch of file reads.
+            poller = LoopingCall(self._poll, tuple(states))
+            poller.clock = self._clock
+            poller.start(interval, now=False)
+            self._pollers.append(poller)
         self._release_waiting()
         return defer.gatherResults(reads).addCallback(lambda _: None)
 
@@ -252,10 +318,74 @@ class Controls:
 
     # ------------------------------------------------------------ reading
 
-    def _poll(self, state: ControlState) -> None:
-        if state.lock.locked:
-            return  # an operation or a read is under way: the next poll comes soon
-        self.refresh(state)
+    def _poll(self, states: Sequence[ControlState]) -> None:
+        """
+        One tick of the controls polled at one interval: the C{file} ones
+        read together, the others one by one.  A control whose lock is held
+        (an operation or a read under way) is skipped -- the next poll comes
+        soon -- but its reading may have become overdue, which everyone must
+        be told.  Never raises: a LoopingCall stops at its first exception.
+        """
+        files: dict[float, list[ControlState]] = {}
+        for state in states:
+            if not state.lock.try_acquire():
+                try:
+                    self._check_stale(state)
+                except Exception:
+                    self._log.failure("polling control {name} failed", name=state.name)
+                continue
+            backend = state.backend
+            if isinstance(backend, FileBackend) and not backend.alone:
+                files.setdefault(state.spec.timeout, []).append(state)
+                continue
+            try:
+                self.read_locked(state).addBoth(self._unlock, state)
+            except Exception:
+                self._log.failure("polling control {name} failed", name=state.name)
+                state.lock.release()
+        for timeout, group in files.items():
+            try:
+                self._read_files(group, timeout)
+            except Exception:
+                self._log.failure("polling the file controls failed")
+                for state in group:
+                    state.lock.release()
+
+    def _unlock(self, outcome: object, state: ControlState) -> None:
+        state.lock.release()
+        if isinstance(outcome, Failure):
+            self._log.failure("polling control {name} failed", outcome, name=state.name)
+
+    def _read_files(self, states: list[ControlState], timeout: float) -> None:
+        """Poll file controls (their locks held) in one batch; each gets its reading, then its lock back."""
+        backends = [cast(FileBackend, state.backend) for state in states]
+
+        def read(readings: list[FileReading | None]) -> None:
+            for index, state in enumerate(states):
+                reading = readings[index] if index < len(readings) else None
+                try:
+                    if reading is not None:  # None: not reached this time (a hung file before it)
+                        self._observe(state.name, "read", reading.seconds, reading.error is None)
+                        if reading.error is None:
+                            self.note_reading(state, reading.value)
+                        else:
+                            self.note_failure(state, describe_error(reading.error))
+                finally:
+                    state.lock.release()
+
+        def failed(failure: Failure) -> None:
+            self._log.failure("polling the file controls failed", failure)
+            for state in states:
+                if state.lock.locked:
+                    state.lock.release()
+
+        self._backends.file_reads().read(backends, timeout).addCallbacks(read, failed)
+
+    def _check_stale(self, state: ControlState) -> None:
+        """A good reading that became overdue turns C{stale}, published once (the next good one turns it back)."""
+        if state.quality is Quality.GOOD and self._overdue(state):
+            state.quality = Quality.STALE
+            self._publish_value(state)
 
     def refresh(self, state: ControlState) -> Deferred[None]:
         """Read the control now (under its lock); publish a C{value} event if what people see changed."""
@@ -301,11 +431,19 @@ class Controls:
             self._publish_value(state)
 
     def note_written(self, state: ControlState, value: Value, user: str, at: float) -> None:
-        """An operation set C{value} (published by the pipeline as a C{control} event, not here)."""
+        """
+        An operation set C{value} (published by the pipeline as a C{control}
+        event, not here).  A control everyone was told is stale (its polls
+        waited for this operation) is good again: that is published here, as
+        a change of quality.
+        """
+        told_stale = state.quality is Quality.STALE and state.seen_at is not None
         state.value = value
         state.quality, state.error = Quality.GOOD, None
         state.seen_at = self._clock.seconds()
         state.changed_at, state.changed_by = at, user
+        if told_stale:
+            self._publish_value(state)
 
     def _publish_value(self, state: ControlState) -> None:
         self._hub.publish("value", {"control": state.name, "value": state.value,

@@ -63,7 +63,7 @@ class Role(enum.IntEnum):
     @property
     def label(self) -> str:
         """The name in the INI, the API and the UI."""
-        return self.name.lower()
+        return _LABELS[self]
 
     @classmethod
     def parse(cls, text: str) -> "Role":
@@ -75,6 +75,10 @@ class Role(enum.IntEnum):
 
     def __str__(self) -> str:
         return self.label
+
+
+#: Each role's label, made once (an enum member's name is a descriptor call each time).
+_LABELS = {role: role.name.lower() for role in Role}
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ class RolePolicy:
 
     def may_operate(self, user: str, spec: ControlSpec) -> bool:
         """Whether C{user}'s role reaches C{spec} (the floor and confirmation are asked separately)."""
-        return self.check_operate(user, spec) is None
+        return self.role_of(user) >= self.needed_for(spec)
 
     def may_hold_floor(self, user: str) -> bool:
         """Taking or requesting the floor needs the operator role: a viewer holding it would block everyone."""

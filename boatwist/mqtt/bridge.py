@@ -11,7 +11,12 @@ Topics (P is the prefix, C{[mqtt] topic}, by default C{boatwist/<device name>}):
                             before disconnecting.  N grows with every connection and is
                             persisted (state_dir/mqtt-session): an "offline" whose N is
                             below the last "online" seen is a late will of an old
-                            connection, to be ignored (embweb-fleet does).
+                            connection, to be ignored (embweb-fleet does).  The bridge
+                            subscribes to this topic itself and answers such a late
+                            will by publishing its "online" again (the same payload), so
+                            the retained status is right for every subscriber, also
+                            those that compare no sessions (mosquitto_sub, Home
+                            Assistant's availability).
     P/presence              retained, [mqtt] qos.  {"seats": {"used", "limit"}, "users":
                             [{"user", "state", "since", "connections": COUNT}], "at"}
     P/floor                 retained.  {"mode", "holder", "since", "requested_by", "at"}
@@ -27,6 +32,15 @@ Topics (P is the prefix, C{[mqtt] topic}, by default C{boatwist/<device name>}):
                             {"status": 400|403|404|409|428|502|504, "error": TEXT, ...}
     D/COMPONENT/NODE/NAME/config   Home Assistant discovery, with [mqtt] discovery = D
                             (boatwist.mqtt.discovery)
+
+Why a will can come late: a broker that sees the same client id connect again
+takes the old connection over and publishes its will at once, before the new
+CONNACK (Mosquitto 2 does), so the order is right.  But where the two
+connections are not linked -- another client id, a broker cluster or a load
+balancer that put them on different nodes, brokers bridged in a failover --
+the old connection lives on, half-open, until its keepalive expires (1.5 x
+keepalive, later on a broker that checks keepalives every few seconds), and
+its will lands after the new "online": hence the re-publish above.
 
 Retained state is re-read from the device and re-published at every
 (re)connect and after each event of its kind, so it is the state as it is,
@@ -44,6 +58,7 @@ paho, not yet acknowledged); the queue holds the rest, in order.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -136,6 +151,8 @@ class MqttBridgeService(Service):
         self._ever_connected = False
         self._offline_mid: int | None = None
         self._offline_acked: Deferred[None] | None = None
+        #: The "online" status of the current connection, said again over a late will.
+        self._online: bytes | None = None
         self._ready = ready
 
     def stats_metrics(self) -> Iterator[Metric]:
@@ -236,11 +253,14 @@ class MqttBridgeService(Service):
             self.stats.reconnects += 1
         self._ever_connected = True
         self._log.info("MQTT connected (session {session})", session=self.stats.session)
-        self._publish_state(self.topics.status, status_payload(
-            "online", self.stats.session, at=self._wall_clock(), device=self.device.name,
-            version=self.device.version), qos=1)
+        self._online = status_payload("online", self.stats.session, at=self._wall_clock(), device=self.device.name,
+                                      version=self.device.version)
+        self._publish_state(self.topics.status, self._online, qos=1)
+        assert self._link is not None
+        # Our own status, after our online (the broker keeps one connection's order): a late
+        # will of an older session lands here, live or as the retained message.
+        self._link.subscribe(self.topics.status, 1)
         if self.settings.commands:
-            assert self._link is not None
             self._link.subscribe(self.topics.command_filter, 1)
         self._publish_discovery()
         self._publish_presence()
@@ -265,6 +285,9 @@ class MqttBridgeService(Service):
         self._pump()
 
     def received(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic == self.topics.status:
+            self._own_status(payload)
+            return
         name = self.topics.command_control(topic)
         if name is None or not self.settings.commands or self.operator is None:
             return
@@ -291,6 +314,32 @@ class MqttBridgeService(Service):
             self._result(name, error_payload(500, "internal error"))
 
         d.addCallbacks(done, failed)
+
+    def _own_status(self, payload: bytes) -> None:
+        """
+        A message on our own status topic.  An C{offline} of an older session
+        is a late will: the broker noticed an old connection's end only after
+        this one said C{online}, and the retained status would say the device
+        is down while it is up.  Say C{online} again.  Anything else -- our own
+        messages coming back, an C{offline} of this session or a newer one
+        (we are stopping, or another process uses our topic), a payload
+        without a session -- is left as it is: no answer can loop.
+        """
+        link = self._link
+        if not self.running or self._online is None or link is None or not link.connected:
+            return
+        try:
+            data = json.loads(payload)
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested past Python's limit
+            return
+        if not isinstance(data, dict) or data.get("state") != "offline":
+            return
+        old = data.get("session")
+        if isinstance(old, bool) or not isinstance(old, int) or old >= self.stats.session:
+            return
+        self._log.info("MQTT: a late will of session {old} said offline; online again (session {session})",
+                       old=old, session=self.stats.session)
+        self._publish_state(self.topics.status, self._online, qos=1)
 
     # ------------------------------------------------------- publishing
 

@@ -63,6 +63,8 @@ def parse_command(control: str, payload: bytes, retained: bool = False) -> Comma
         return Command(control, None)
     try:
         decoded = json.loads(text)
+    except RecursionError:  # [[[[... nested past Python's limit: 4 KB is enough
+        raise CommandError('payload nested too deeply: expected {"value": V} or a bare value') from None
     except ValueError:
         if text[0] in "{[\"":
             raise CommandError('payload is not valid JSON: expected {"value": V} or a bare value') from None

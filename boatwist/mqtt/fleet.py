@@ -20,6 +20,11 @@ bounds the wait instead.
 A status C{offline} whose C{session} is lower than that of the C{online}
 already seen is the late will of an old connection and is ignored.
 
+Every text in the table comes from the broker -- any client may publish
+there -- and is shown on a terminal, so each cell goes through
+L{boatwist.textsafe.clean_message} (no escape sequence reaches the screen),
+and an operation reads as on the chat port (L{boatwist.controls.words}).
+
 This is a terminal tool, not part of the daemon: it runs paho's own loop
 (blocking is fine here) and shares only the pure model below with tests.
 """
@@ -28,13 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TextIO
 
+from boatwist.controls.words import operation_line
 from boatwist.mqtt.settings import SettingError, parse_broker
+from boatwist.textsafe import clean_message
 
 __all__ = ["DeviceView", "Fleet", "main", "render_table"]
 
@@ -89,7 +97,7 @@ class Fleet:
             return False
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[... nested past Python's limit
             return False
         if not isinstance(data, dict):
             return False
@@ -111,7 +119,7 @@ class Fleet:
     def _status(self, device: DeviceView, data: dict[str, object], retained: bool, now: float) -> bool:
         session = data.get("session")
         state = data.get("state")
-        if not isinstance(session, int) or state not in ("online", "offline"):
+        if isinstance(session, bool) or not isinstance(session, int) or state not in ("online", "offline"):
             return False
         if session < device.session:
             return False  # a late will (or status) of an older connection
@@ -133,9 +141,13 @@ class Fleet:
 
 
 def _when(at: float | None, now: float) -> str:
-    if at is None:
+    """C{at} as local time and how long ago; C{?} for a time no clock can show (a broken payload)."""
+    if at is None or not math.isfinite(at):
         return "?"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "?"
     ago = max(0, int(now - at))
     if ago < 120:
         rel = f"{ago}s"
@@ -148,16 +160,21 @@ def _when(at: float | None, now: float) -> str:
     return f"{stamp} ({rel} ago)"
 
 
+def _text(value: object) -> str:
+    """Text from the broker, safe to show on a terminal."""
+    return clean_message(str(value))
+
+
 def _operators(view: DeviceView) -> str:
     names = []
     for user in view.operators:
-        name = str(user.get("user", "?"))
+        name = _text(user.get("user", "?"))
         if user.get("state") == "unstable":
             name += " (unstable)"
         names.append(name)
     seats = ""
     if "used" in view.seats and "limit" in view.seats:
-        seats = f"{view.seats['used']}/{view.seats['limit']} "
+        seats = f"{_text(view.seats['used'])}/{_text(view.seats['limit'])} "
     return (seats + ", ".join(names)).strip() or "-"
 
 
@@ -167,9 +184,9 @@ def _floor(view: DeviceView) -> str:
     if view.floor.get("mode") == "off":
         return "off"
     holder = view.floor.get("holder")
-    text = str(holder) if holder else "free"
+    text = _text(holder) if holder else "free"
     if view.floor.get("requested_by"):
-        text += f" (requested by {view.floor['requested_by']})"
+        text += f" (requested by {_text(view.floor['requested_by'])})"
     return text
 
 
@@ -177,16 +194,12 @@ def _operation(view: DeviceView, now: float) -> str:
     op = view.last_operation
     if not op:
         return "-"
-    value = json.dumps(op.get("value"), ensure_ascii=False)
-    text = f"{op.get('user', '?')} set {op.get('control', '?')} to {value}"
-    if op.get("result") == "error":
-        text += f": failed ({op.get('error') or 'error'})"
-    if op.get("via"):
-        text += f" via {op['via']}"
+    text = operation_line(op)
+    if op.get("via") and op.get("via") != "safe-state":  # a safe-state line says so itself
+        text += f" via {_text(op['via'])}"
     at = op.get("at")
-    if isinstance(at, (int, float)):
-        text += f", {_when(float(at), now)}"
-    return text
+    when = _when(float(at), now) if isinstance(at, (int, float)) else "?"
+    return text if when == "?" else f"{text}, {when}"
 
 
 def render_table(rows: Sequence[DeviceView], now: float) -> str:
@@ -196,8 +209,8 @@ def render_table(rows: Sequence[DeviceView], now: float) -> str:
     for view in rows:
         status = {"online": "up", "offline": "down"}.get(view.state, "?")
         if view.state == "offline" and view.reason:
-            status += f" ({view.reason})"
-        lines.append((view.prefix, status, _when(view.since, now), _operators(view), _floor(view),
+            status += f" ({_text(view.reason)})"
+        lines.append((_text(view.prefix), status, _when(view.since, now), _operators(view), _floor(view),
                       _operation(view, now)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = []

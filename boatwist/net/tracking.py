@@ -96,7 +96,7 @@ from boatwist.net.classify import classify
 from boatwist.net.recorder import SocketRecord, find_socket, find_tcp_transport, install_recorder
 from boatwist.net.sockdiag import socket_inode
 from boatwist.net.sockopts import apply_keepalive
-from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_info, read_tcp_vitals
+from boatwist.net.tcpinfo import TcpInfo, TcpVitals, read_tcp_calm, read_tcp_info, read_tcp_vitals
 from boatwist.presence import Kind, Presence
 from boatwist.reasons import ABORTED, Reason
 
@@ -116,15 +116,15 @@ class TrackedConnection:
 
     _log = Logger()
     # One per connection, hundreds at a time: slots, not a dict (~100 bytes less each).
-    __slots__ = ("id", "kind", "peer_host", "peer_port", "_user", "_tracker", "bytes_in", "busy", "progress_at",
+    __slots__ = ("id", "_kind", "peer_host", "peer_port", "_user", "_tracker", "bytes_in", "busy", "progress_at",
                  "closing", "evicted", "accepted_turn", "rtt_ms", "unstable", "opened_at", "last_alive",
-                 "close_reason", "peer_eof", "on_peer_eof", "farewell", "sock", "inode", "record", "held",
-                 "_max_held", "window_closed_at", "_wrapper")
+                 "close_reason", "peer_eof", "on_peer_eof", "farewell", "sock", "inode", "family", "local_port",
+                 "record", "held", "_max_held", "window_closed_at", "_wrapper")
 
     def __init__(self, ident: int, kind: Kind, peer_host: str, peer_port: int, wrapper: "TrackingProtocol",
                  now: float, max_held: int, tracker: "ConnectionTracker | None" = None) -> None:
         self.id = ident
-        self.kind = kind
+        self._kind = kind
         self.peer_host = peer_host
         self.peer_port = peer_port
         self._user: str | None = None
@@ -155,6 +155,9 @@ class TrackedConnection:
         #: The real socket (test transports have none), and its inode (how sock_diag names it).
         self.sock: socket.socket | None = None
         self.inode: int | None = None
+        #: The socket's address family and local port, once its inode is known (what a sock_diag dump asks for).
+        self.family: int | None = None
+        self.local_port: int | None = None
         self.record: SocketRecord | None = None
         #: Writes held back while keepalive probes an idle link (see L{hold}); None when not holding.
         self.held: Backlog | None = None
@@ -178,6 +181,23 @@ class TrackedConnection:
         was, self._user = self._user, user
         if was is None and user is not None and self._tracker is not None:
             self._tracker._authenticated(self)
+            self._tracker._changed_role(self)
+
+    @property
+    def kind(self) -> Kind:
+        """What the connection is for: the listener's kind until presence admits it as a stream or chat."""
+        return self._kind
+
+    @kind.setter
+    def kind(self, kind: Kind) -> None:
+        self._kind = kind
+        if self._tracker is not None:
+            self._tracker._changed_role(self)
+
+    @property
+    def present(self) -> bool:
+        """Is it someone's presence (a logged-in event stream or chat connection)?"""
+        return self._user is not None and self._kind.persistent
 
     def request_started(self) -> None:
         """A whole request has arrived and is being answered (the HTTP channel says so)."""
@@ -262,6 +282,10 @@ class TrackedConnection:
 
     def tcp_info(self) -> TcpInfo | None:
         return read_tcp_info(self.sock) if self.sock is not None else None
+
+    def tcp_calm(self) -> bool:
+        """ESTABLISHED with nothing outstanding (L{read_tcp_calm}); False without a socket."""
+        return self.sock is not None and read_tcp_calm(self.sock)
 
     def lose(self) -> None:
         """Close as Twisted would after the peer's FIN (what is held is written first)."""
@@ -403,6 +427,11 @@ class ConnectionTracker:
         self._refusals_logged_at = -1e9
         self._when_empty: list[Deferred[None]] = []
         self._by_inode: dict[int, TrackedConnection] = {}
+        #: The connections that are someone's presence, by id (see L{present}).
+        self._present: dict[int, TrackedConnection] = {}
+        #: Tracked sockets per address family and per local port (what a netlink dump is asked for).
+        self._families: dict[int, int] = {}
+        self._ports: dict[int, int] = {}
 
     # ------------------------------------------------------------ public
 
@@ -412,6 +441,23 @@ class ConnectionTracker:
 
     def connections(self) -> list[TrackedConnection]:
         return list(self._connections.values())
+
+    def present(self) -> list[TrackedConnection]:
+        """
+        The connections that are someone's presence (L{TrackedConnection.present}):
+        at most max_users times max_connections_per_user, however many are
+        open.  Kept up to date as presence admits connections, so the
+        heartbeat never walks every connection to find them.
+        """
+        return list(self._present.values())
+
+    def families(self) -> list[int]:
+        """The address families (C{AF_INET}, C{AF_INET6}) of the tracked sockets, each once."""
+        return [family for family, n in self._families.items() if n]
+
+    def local_ports(self) -> list[int]:
+        """The local ports of the tracked sockets (the listeners' ports), each once."""
+        return [port for port, n in self._ports.items() if n]
 
     def by_inode(self, inode: int) -> TrackedConnection | None:
         """The connection whose socket has this inode (what netlink sock_diag reports)."""
@@ -595,6 +641,27 @@ class ConnectionTracker:
         """Presence admitted C{conn}: it no longer gives way."""
         self._unauthenticated.pop(conn.id, None)
 
+    def _note_endpoint(self, conn: TrackedConnection) -> None:
+        """Count C{conn}'s address family and local port, once, at accept."""
+        sock = conn.sock
+        if sock is None:
+            return
+        try:
+            family = sock.family
+            port = sock.getsockname()[1] if family in (socket.AF_INET, socket.AF_INET6) else None
+        except (OSError, AttributeError, IndexError, TypeError):
+            return
+        if not isinstance(port, int):
+            return
+        conn.family, conn.local_port = family, port
+        self._families[family] = self._families.get(family, 0) + 1
+        self._ports[port] = self._ports.get(port, 0) + 1
+
+    def _changed_role(self, conn: TrackedConnection) -> None:
+        """C{conn}'s user or kind changed: it may have become someone's presence."""
+        if conn.present and conn.id in self._connections:
+            self._present[conn.id] = conn
+
     def _progress(self, conn: TrackedConnection) -> None:
         """C{conn} finished a response: it goes to the back of the line."""
         conn.progress_at = self.monotonic()
@@ -624,6 +691,7 @@ class ConnectionTracker:
             conn.inode = socket_inode(conn.sock)
             if conn.inode is not None:
                 self._by_inode[conn.inode] = conn
+                self._note_endpoint(conn)
             missing = apply_keepalive(conn.sock, self.keepalive)
             new = [name for name in missing if name not in self._missing_options_logged]
             if new:
@@ -689,8 +757,13 @@ class ConnectionTracker:
         self._uncount(conn)
         if self._connections.pop(conn.id, None) is None:
             return
+        self._present.pop(conn.id, None)
         if conn.inode is not None and self._by_inode.get(conn.inode) is conn:
             del self._by_inode[conn.inode]
+        if conn.family is not None:
+            self._families[conn.family] -= 1
+        if conn.local_port is not None:
+            self._ports[conn.local_port] -= 1
         if conn.user is not None and conn.kind.persistent:
             # A plain HTTP connection ending says nothing: its user stays for http_grace.
             reason, detected_after = classify(conn, failure, self.monotonic())

@@ -59,16 +59,17 @@ def _load(text: str | None) -> JSONValue:
     return None if text is None else json.loads(text)
 
 
-def insert_operation(conn: sqlite3.Connection, record: OperationRecord, keep_value: bool) -> int:
+def insert_operation(conn: sqlite3.Connection, record: OperationRecord, keep_value: bool, kept_at: float) -> int:
     """
     Insert C{record} (and, with C{keep_value}, make its value the control's
-    last value); returns the operation's id.  Runs inside the caller's
-    transaction.
+    last value); returns the operation's id.  C{kept_at}: the store's run
+    clock (age retention).  Runs inside the caller's transaction.
     """
     cursor = conn.execute(
-        "INSERT INTO operations (at, user, control, old, value, result, error, via) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO operations (at, user, control, old, value, result, error, via, kept_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (record.at, record.user, record.control, _dump(record.old), _dump(record.value), record.result,
-         record.error, record.via),
+         record.error, record.via, kept_at),
     )
     if keep_value:
         conn.execute(

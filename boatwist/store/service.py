@@ -38,15 +38,17 @@ deletes nothing: the write fails with L{StoreFull}, and succeeds again once
 there is room -- also after a restart, where a store that could not open is
 opened again by the next write.
 
-Why age retention does not trust the wall clock: a device without an RTC
-steps its clock by days or decades (NTP at boot, a wrong answer), and a step
-forward would make every row look old.  The wall clock is read once, when
-the store opens; from then on "now" for retention is that reading advanced
-by the monotonic clock -- or the wall clock, if that is earlier (after a
-step back, rows written since carry the earlier times and must not look
-old either) (L{Store._retention_now}).  A +100 days step while running
-deletes nothing that has not really been kept C{retention_days}; a step
-back only delays retention by age (count and size still apply).
+Why age retention does not use the wall clock at all: a device without an
+RTC steps its clock by days or decades (NTP at boot, a wrong answer), and a
+step forward -- while running, or while switched off, found at the next
+start -- would make every row look old.  Age is counted on the store's own
+run clock instead: the seconds it has been open, added up over every run
+(the monotonic clock while open, persisted in the C{run_clock} table in the
+same transaction as every insert).  Each row carries the run clock it was
+written at (C{kept_at}); it goes once the store has run C{retention_days}
+since.  Time switched off does not count -- nobody can know how long it
+was -- so history is kept longer across downtime, never shorter; count and
+size retention still bound it.
 """
 
 from __future__ import annotations
@@ -95,8 +97,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-#: The schema version this code reads and writes (``boatwist/store/schema/v2.sql``).
-SCHEMA_VERSION = 2
+#: The schema version this code reads and writes (``boatwist/store/schema/v3.sql``).
+SCHEMA_VERSION = 3
 
 #: Where a chat message may come from (the ``via`` column's CHECK).
 VIAS = ("web", "chat")
@@ -127,14 +129,14 @@ class Retention:
     How one table is kept: the rules are generic so that every table added
     later (operations, control values) states its own line in L{RETAINED}.
     The table needs an AUTOINCREMENT C{id} (oldest first) and an indexed
-    unix-time column.
+    run-clock column (C{kept_at}), which L{_Database} sets on every insert.
     """
 
     table: str
     #: The share of the store's size budget the table may fill.
     share: float
-    #: Its unix-time column (age retention).
-    time_column: str = "at"
+    #: Its run-clock column (age retention).
+    time_column: str = "kept_at"
     #: Whether [store] retention_count applies to it.
     counted: bool = True
 
@@ -363,11 +365,10 @@ class _Database:
     """
 
     def __init__(self, path: str, retention_count: int, retention_seconds: float, max_bytes: int,
-                 now: Callable[[], float], monotonic: Callable[[], float],
-                 rules: tuple[Retention, ...] = RETAINED) -> None:
+                 monotonic: Callable[[], float], rules: tuple[Retention, ...] = RETAINED) -> None:
         """
-        @param now: the retention clock (unix seconds that never jump).
-        @param monotonic: for pacing attempts to reopen.
+        @param monotonic: how the run clock advances while open, and the pace
+            of attempts to reopen.
         """
         self.path = path
         self.retention_count = retention_count
@@ -376,8 +377,10 @@ class _Database:
         self.wal_bytes = int(max_bytes * WAL_SHARE)
         self.data_bytes = max_bytes - self.wal_bytes
         self.page_size = 4096
-        self._now = now
         self._monotonic = monotonic
+        #: The run clock: its persisted value at open, and the monotonic clock then.
+        self._run_base = 0.0
+        self._run_since = monotonic()
         self.connection: sqlite3.Connection | None = None
         self.not_open_because = "not started"
         self._next_open = float("-inf")
@@ -408,6 +411,8 @@ class _Database:
             conn.execute(f"PRAGMA journal_size_limit = {self.wal_bytes}")
             conn.execute(f"PRAGMA wal_autocheckpoint = {max(8, self.wal_bytes // self.page_size // 2)}")
             prepare_schema(conn, where=self.path)
+            self._run_base = float(conn.execute("SELECT seconds FROM run_clock").fetchone()[0])
+            self._run_since = self._monotonic()
             try:
                 # Retention may have been lowered, or the device was off for months.
                 self._in_transaction(conn, lambda: self._prune_all(conn), "pruning on open")
@@ -423,10 +428,25 @@ class _Database:
         self.connection = conn
         return str(mode)
 
+    def run_clock(self) -> float:
+        """Seconds this store has been open, over every run (see the module docstring)."""
+        return self._run_base + max(0.0, self._monotonic() - self._run_since)
+
+    def _keep_run_clock(self, conn: sqlite3.Connection) -> float:
+        """Write the run clock (inside the caller's transaction); returns it."""
+        now = self.run_clock()
+        conn.execute("UPDATE run_clock SET seconds = ?", (now,))
+        return now
+
     def close(self) -> None:
         conn, self.connection = self.connection, None
         self.not_open_because = "stopped"
         if conn is not None:
+            try:
+                # The time since the last insert counts too (a crash loses only that: kept longer).
+                self._in_transaction(conn, lambda: self._keep_run_clock(conn), "keeping the run clock")
+            except StoreError:
+                pass  # a full disk: the last insert's value stands
             conn.close()  # the last connection checkpoints the WAL into the database
 
     def _require(self) -> sqlite3.Connection:
@@ -487,7 +507,7 @@ class _Database:
         conn.execute(f"DELETE FROM {table} WHERE {rule.time_column} < ?", (now - self.retention_seconds,))
 
     def _prune_all(self, conn: sqlite3.Connection) -> None:
-        now = self._now()
+        now = self.run_clock()
         for rule in self.rules:
             newest = conn.execute(f"SELECT max(id) FROM {rule.table}").fetchone()[0]
             self._prune(conn, rule, newest, now)
@@ -538,17 +558,22 @@ class _Database:
     def _insert(self, conn: sqlite3.Connection, rule: Retention, sql: str, params: Sequence[Any],
                 what: str) -> tuple[int, float]:
         """Insert one row and apply retention, in one transaction; checkpoint after pruning for size."""
-        return self._inserting(conn, rule, lambda: conn.execute(sql, params).lastrowid, what)
+        return self._inserting(conn, rule, lambda kept_at: conn.execute(sql, (*params, kept_at)).lastrowid, what)
 
-    def _inserting(self, conn: sqlite3.Connection, rule: Retention, insert_row: Callable[[], int | None],
+    def _inserting(self, conn: sqlite3.Connection, rule: Retention, insert_row: Callable[[float], int | None],
                    what: str) -> tuple[int, float]:
-        """Run C{insert_row} (the new row's id) and apply C{rule}, in one transaction."""
+        """
+        Run C{insert_row(kept_at)} (the new row's id; C{kept_at} is the run
+        clock, for its C{kept_at} column) and apply C{rule}, in one transaction
+        that also keeps the run clock.
+        """
         pruned = [False]
 
         def insert() -> int:
-            row_id = insert_row()
+            now = self._keep_run_clock(conn)
+            row_id = insert_row(now)
             assert row_id is not None
-            self._prune(conn, rule, row_id, self._now())
+            self._prune(conn, rule, row_id, now)
             pruned[0] = self._prune_for_size(conn)
             return row_id
 
@@ -564,13 +589,14 @@ class _Database:
         conn = self._require()
         message_id, commit = self._insert(
             conn, self._rule("messages"),
-            "INSERT INTO messages (user, text, via, action, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO messages (user, text, via, action, at, kept_at) VALUES (?, ?, ?, ?, ?, ?)",
             (user, text, via, int(action), at), "saving a chat message")
         return Message(message_id, user, text, via, action, at), commit
 
     def record_operation(self, record: OperationRecord, keep_value: bool) -> int:
         conn = self._require()
-        return self._inserting(conn, self._rule("operations"), lambda: insert_operation(conn, record, keep_value),
+        return self._inserting(conn, self._rule("operations"),
+                               lambda kept_at: insert_operation(conn, record, keep_value, kept_at),
                                f"saving an operation on {record.control}")[0]
 
     def operations(self, before: int | None, limit: int, control: str | None) -> list[OperationRecord]:
@@ -590,7 +616,7 @@ class _Database:
     def audit(self, kind: str, user: str | None, address: str | None, detail: str, at: float) -> None:
         conn = self._require()
         self._insert(conn, self._rule("audit"),
-                     "INSERT INTO audit (at, kind, user, address, detail) VALUES (?, ?, ?, ?, ?)",
+                     "INSERT INTO audit (at, kind, user, address, detail, kept_at) VALUES (?, ?, ?, ?, ?, ?)",
                      (at, kind, user, address, detail), f"saving an audit entry ({kind})")
 
     def sizes(self) -> dict[str, int]:
@@ -688,11 +714,10 @@ class Store(Service):
         @param retention_days: days a message (or audit entry) is kept.
         @param max_bytes: the size the database and its WAL stay within
             (L{size_budget} makes it from C{[store] max_size}).
-        @param wall_clock: unix time for ``at``, and for age retention once,
-            when the store opens; injected so tests control it.
-        @param monotonic: how the age of rows advances after that (a wall
-            clock step must not make rows look old); tests pass the same
-            Clock as C{wall_clock}.
+        @param wall_clock: unix time for ``at`` (what people read; never
+            retention); injected so tests control it.
+        @param monotonic: how the run clock -- the age of rows -- advances
+            while the store is open; tests pass a Clock.
         @param runner: where SQLite work runs; default a L{ThreadRunner} made
             at each start (a stopped thread pool cannot be restarted).
         @param reactor: for the default runner; default the global reactor,
@@ -705,19 +730,14 @@ class Store(Service):
         self.path = path
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        #: (wall clock, monotonic clock) when the store was last started: the retention clock's anchor.
-        self._anchor = (wall_clock(), monotonic())
         self._given_runner = runner
         self._reactor = reactor
         self._runner: Runner | None = None
         self._database = _Database(path, retention_count, retention_days * _SECONDS_PER_DAY,
-                                   max(MIN_BYTES, max_bytes), self._retention_now, monotonic)
+                                   max(MIN_BYTES, max_bytes), monotonic)
         self._commit_timings: deque[float] = deque(maxlen=COMMIT_TIMINGS_KEPT)
         # Reactor-thread state only (callbacks run there):
         self._full = False
-        self._opened = False
-        self._open_failure: Failure | None = None
-        self._open_waiters: list[Deferred[None]] = []
 
     # -- service
 
@@ -726,61 +746,24 @@ class Store(Service):
         super().startService()
         self._runner = self._given_runner or ThreadRunner(self._reactor or _default_reactor(), "boatwist-store")
         self._runner.start()
-        self._opened = False
-        self._open_failure = None
-        self._anchor = (self._wall_clock(), self._monotonic())
         d = self._runner.run(self._database.open)
         d.addCallbacks(self._did_open, self._open_failed)
 
-    def _retention_now(self) -> float:
-        """
-        Unix time for age retention: the wall clock as it was at start,
-        advanced by the monotonic clock since, or the wall clock if that is
-        earlier -- so no step of the wall clock while running ages a row.
-        (Called on the writer thread; both clocks and the anchor are safe to
-        read there.)
-        """
-        wall, mono = self._anchor
-        return min(wall + (self._monotonic() - mono), self._wall_clock())
-
     def _did_open(self, journal_mode: str) -> None:
-        self._opened = True
         self._log.info("chat store {path} open (schema v{version}, journal {mode})",
                        path=self.path, version=SCHEMA_VERSION, mode=journal_mode)
-        waiters, self._open_waiters = self._open_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
 
     def _open_failed(self, failure: Failure) -> None:
-        self._open_failure = failure
         if isinstance(failure.value, StoreError):
             # An operator's problem (newer file, full disk, not a database): one clear line.
             self._log.critical("cannot open the chat store: {error}", error=failure.getErrorMessage())
         else:
             self._log.failure("cannot open the chat store {path}", failure, path=self.path)
-        waiters, self._open_waiters = self._open_waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
-
-    def when_open(self) -> Deferred[None]:
-        """
-        Fires once the database is open and its schema ready; fails with
-        L{StoreVersionError} / L{StoreError} if it could not be opened (the
-        assembling code may then refuse to run rather than run without history).
-        """
-        if self._open_failure is not None:
-            return defer.fail(self._open_failure)
-        if self._opened:
-            return defer.succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._open_waiters.append(waiter)
-        return waiter
 
     def stopService(self) -> Deferred[None]:
         """Close the connection on the writer thread (after queued work), then stop the thread."""
         super().stopService()
         runner, self._runner = self._runner, None
-        self._opened = False
         if runner is None:
             return defer.succeed(None)
         d = runner.run(self._database.close)

@@ -1,11 +1,12 @@
 """
 The access log: one combined-format line per response.
 
-By default the line goes through C{twisted.logger} (namespace
-C{boatwist.access}: twistd's log, the journal); with C{[http] access_log} it
-goes to a file of its own, buffered and flushed once a second, the way Boa
-and thttpd do it.  Passwords, hashes and query values are never logged, and
-no byte a client sends can forge a line.
+By default the lines go to a file of their own (C{state_dir/access.log}, or
+C{[http] access_log}), buffered and flushed once a second, the way Boa and
+thttpd do it; with C{[http] access_log = log} they go through
+C{twisted.logger} (namespace C{boatwist.access}: twistd's log, the journal).
+Passwords, hashes and query values are never logged, and no byte a client
+sends can forge a line.
 """
 
 from __future__ import annotations
@@ -93,13 +94,12 @@ class AccessLogFile:
     """
     An access log written to a file of its own, the way Boa and thttpd do it:
     lines are buffered and flushed once a second (by L{flush}, called from the
-    heartbeat), which costs a small fraction of a log event per request.  The
-    default remains twisted.logger (namespace C{boatwist.access}).
+    heartbeat), which costs a small fraction of a log event per request.
 
-    The file is rotated when it passes C{max_size} bytes (checked at each
-    flush): C{path.1} ... C{path.N} with C{files} kept, the oldest deleted,
-    so the access log takes at most about C{max_size * (files + 1)} bytes.
-    C{max_size} 0: never rotated.
+    The file is rotated as soon as it reaches C{max_size} bytes (checked at
+    each line, so a burst cannot overshoot): C{path.1} ... C{path.N} with
+    C{files} kept, the oldest deleted, so the access log takes at most
+    C{max_size * (files + 1)} bytes and a line.  C{max_size} 0: never rotated.
     """
 
     _log = Logger()
@@ -117,6 +117,8 @@ class AccessLogFile:
         try:
             self._file.write(data)
             self._size += len(data)
+            if self.max_size and self._size >= self.max_size:
+                self._rotate()
         except OSError as e:
             self._report(e)
 
@@ -133,7 +135,7 @@ class AccessLogFile:
         """path -> path.1 -> ... -> path.N; the one past N is deleted."""
         import os
 
-        self._file.close()
+        self._file.close()  # flushes what is buffered into the file being rotated
         for n in range(self.files, 0, -1):
             source = f"{self.path}.{n - 1}" if n > 1 else self.path
             if os.path.exists(source):

@@ -136,14 +136,16 @@ class BoatwistRequest(server.Request):
 
     def _prepareHeaders(self) -> None:
         """Security headers, our Server name, and a Date from the site's reactor."""
+        headers = self.responseHeaders
         for name, value in security_headers(self.path, self.code, self.isSecure()):
-            self.responseHeaders.setRawHeaders(name, [value])
+            headers.setRawHeaders(name, [value])
         # process() set Date from time.time(); the site's reactor is the
         # clock this server is told to use (a Clock in tests), and refusals
         # never went through process() at all.
-        reactor = getattr(getattr(getattr(self, "channel", None), "site", None), "reactor", None)
-        if reactor is not None:
-            self.responseHeaders.setRawHeaders(b"Date", [http.datetimeToString(reactor.seconds())])
+        site = getattr(getattr(self, "channel", None), "site", None)
+        date = getattr(site, "http_date", None)
+        if date is not None:
+            headers.setRawHeaders(b"Date", [date()])
 
     def render(self, resrc: IResource) -> None:
         """
@@ -254,6 +256,35 @@ class BoatwistChannel(http.HTTPChannel):
         #: told when a request is being answered and when it is done, so that
         #: the connection tracker knows who should give way to a newcomer.
         self._tracked: TrackedConnection | None = None
+
+    _secure: bool | None = None
+    _host: Any = None
+    _peer: Any = None
+
+    # Twisted asks the transport (a getsockname system call through the
+    # wrappers) for every request; neither end of a connection ever changes.
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def getPeer(self) -> Any:
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def isSecure(self) -> bool:
+        """
+        Whether the connection is TLS, found once per connection (an
+        interface adaptation each time costs more than the answer is worth;
+        a connection does not change its transport).
+        """
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(super().isSecure())
+        return secure
 
     # -- deadlines
 

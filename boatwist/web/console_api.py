@@ -13,13 +13,14 @@ for display only; C{uptime} and every C{*_in} / C{idle_s} are measured on
 the monotonic clock, so a browser counts from them without trusting the
 device's wall clock (a device without an RTC may be years off).
 
-/api/operators: one entry per online user with their role, state, since,
-what they hold of the floor, and each connection as the heartbeat sees it
-now -- kind (and the words for it), peer, round-trip time, the keepalive
-probes and retransmissions outstanding (read from TCP_INFO on the request,
-not cached), how long the peer has been silent.  The words for the kinds are
-served here, as /api/reasons serves the reasons', so no browser keeps its
-own copy.
+/api/operators: one entry per online user with their role, state, since
+(their login) and state_since (when the state last changed: an operator
+unstable since 12:01:07 who logged in at 9:00), what they hold of the floor,
+and each connection as the heartbeat sees it now -- kind (and the words
+for it), peer, round-trip time, the keepalive probes and retransmissions
+outstanding (read from TCP_INFO on the request, not cached), how long the
+peer has been silent.  The words for the kinds are served here, as
+/api/reasons serves the reasons', so no browser keeps its own copy.
 
 /api/activity: one timeline of what operators did and what happened to
 them, newest C{limit} first-merged by time and returned oldest first, built
@@ -46,6 +47,7 @@ drops the others.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -65,7 +67,8 @@ from boatwist.store.service import Message
 from boatwist.web.chat_api import int_arg
 from boatwist.web.jsonapi import JSON, answer_later, json_body
 
-__all__ = ["ActivityResource", "KIND_WORDS", "OperatorsResource", "WhoAmI", "parse_cursor", "process_uptime"]
+__all__ = ["ActivityResource", "KIND_WORDS", "OperatorsResource", "Uptimes", "WhoAmI", "parse_cursor",
+           "process_uptime"]
 
 #: A connection's kind in the words people read (presence's Kind values).
 KIND_WORDS = {
@@ -88,20 +91,18 @@ def _read_first_line(path: str) -> bytes:
         return f.readline()
 
 
-def process_uptime(read: Callable[[str], bytes] = _read_first_line) -> float:
+def process_started(read: Callable[[str], bytes] = _read_first_line) -> float | None:
     """
-    Seconds since this process started: from the kernel where it says
-    (Linux: start time in /proc/self/stat against /proc/uptime, both on the
-    boot clock), else since this module was imported (at the daemon's start).
+    When this process started, in seconds on the boot clock (the start time
+    in /proc/self/stat, field 22, in clock ticks); None where the kernel
+    does not say.
     """
     try:
         stat = read("/proc/self/stat")
-        uptime = float(read("/proc/uptime").split()[0])
         # Fields after the command name (which may hold spaces and parentheses); starttime is field 22.
-        start_ticks = int(stat.rsplit(b")", 1)[1].split()[19])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+        return int(stat.rsplit(b")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED
+        return None
 
 
 def host_uptime(read: Callable[[str], bytes] = _read_first_line) -> float | None:
@@ -110,6 +111,52 @@ def host_uptime(read: Callable[[str], bytes] = _read_first_line) -> float | None
         return float(read("/proc/uptime").split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def process_uptime(read: Callable[[str], bytes] = _read_first_line) -> float:
+    """
+    Seconds since this process started: from the kernel where it says
+    (Linux: start time in /proc/self/stat against /proc/uptime, both on the
+    boot clock), else since this module was imported (at the daemon's start).
+    """
+    started, now = process_started(read), host_uptime(read)
+    if started is None or now is None:
+        return time.monotonic() - _IMPORTED
+    return max(0.0, now - started)
+
+
+class Uptimes:
+    """
+    The device's and this process's uptime for every C{/api/whoami}: the
+    process's start is read once, and the boot clock (what /proc/uptime
+    says) is read from C{CLOCK_BOOTTIME} -- no file opened per request.
+    """
+
+    def __init__(self, read: Callable[[str], bytes] = _read_first_line) -> None:
+        boot_clock = getattr(time, "CLOCK_BOOTTIME", None)
+        started = process_started(read)
+        if boot_clock is None or started is None:
+            self._boot = None
+            self._started_monotonic = time.monotonic() - process_uptime(read)
+        else:
+            self._boot = boot_clock
+            self._started_boot = started
+
+    def process(self) -> float:
+        """Seconds since this process started."""
+        if self._boot is None:
+            return time.monotonic() - self._started_monotonic
+        return max(0.0, time.clock_gettime(self._boot) - self._started_boot)
+
+    def host(self) -> float | None:
+        """Seconds since the device booted."""
+        return None if self._boot is None else time.clock_gettime(self._boot)
+
+
+@functools.cache
+def _uptimes() -> Uptimes:
+    """This process's L{Uptimes}, made on the first C{/api/whoami} (a fact of the process, never reset)."""
+    return Uptimes()
 
 
 class WhoAmI(Resource):
@@ -125,7 +172,8 @@ class WhoAmI(Resource):
     def render_GET(self, request: Request) -> bytes:
         core = self.core
         now = core.wall()
-        uptime = process_uptime()
+        uptimes = _uptimes()
+        uptime = uptimes.process()
         return json_body(request, {
             "user": self.user,
             "role": core.roles.role_of(self.user).label,
@@ -134,7 +182,7 @@ class WhoAmI(Resource):
             "version": __version__,
             "started_at": now - uptime,
             "uptime": uptime,
-            "host_uptime": host_uptime(),
+            "host_uptime": uptimes.host(),
             "now": now,
         })
 
@@ -167,6 +215,7 @@ def operators(core: Core) -> dict[str, JSON]:
             "role": core.roles.role_of(user.name).label,
             "state": user.state,
             "since": user.since,
+            "state_since": user.state_since,
             "floor": "holder" if floor.holder == user.name else "requester" if floor.requested_by == user.name
             else None,
             "connections": connections,

@@ -32,6 +32,7 @@ C{web}; from anything else (curl, a script) C{api}.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, Mapping
 
@@ -90,13 +91,15 @@ class ControlsResource(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         return _once_built(request, self.core, self._listing)
 
-    def _listing(self) -> tuple[int, JSON]:
+    def _listing(self, request: Request) -> bytes:
+        """The listing, each control's JSON as the registry keeps it encoded (they change rarely)."""
         core = self.core
-        return 200, {
-            "controls": [core.controls.describe(state, self.user, core.roles) for state in core.controls],
-            "floor": dict(core.floor.snapshot()),
-            "role": core.roles.role_of(self.user).label,
-        }
+        controls = b",".join(core.controls.describe_json(state, self.user, core.roles) for state in core.controls)
+        rest = json.dumps({"floor": dict(core.floor.snapshot()), "role": core.roles.role_of(self.user).label},
+                          ensure_ascii=False).encode("utf-8")
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"controls": [' + controls + b"], " + rest[1:] + b"\n"
 
 
 class ControlResource(Resource):
@@ -111,12 +114,12 @@ class ControlResource(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         return _once_built(request, self.core, self._one)
 
-    def _one(self) -> tuple[int, JSON]:
+    def _one(self, request: Request) -> bytes:
         state = self.core.controls.get(self.name)
         if state is None:
             known = ", ".join(self.core.controls.names) or "none"
-            return 404, {"error": f"no control named {self.name!r} (controls: {known})"}
-        return 200, self.core.controls.describe(state, self.user, self.core.roles)
+            return json_body(request, {"error": f"no control named {self.name!r} (controls: {known})"}, 404)
+        return json_body(request, self.core.controls.describe(state, self.user, self.core.roles))
 
     def render_POST(self, request: Request) -> bytes | int:
         try:
@@ -142,21 +145,20 @@ class ControlResource(Resource):
         return NOT_DONE_YET
 
 
-def _once_built(request: Request, core: Core, answer: Callable[[], tuple[int, JSON]]) -> bytes | int:
+def _once_built(request: Request, core: Core, answer: Callable[[Request], bytes]) -> bytes | int:
     """
-    Answer with C{answer()} (status, body) -- at once, or, in the moment
-    after start when the controls do not have their states yet, once they do.
+    Answer with C{answer(request)} (which sets the status and returns the
+    body) -- at once, or, in the moment after start when the controls do
+    not have their states yet, once they do.
     """
     if core.controls.built:
-        status, body = answer()
-        return json_body(request, body, status)
+        return answer(request)
     gone: list[bool] = []
     request.notifyFinish().addErrback(lambda _: gone.append(True))
 
     def write(_: None) -> None:
         if not gone:
-            status, body = answer()
-            request.write(json_body(request, body, status))
+            request.write(answer(request))
             request.finish()
 
     core.controls.when_built().addCallback(write)

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from boatwist import __version__
 from boatwist.auth.passwords import LOGOUT_USER
+from boatwist.auth.portal import no_logout
 from boatwist.auth.throttle import TooManyAttempts
 from boatwist.web.errors import ErrorResource, unauthorized_page
 from boatwist.web.static import StaticFiles, static_dir
@@ -76,6 +77,21 @@ def claimed_user(header: bytes | None) -> str | None:
                     value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
                 return value.decode("utf-8", "replace")
     return None
+
+
+#: LOGOUT_USER as it appears in a Digest header, and at the start of a Basic token (base64 of
+#: "logout" is 8 characters, so "logout:..." always encodes to these first).
+_LOGOUT_DIGEST = LOGOUT_USER.encode("ascii")
+_LOGOUT_BASIC = base64.b64encode(LOGOUT_USER.encode("ascii"))
+
+
+def _claims_logout(header: bytes | None) -> bool:
+    """Whether the Authorization header claims the user name C{logout} (most never mention it: no parsing)."""
+    if not header:
+        return False
+    if _LOGOUT_DIGEST not in header and _LOGOUT_BASIC not in header and b"\\" not in header:
+        return False  # (a backslash: a quoted-pair could spell it, l\ogout)
+    return claimed_user(header) == LOGOUT_USER
 
 
 #: One auth-param of a credentials header (RFC 9110 11.2): name = token or quoted string.
@@ -127,7 +143,7 @@ class PublicRoot(Resource):
             return self.healthz
         if path == b"public" and self.public is not None:
             return self.public
-        if claimed_user(request.getHeader(b"authorization")) == LOGOUT_USER:
+        if _claims_logout(request.getHeader(b"authorization")):
             if path == b"logout" and not request.postpath:
                 return self.logged_out
             request.requestHeaders.removeHeader(b"authorization")
@@ -279,7 +295,7 @@ class OperatorGuard(HTTPAuthSessionWrapper):
         except BaseException:
             self._log.failure("Unexpected failure from credentials factory")
             raise
-        return util.DeferredResource(self._loginFor(credentials, request))
+        return _resource_now(self._loginFor(credentials, request))
 
     def _loginFor(self, credentials: object, request: Request) -> "Deferred[IResource]":
         d = self._portal.login(credentials, None, IResource)
@@ -293,9 +309,30 @@ class OperatorGuard(HTTPAuthSessionWrapper):
             return Unauthorized(self._challenges, failure.value)
         return self._loginFailed(failure)
 
-    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> _LoggedIn:
+    def _loginSucceeded(self, args: tuple[object, IResource, Callable[[], None]]) -> IResource:
         _interface, avatar, logout = args
+        if logout is no_logout:
+            return avatar  # nothing to call when the request ends: no wrapper around every child
         return _LoggedIn(avatar, logout)
+
+
+def _resource_now(d: "Deferred[IResource]") -> IResource:
+    """
+    The resource C{d} has already fired with -- a login answered at once
+    (a session known right, a Digest response checked in place) goes straight
+    on to traversal -- else a L{util.DeferredResource} that waits for it (a
+    bcrypt check in its thread, a throttled turn, a failure delay, an error).
+    """
+    seen: list[object] = []
+
+    def note(result: object) -> object:
+        seen.append(result)
+        return result
+
+    d.addBoth(note)
+    if seen and not isinstance(seen[0], Failure):
+        return seen[0]  # type: ignore[return-value]  # _loginFor's callbacks return resources
+    return util.DeferredResource(d)
 
 
 def guarded_root(portal: Portal, credential_factories: list[ICredentialFactory],

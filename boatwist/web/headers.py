@@ -17,7 +17,7 @@ import re
 from typing import Iterable, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from twisted.web import http
+from twisted.web.http import UNAUTHORIZED  # bound once: twisted.web.http's attributes go through a slow proxy
 from twisted.web.http_headers import Headers
 
 __all__ = [
@@ -196,7 +196,7 @@ def host_allowed(host: bytes | None, rules: Iterable[tuple[str, int | None]]) ->
     return False
 
 
-def security_headers(path: bytes | None, code: int, secure: bool) -> list[tuple[bytes, bytes]]:
+def security_headers(path: bytes | None, code: int, secure: bool) -> Sequence[tuple[bytes, bytes]]:
     """
     The headers every response carries, for a request to C{path} answered
     with C{code}, over TLS or not.
@@ -204,6 +204,13 @@ def security_headers(path: bytes | None, code: int, secure: bool) -> list[tuple[
     Pure so the channel's own refusals and rendered responses get the very
     same set.
     """
+    # API answers are per user and per moment; a 401 must not be replayed
+    # from a cache after the user has logged in.
+    no_store = code == UNAUTHORIZED or is_api_path(path)
+    return _HEADER_SETS[no_store, bool(secure)]
+
+
+def _header_set(no_store: bool, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     headers = [
         (b"Content-Security-Policy", CONTENT_SECURITY_POLICY),
         (b"X-Content-Type-Options", b"nosniff"),
@@ -211,12 +218,14 @@ def security_headers(path: bytes | None, code: int, secure: bool) -> list[tuple[
         (b"Referrer-Policy", b"no-referrer"),
         (b"Server", SERVER_NAME),
     ]
-    if code == http.UNAUTHORIZED or is_api_path(path):
-        # API answers are per user and per moment; a 401 must not be replayed
-        # from a cache after the user has logged in.
+    if no_store:
         headers.append((b"Cache-Control", b"no-store"))
     if secure:
         headers.append((b"Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
-    return headers
+    return tuple(headers)
+
+
+#: The four sets there are, made once: (no-store, over TLS) -> headers.
+_HEADER_SETS = {(n, s): _header_set(n, s) for n in (False, True) for s in (False, True)}
 
 

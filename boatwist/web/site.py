@@ -24,9 +24,14 @@ from boatwist.config import HttpSettings
 from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.web.accesslog import AccessLogFile, access_log_line, escape_log, redact_query
 from boatwist.web.channel import DEFAULT_MIN_BODY_RATE, BoatwistChannel, BoatwistRequest, Rejection
-from boatwist.web.headers import cross_site_reason, host_allowed, parse_host_rule
+from boatwist.web.headers import SAFE_METHODS, cross_site_reason, host_allowed, parse_host_rule
 
 __all__ = ["BoatwistSite"]
+
+#: Refusals whose access lines are summarised past a rate: 429 and 503.  A
+#: tuple bound once (each twisted.web.http attribute goes through a
+#: deprecation proxy, a few microseconds on every request).
+_REFUSED_CODES = (429, http.SERVICE_UNAVAILABLE)
 
 
 class BoatwistSite(server.Site):
@@ -47,6 +52,9 @@ class BoatwistSite(server.Site):
         of refusals (429, 503) go past a rate: counted into a summary line
         per source and second instead of written one by one.  None: every
         line is written.
+    @param access_log: the access log's file; None: the lines go through
+        twisted.logger (namespace C{boatwist.access}), unless C{log_access}
+        is False (C{[http] access_log = off}): then they go nowhere.
     """
 
     requestFactory = BoatwistRequest
@@ -62,6 +70,7 @@ class BoatwistSite(server.Site):
         secure_hosts: Iterable[str] | None = None,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
         access_log: AccessLogFile | None = None,
+        log_access: bool = True,
         summary: SourceSummary | None = None,
     ) -> None:
         super().__init__(resource, timeout=settings.idle_timeout, reactor=reactor)
@@ -69,6 +78,7 @@ class BoatwistSite(server.Site):
         self.summary = summary
         #: When set, access lines go to this file instead of twisted.logger.
         self.access_file = access_log
+        self.log_access = log_access
         self._secure_hosts = tuple(parse_host_rule(rule) for rule in secure_hosts or ())
         if min_body_rate <= 0:
             raise ValueError("min_body_rate must be positive")
@@ -105,6 +115,8 @@ class BoatwistSite(server.Site):
             self._log.debug("{peer}: Host {host!r} is not served here: 421", peer=request.getClientAddress(),
                             host=request.getHeader(b"host"))
             return 421, "this server does not answer to that host name"
+        if request.method in SAFE_METHODS:
+            return None  # cannot change state: not judged (and TLS-ness need not be asked)
         reason = cross_site_reason(request.method, request.requestHeaders, request.isSecure())
         if reason is not None:
             self._log.debug("{peer}: cross-site {method} refused ({reason})", peer=request.getClientAddress(),
@@ -114,6 +126,16 @@ class BoatwistSite(server.Site):
 
     _cached_second = -1
     _cached_log_time = ""
+    _date_second = -1
+    _date = b""
+
+    def http_date(self) -> bytes:
+        """The Date header's value from the site's reactor, formatted once per second."""
+        now = int(self.reactor.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = http.datetimeToString(now)
+        return self._date
 
     def _log_time(self) -> str:
         """The access-log timestamp, formatted once per second (strftime is costly per request)."""
@@ -125,11 +147,14 @@ class BoatwistSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         """
-        One access-log line per response, to twisted.logger namespace
-        C{boatwist.access}; the text is in C{log_line}, the parts in fields.
+        One access-log line per response: to the access log's file, or to
+        twisted.logger namespace C{boatwist.access} (the text in C{log_line},
+        the parts in fields).
         """
+        if not self.log_access:
+            return
         if self.summary is not None and (getattr(request, "boatwist_user", None) is None
-                                         or request.code in (429, http.SERVICE_UNAVAILABLE)):
+                                         or request.code in _REFUSED_CODES):
             address = request.getClientAddress()
             source = getattr(address, "host", None) or "-"
             if not self.summary.admit(source, str(request.code)):

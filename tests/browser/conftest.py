@@ -22,10 +22,12 @@ server's 401 like a person typing into the login dialog.
   group killed and its profile removed however the test ends.
   ``browser``: the one ``browser_name`` names.  ``chromium``: Chromium.
 * ``open_page(daemon, user="alice", path="/", browser=None,
-  credentials=DEFAULT, width=1280, height=900)``: a tab in a fresh browser
+  credentials=DEFAULT, width=1280, height=900, color_scheme=None)``: a tab in a fresh browser
   context (own cookies and HTTP auth cache) that answers the server's 401
   with C{user}'s password (C{credentials} overrides; None = Cancel) and has
-  loaded C{path} (None: loads nothing).  When the test fails, each page's
+  loaded C{path} (None: loads nothing); C{color_scheme} "dark" or "light"
+  makes its pages prefer that scheme (Chromium: emulated per page;
+  Firefox: a second Firefox with the preference).  When the test fails, each page's
   screenshot is saved as ``failure-N-BROWSER.png`` in the test's tmp dir and
   what it logged, its requests and challenges, the daemon's log and the
   browser's log are printed for the report.
@@ -136,6 +138,11 @@ def _failed(request: pytest.FixtureRequest) -> bool:
                for when in ("setup", "call"))
 
 
+#: Firefox preferences that set the page's colour scheme (prefers-color-scheme) whatever the system's:
+#: 0 dark, 1 light.  WebDriver BiDi has no command for it; Chromium has Emulation.setEmulatedMedia.
+FIREFOX_COLOR_SCHEME = {"dark": 0, "light": 1}
+
+
 class Browsers:
     """The browsers of one test: each started on first use, all closed at the end."""
 
@@ -143,22 +150,36 @@ class Browsers:
         self.tmp_path = tmp_path
         self.running: dict[str, Any] = {}
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, color_scheme: str | None = None) -> Any:
+        """
+        The running browser C{name}.  A Firefox whose pages must prefer
+        C{color_scheme} is a second Firefox, started with the preference
+        that says so (its own profile and HOME); Chromium sets it per page.
+        """
         if name not in BROWSERS:
             raise ValueError(f"unknown browser {name!r} (expected one of {BROWSERS})")
-        if name not in self.running:
+        key = name if name == "chromium" or color_scheme is None else f"{name}-{color_scheme}"
+        if key not in self.running:
             binary = _require(name)
             if name == "chromium":
-                self.running[name] = Chromium(binary, self.tmp_path / "chromium-profile")
+                self.running[key] = Chromium(binary, self.tmp_path / "chromium-profile")
+            elif color_scheme is None:
+                self.running[key] = bidi.Firefox(binary, self.tmp_path / "firefox-profile")
             else:
-                self.running[name] = bidi.Firefox(binary, self.tmp_path / "firefox-profile")
-        return self.running[name]
+                prefs = {"layout.css.prefers-color-scheme.content-override": FIREFOX_COLOR_SCHEME[color_scheme]}
+                self.running[key] = bidi.Firefox(binary, self.tmp_path / key / "firefox-profile", prefs=prefs)
+        return self.running[key]
 
-    def new_page(self, name: str, credentials: tuple[str, str] | None, **kw: Any) -> PageBase:
-        browser = self.get(name)
+    def new_page(self, name: str, credentials: tuple[str, str] | None, color_scheme: str | None = None,
+                 **kw: Any) -> PageBase:
+        browser = self.get(name, color_scheme)
         if name == "chromium":
             assert browser.cdp is not None
-            return cdp.Page(browser.cdp, credentials, **kw)
+            page = cdp.Page(browser.cdp, credentials, **kw)
+            if color_scheme is not None:
+                page.call("Emulation.setEmulatedMedia",
+                          {"features": [{"name": "prefers-color-scheme", "value": color_scheme}]})
+            return page
         assert browser.bidi is not None
         return bidi.Page(browser.bidi, credentials, **kw)
 

@@ -3,7 +3,8 @@ The operator console (issue 12) in real browsers -- headless Chromium over
 CDP and headless Firefox ESR over WebDriver BiDi, each answering the real
 login challenge -- against the real daemon with a device of every control
 type, a control that fails (``write = /bin/false``), and operators on the
-chat port (a plain socket, as ``nc``).
+chat port (the real ``nc`` where the test is about what an operator on the
+chat port sees; elsewhere a plain socket).
 
 Every test runs in both browsers, or once with one operator in each
 (``mixed``).  Screenshots (desktop 1920 px and phone 390 px) are written to
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from daemon import Daemon, SSEReader, _merge
+from netcat import Netcat
 from pagebase import PageBase as Page
 from test_ui import ChatPort, close_like_a_browser, png_size, type_and_submit, wait_stream_open, wait_text
 
@@ -157,19 +159,21 @@ def controls_disabled(page: Page) -> bool:
 def test_three_operators_see_each_others_operations(make_daemon, open_page) -> None:
     """
     Pins issue 12's first test: alice in Chromium, bob in Firefox, carol on
-    the chat port (nc).  Each sees the others in the operator list (carol as
-    a terminal, with RTT); alice's operation (the mouse on the pump's
-    switch) reaches bob's page with her name, the value and the time it was
-    recorded -- in the activity and on the control's card -- and bob's
-    (a choice) reaches alice's; carol's chat line reaches both, marked as
-    from the chat port (not "telnet"), and what alice types reaches carol.
+    the chat port with the real ``nc`` program.  Each sees the others in the
+    operator list (carol as a terminal, with RTT); alice's operation (the
+    mouse on the pump's switch) reaches bob's page with her name, the value
+    and the time it was recorded -- in the activity and on the control's
+    card -- and bob's (a choice) reaches alice's; carol's ``/set`` typed into
+    nc reaches both pages the same way, marked as from the chat port; her
+    chat line reaches both, marked as from the chat port (not "telnet"),
+    and what alice types reaches carol's nc.
     """
     daemon = console_daemon(make_daemon)
     alice = open_page(daemon, "alice", browser="chromium")
     bob = open_page(daemon, "bob", browser="firefox")
     wait_live(alice)
     wait_live(bob)
-    carol = ChatPort(daemon, "carol")
+    carol = Netcat(daemon.chat_port, "carol", USERS["carol"])
     try:
         for page in (alice, bob):
             line = wait_text(page, "#users > li", "carol")
@@ -186,6 +190,7 @@ def test_three_operators_see_each_others_operations(make_daemon, open_page) -> N
         wait_text(bob, "#control-pump .value", "on")
         assert wait_text(bob, "#control-pump .meta", "changed by alice at ") == \
             f"changed by alice at {seen['clock']}"
+        carol.read_until(b"* alice set pump to on (was off)")
 
         bob.click('#control-mode button[data-value="auto"]')
         op = wait_operation(daemon, "mode", 1)[-1]
@@ -195,7 +200,19 @@ def test_three_operators_see_each_others_operations(make_daemon, open_page) -> N
         assert alice.evaluate("document.querySelector('#control-mode button[aria-pressed=true]').dataset.value") \
             == "auto"
 
-        carol.say("pressure is steady at 2.1 bar")
+        carol.type("/set setpoint 42.5")
+        carol.read_until(b"* carol set setpoint to 42.5")
+        op = wait_operation(daemon, "setpoint", 1)[-1]
+        assert (op["user"], op["value"], op["result"], op["via"]) == ("carol", 42.5, "ok", "chat"), op
+        for page in (alice, bob):
+            seen = entry(page, "#events li.kind-control", "carol set Temperature set-point to 42.5 °C (was 20.0 °C)")
+            assert seen["datetime"] == iso(op["at"]) and "via chat port" in seen["text"], seen
+            wait_text(page, "#control-setpoint .value", "42.5 °C")
+            assert wait_text(page, "#control-setpoint .meta", "changed by carol at ") == \
+                f"changed by carol at {seen['clock']}"
+            assert page.evaluate("document.getElementById('control-setpoint-number').value") == "42.5"
+
+        carol.type("pressure is steady at 2.1 bar")
         for page in (alice, bob):
             line = entry(page, "#events li.chat", "carol: pressure is steady at 2.1 bar")["text"]
             assert "via chat port" in line and "telnet" not in line, line
@@ -203,6 +220,7 @@ def test_three_operators_see_each_others_operations(make_daemon, open_page) -> N
         carol.read_until(b"thanks carol, watching it")
         line = entry(bob, "#events li.chat", "alice: thanks carol, watching it")["text"]
         assert "via" not in line, line  # from a browser: no mark
+        assert carol.quit() == 0
     finally:
         carol.close()
     for page in (alice, bob):

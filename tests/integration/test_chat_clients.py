@@ -98,3 +98,49 @@ def test_the_screen_is_right_in_every_client(daemon: Daemon, clients: Any, name:
         "<alice> 号 again",
     ]
     assert screen.stray == []
+
+
+def test_nc_sending_ff_fe_in_a_message_is_not_taken_for_telnet(daemon: Daemon) -> None:
+    """
+    Issue 8 item 5, with the real nc (stdin a pipe, as a script uses it): a
+    line holding the bytes FF FE (a UTF-16 byte-order mark pasted from a
+    file) gets one clear error line; no telnet negotiation (IAC ...) comes
+    back, and the next line works.
+    """
+    import subprocess
+    import threading
+    import time
+
+    if shutil.which("nc") is None and not os.environ.get("CI"):
+        pytest.skip("nc is not installed")
+    proc = subprocess.Popen(["nc", daemon.host, str(daemon.chat_port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    received = bytearray()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def wait_for(needle: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in received:
+            assert time.monotonic() < deadline, f"{needle!r} not seen; got {bytes(received)!r}"
+            time.sleep(0.02)  # integration: waiting for a real process's output; bounded
+
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"alice\nalice-pw\n")
+        proc.stdin.flush()
+        wait_for(b"welcome, alice")
+        proc.stdin.write(b"price \xff\xfe 12\nplain again\n")
+        proc.stdin.flush()
+        wait_for(b"<alice> plain again\r\n")
+        assert b"error: that line is not valid UTF-8 and was ignored (set your terminal to UTF-8)\r\n" in received
+        assert b"\xff" not in received, bytes(received)
+    finally:
+        proc.kill()
+        proc.wait(5)

@@ -5,10 +5,10 @@ streams watching.
 
 Issue 11's promise pinned here: the server refuses -- whatever client asks --
 a viewer, a non-holder of a held floor, and a dangerous operation without a
-fresh token bound to the user, control and value; every refusal by role or
-floor is recorded and seen by everyone (everyone sees that carol tried); an
-admin's kick closes the user's streams with reason ``kicked`` and frees their
-floor, which sets the safe values.
+fresh token bound to the user, control and value; every refusal by role,
+floor or confirmation is recorded and seen by everyone (everyone sees that
+carol tried); an admin's kick closes the user's streams with reason
+``kicked`` and frees their floor, which sets the safe values.
 
 The expiry of a confirmation (15 s) is pinned with a Clock in
 ``tests/unit/test_pipeline.py``, not by waiting here.
@@ -195,10 +195,13 @@ def test_required_floor_refuses_everyone_until_they_take_it(device: Any, streams
 def test_confirmation_flow_with_curl(device: Any, streams: list[Watch]) -> None:
     """
     The heater asks first: POST → 428 with the question and a token (nothing
-    operated, nothing broadcast); the same POST with the token → 200 and the
-    operation everyone sees; the token replayed → 428 "already used" with a
-    fresh token; a token for another value, or used by another user, → 428
-    and nothing happens.
+    operated, nothing broadcast: a question is not a refusal); a token used
+    by another user, or for another value, → 428 asking again, and -- like a
+    role or floor refusal -- recorded and broadcast with ``refused:
+    confirm`` and its code, never with a token; the same POST with the
+    token → 200 and the operation everyone sees; the token replayed → 428
+    "already used" with a fresh token, broadcast too.  The heater moves only
+    once.
     """
     d = device("off")
     dave = watch(d, "dave", streams)
@@ -209,27 +212,40 @@ def test_confirmation_flow_with_curl(device: Any, streams: list[Watch]) -> None:
     assert body["error"] == "confirmation needed" and 0 < body["expires_in"] <= 15, body
     token = body["confirm"]
     assert isinstance(token, str) and len(token) >= 20, token
-    assert "operation" not in body
+    assert "operation" not in body and "refused" not in body, body
     assert history(d) == []
 
-    # Another user, or another value, with bob's token: refused, nothing happens.
-    status, other = curl(d, "POST", "/api/controls/heater", "dave", json.dumps({"value": True, "confirm": token}))
-    assert status == 428 and "another user" in other["error"], other
-    status, other = curl(d, "POST", "/api/controls/heater", "bob", json.dumps({"value": False, "confirm": token}))
-    assert status == 428 and "not False" in other["error"], other
-    assert history(d) == []
+    # Another user, or another value, with bob's token: refused, seen by everyone; the heater stays off.
+    refusals = []
+    for user, value, code, words in (("dave", True, "wrong-user", "another user"),
+                                     ("bob", False, "wrong-value", "not off")):
+        status, other = curl(d, "POST", "/api/controls/heater", user, json.dumps({"value": value, "confirm": token}))
+        assert status == 428 and words in other["error"], other
+        assert (other["refused"], other["code"]) == ("confirm", code), other
+        assert other["confirm"] != token, other
+        event = dave.wait(ops_of("heater", id=other["operation"]["id"]), since=mark)
+        assert (event["user"], event["value"], event["result"], event["refused"], event["code"], event["error"]) == \
+            (user, value, "error", "confirm", code, other["error"]), event
+        refusals.append(event["id"])
+    assert [(o["id"], o["result"]) for o in history(d)] == [(i, "error") for i in refusals]
+    assert d.get_json("/api/controls/heater", "alice")["value"] is False
 
     status, body = curl(d, "POST", "/api/controls/heater", "bob", json.dumps({"value": True, "confirm": token}))
     assert status == 200, body
     op = body["operation"]
     assert (op["user"], op["old"], op["value"], op["result"]) == ("bob", False, True, "ok"), op
     dave.wait(ops_of("heater", id=op["id"]), since=mark)
-    assert [e["id"] for e in dave.of_kind("control", mark)] == [op["id"]], "only the confirmed one was broadcast"
 
     status, again = curl(d, "POST", "/api/controls/heater", "bob", json.dumps({"value": True, "confirm": token}))
     assert status == 428, again
     assert "already used" in again["error"] and again["confirm"] != token, again
-    assert [o["id"] for o in history(d)] == [op["id"]]
+    assert (again["refused"], again["code"]) == ("confirm", "used"), again
+    dave.wait(ops_of("heater", id=again["operation"]["id"]), since=mark)
+    seen = dave.of_kind("control", mark)
+    assert [(e["id"], e["result"]) for e in seen] == \
+        [(refusals[0], "error"), (refusals[1], "error"), (op["id"], "ok"), (again["operation"]["id"], "error")]
+    assert not any(token in json.dumps(e) or "confirm" in e for e in seen), "no token is ever broadcast"
+    assert [o["result"] for o in history(d)] == ["error", "error", "ok", "error"]
 
 
 # ------------------------------------------------------------------ kick

@@ -150,18 +150,26 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
 
 
 ACCESS = re.compile(
-    r"\[boatwist\.access#info\] "
+    r"(?:^|\[boatwist\.access#info\] )"
     r'(?P<host>\S+) (?P<ident>\S+) (?P<user>\S+) \[(?P<time>[^\]]+)\] '
     r'"(?P<method>\S+) (?P<uri>\S+) (?P<proto>HTTP/1\.[01])" (?P<status>\d{3}) (?P<size>\d+|-) '
     r'"(?P<referer>[^"]*)" "(?P<agent>[^"]*)"$'
 )
 
 
-def access_lines(daemon: Daemon, marker: str) -> list[re.Match[str]]:
+def access_text(daemon: Daemon, where: str = "file") -> list[str]:
+    """The access log's lines: C{file} -- the default, state_dir/access.log; C{log} -- twistd's log."""
+    if where == "log":
+        return [line for line in daemon.log_text().splitlines() if "[boatwist.access#" in line]
+    path = daemon.state / "access.log"
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def access_lines(daemon: Daemon, marker: str, where: str = "file") -> list[re.Match[str]]:
     """Access-log lines whose User-Agent contains C{marker}, parsed as combined log format."""
     found = []
-    for line in daemon.log_text().splitlines():
-        if "[boatwist.access#" in line and marker in line:
+    for line in access_text(daemon, where):
+        if marker in line:
             match = ACCESS.search(line)
             assert match is not None, f"not combined log format: {line!r}"
             found.append(match)
@@ -564,18 +572,22 @@ def test_md5_apr1_users_file_stops_the_start_with_one_line(make_daemon: Any) -> 
 # ---------------------------------------------------------------- the log
 
 
-def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: Any) -> None:
+@pytest.mark.parametrize("where", ["file", "log"])
+def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: Any, where: str) -> None:
     """
     Each request (200, 401, bad password, Digest, 404, health) gives exactly
     one access-log line in combined log format with the peer address, the
     authenticated user (or -) and the status; the password, the base64
     Basic token, the wrong password tried and query values never appear in
     the log.  A failed login is logged with the user and source address.
+    By default the lines go to state_dir/access.log (written once a
+    second); with C{access_log = log}, to twistd's log.
     """
     password, wrong = "Sekr1t-Pw-unique-84d2", "Wr0ng-Guess-unique-19c7"
     # Every line is wanted here: the per-source summaries of floods are tests/integration/test_log_flood.py.
+    target = "[http]\naccess_log = log\n" if where == "log" else ""
     d = make_daemon(users={"alice": password},
-                    config="[auth]\nfailure_delay = 0\n[log]\nper_source = 1000\nmax_lines = 1000\n")
+                    config="[auth]\nfailure_delay = 0\n[log]\nper_source = 1000\nmax_lines = 1000\n" + target)
     d.start()
     marker = f"probe-{secrets.token_hex(4)}"
     good = basic("alice", password)
@@ -593,8 +605,8 @@ def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: An
     r = digest_get(d, "/api/presence", "alice", password, "SHA-256")  # two requests: 401, then 200
     assert r.status == 200, r
 
-    wait_until(lambda: len(access_lines(d, marker)) >= len(sent), 5, "access-log lines")
-    lines = access_lines(d, marker)
+    wait_until(lambda: len(access_lines(d, marker, where)) >= len(sent), 5, "access-log lines")
+    lines = access_lines(d, marker, where)
     assert len(lines) == len(sent), [m.group(0) for m in lines]
     for number, (method, path, _, status, user) in enumerate(sent):
         match = next(m for m in lines if m.group("agent") == f"{marker}-{number}")
@@ -608,7 +620,7 @@ def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: An
     query = next(m for m in lines if m.group("agent") == f"{marker}-1")
     assert query.group("uri") == "/api/whoami?token=*"
     def presence_lines() -> list[re.Match[str]]:
-        return [m for m in map(ACCESS.search, d.log_text().splitlines()) if m and m.group("uri") == "/api/presence"]
+        return [m for m in map(ACCESS.search, access_text(d, where)) if m and m.group("uri") == "/api/presence"]
 
     # The log reaches us through twistd's stdout: wait for the line, not a fixed time.
     wait_until(lambda: len(presence_lines()) >= 2, 5, "the /api/presence access-log lines")
@@ -616,8 +628,10 @@ def test_access_log_one_combined_line_per_request_and_no_secrets(make_daemon: An
     assert [(m.group("status"), m.group("user")) for m in presence] == [("401", "-"), ("200", "alice")], presence
 
     d.stop()
-    assert len(access_lines(d, marker)) == len(sent)  # and no late duplicates once everything is flushed
-    log = d.log_text() + d.log_path.read_text(errors="replace")
+    assert len(access_lines(d, marker, where)) == len(sent)  # and no late duplicates once everything is flushed
+    if where == "file":
+        assert not access_text(d, "log"), "access lines in twistd's log too"
+    log = d.log_text() + d.log_path.read_text(errors="replace") + "\n".join(access_text(d, "file"))
     token = good["Authorization"].split()[1]
     for secret in (password, wrong, token, base64.b64encode(f"alice:{wrong}".encode()).decode(), "QuerySecret77"):
         assert secret not in log, f"{secret!r} is in the log"

@@ -62,7 +62,8 @@ def test_a_request_flood_writes_a_few_lines_a_second_and_a_summary(tmp_path: Pat
     d.wait_for_log("more lines not written one by one", timeout=5)
     time.sleep(1.5)  # integration: the last second's summary is written at the next heartbeat; bounded
     text = log_file.read_text(errors="replace")
-    access = [line for line in text.splitlines() if "boatwist.access" in line and '"GET /api/whoami' in line]
+    access_file = d.state / "access.log"  # the default: state_dir/access.log
+    access = [line for line in access_file.read_text(errors="replace").splitlines() if '"GET /api/whoami' in line]
     summaries = [line for line in text.splitlines() if "more lines not written one by one" in line]
     counted = sum(int(m.group(1)) for m in (re.search(r": (\d+) more lines", line) for line in summaries) if m)
     grew = log_file.stat().st_size - before
@@ -83,7 +84,8 @@ def test_log_files_are_rotated_and_the_oldest_deleted(tmp_path: Path, make_daemo
     """
     log_file = tmp_path / "embweb.log"
     twistd_log = tmp_path / "twistd.log"
-    d: Daemon = make_daemon(config=f"[log]\nfile = {log_file}\nmax_size = 64K\nfiles = 2\n")
+    # The access lines through the log (they would go to state_dir/access.log by default).
+    d: Daemon = make_daemon(config=f"[log]\nfile = {log_file}\nmax_size = 64K\nfiles = 2\n[http]\naccess_log = log\n")
     d.spawn(d.argv()[:-3] + [f"--logfile={twistd_log}"] + d.argv()[-3:])
     d.wait_ready()
     import base64

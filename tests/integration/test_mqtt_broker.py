@@ -307,7 +307,7 @@ def test_fleet_lists_two_devices_up_and_down(broker: Mosquitto, bridges: list[Br
     assert lines[0].split()[:3] == ["DEVICE", "STATUS", "SINCE"]
     press = next(line for line in lines if line.startswith("boatwist/press-7"))
     oven = next(line for line in lines if line.startswith("boatwist/oven-2"))
-    assert " up " in press and "alice set pump to true" in press and "1/10 alice" in press
+    assert " up " in press and "alice set pump to on (was off)" in press and "1/10 alice" in press
     assert " down " in oven
 
 

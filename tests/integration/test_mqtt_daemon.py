@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import configparser
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +33,8 @@ import pytest
 from daemon import Daemon, SSEReader
 from ha_discovery import check_documented, render
 from mosquitto import Mosquitto
-from mqtt_tools import Received, Watcher
+from mqtt_tools import HoldingProxy, OnTerminal, Received, Watcher
+from screen import render as screen_of
 
 from boatwist.mqtt.commands import parse_command
 
@@ -106,12 +108,13 @@ def broker(tmp_path: Path, cleanup: ExitStack) -> Mosquitto:
 
 
 def device(make_daemon: Callable[..., Daemon], broker: Mosquitto, name: str, controls: str = DEV_A_CONTROLS,
-           **mqtt: str) -> Daemon:
+           via: str = "", **mqtt: str) -> Daemon:
     """
-    One daemon named C{name} on C{broker}, started and connected to it -- which also means its controls
-    were read: the bridge connects only then (the last test).
+    One daemon named C{name} on C{broker} (reached through C{via}, a relay's address, when given), started
+    and connected to it -- which also means its controls were read: the bridge connects only then (the
+    last test).
     """
-    keys = {"broker": broker.address, **mqtt}
+    keys = {"broker": via or broker.address, **mqtt}
     config = (f"[server]\nname = {name}\n"
               "[floor]\nmode = optional\n"
               # Bursts of operations in these tests; the chat's rate applies to operations too.
@@ -409,6 +412,50 @@ def test_commands_over_mqtt_run_through_the_pipeline_and_are_refused_like_any_op
     assert a.get_json("/api/controls/heater", "alice")["value"] is False
 
 
+def test_a_viewers_command_over_mqtt_is_refused_403_in_the_words_of_the_http_api(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    [mqtt] user = bob, and bob is a viewer ([roles]): a command on …/controls/pump/set is refused with
+    status 403 on …/controls/pump/result, and the same error and refusal (refused: role) as bob's own POST
+    /api/controls/pump gets -- word for word.  The pump stays off; the refused attempt is recorded and
+    broadcast like any operation (result error, via mqtt, on the browser's event stream and on
+    …/events/control).  Role comes before confirmation: a viewer's command on a control with confirm is
+    403 too, not 428.
+    """
+    roles = "[roles]\ndefault = operator\nviewer = bob\n"
+    a = device(make_daemon, broker, "dev-a", DEV_A_CONTROLS + roles, commands="yes", user="bob")
+    P = "boatwist/dev-a"
+    w = watcher(cleanup, broker, f"{P}/controls/+/result", f"{P}/events/control")
+    reader = stream(cleanup, a, "alice")
+
+    def command(name: str, payload: str) -> dict[str, Any]:
+        n = len(w.messages)
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                        "-t", f"{P}/controls/{name}/set", "-m", payload], check=True, timeout=10)
+        return w.on(f"{P}/controls/{name}/result", after=n).json
+
+    refused = command("pump", '{"value": true}')
+    status, http, _ = request(a, "POST", "/api/controls/pump", "bob", {"value": True})
+    assert status == 403, (status, http)
+    assert refused["status"] == 403, refused
+    assert (refused["error"], refused["refused"]) == (http["error"], http["refused"]) == (
+        "bob is a viewer: viewers watch and chat, they do not operate", "role")
+    operation = refused["operation"]
+    assert (operation["user"], operation["via"], operation["result"], operation["error"]) == \
+        ("bob", "mqtt", "error", refused["error"])
+    assert (operation["old"], operation["value"]) == (False, True)
+    assert a.get_json("/api/controls/pump", "alice")["value"] is False
+
+    _, seen, _ = reader.wait_for(lambda kind, data: kind == "control" and data["id"] == operation["id"])
+    assert (seen["user"], seen["via"], seen["result"], seen["refused"], seen["error"]) == \
+        ("bob", "mqtt", "error", "role", refused["error"])
+    event = w.on(f"{P}/events/control", where=lambda j: j["id"] == operation["id"])
+    assert (event.json["via"], event.json["refused"], event.json["error"]) == ("mqtt", "role", refused["error"])
+
+    heater = command("heater", "true")
+    assert (heater["status"], heater["error"]) == (403, refused["error"]), heater
+    assert a.get_json("/api/controls/heater", "alice")["value"] is False
+
 def test_kill_9_turns_the_status_offline_through_the_will_within_the_bound(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
     """
@@ -432,6 +479,136 @@ def test_kill_9_turns_the_status_offline_through_the_will_within_the_bound(
     assert took <= 1.5 * 2 + 1, took
     assert retained(broker, "boatwist/dev-a/status", count=1)["boatwist/dev-a/status"]["state"] == "offline"
 
+
+def session_of(line: str) -> int:
+    """The session of a "MQTT connected (session N)" log line."""
+    return int(line.rsplit("session ", 1)[1].rstrip(")\n"))
+
+
+def reconfigure(d: Daemon, **mqtt: str) -> None:
+    """Change [mqtt] keys in the daemon's INI (for its next start)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(d.config_path, encoding="utf-8")
+    for key, value in mqtt.items():
+        parser.set("mqtt", key, value)
+    with open(d.config_path, "w", encoding="utf-8") as f:
+        parser.write(f)
+
+
+def test_a_late_will_of_the_killed_daemon_cannot_leave_the_restarted_one_offline(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    kill -9 of a daemon whose connection the broker cannot see end (held half-open on the way: a pulled
+    cable, a NAT that dropped the flow), restarted at once: the new daemon says online (a larger session),
+    and only then does the broker notice the old connection's end and publish its will -- offline, old
+    session, retained.  The restarted daemon sees that late will on its own status topic and says online
+    again, so a newcomer's mosquitto_sub -C 1 (which compares no sessions) sees the device online, as does
+    embweb-fleet.
+
+    The restart connects with another client id, as it would through a broker cluster or a load balancer
+    that put it on another node: with the same client id on one Mosquitto the broker takes the old
+    connection over and publishes its will at once, before the new CONNACK -- no late will at all.  The
+    broker's keepalive expiry (1.5 x keepalive, here 60 s) is played by the relay closing the held
+    connection once the new online is on the broker: the broker reads EOF and publishes the will at once.
+    """
+    proxy = HoldingProxy(broker.port)
+    cleanup.callback(proxy.close)
+    d = device(make_daemon, broker, "dev-a", via=proxy.address, keepalive="60")
+    old = session_of(d.wait_for_log("MQTT connected"))
+    P = "boatwist/dev-a"
+    w = watcher(cleanup, broker, f"{P}/status")
+    w.on(f"{P}/status", where=lambda j: j["state"] == "online" and j["session"] == old)
+
+    d.kill9()
+    proxy.wait_holding()
+    reconfigure(d, broker=broker.address, client_id="boatwist-dev-a-node2")
+    d.start()
+    line = wait_until(lambda: [x for x in d.log_text().splitlines() if "MQTT connected" in x][1:], 20,
+                      "the restarted daemon connected")[0]
+    new = session_of(line)
+    assert new > old
+    online = w.on(f"{P}/status", where=lambda j: j["state"] == "online" and j["session"] == new)
+
+    proxy.release()
+    will = w.on(f"{P}/status", where=lambda j: j["state"] == "offline")
+    assert will.json == {"state": "offline", "session": old}
+    assert w.messages.index(will) > w.messages.index(online)  # the old will did land after the new online
+    again = w.on(f"{P}/status", after=w.messages.index(will) + 1, where=lambda j: j["state"] == "online")
+    assert again.payload == online.payload
+    d.wait_for_log(f"a late will of session {old} said offline")
+
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", f"{P}/status",
+                          "-C", "1", "-W", "5"], capture_output=True, timeout=10, check=True).stdout
+    assert json.loads(out)["state"] == "online" and json.loads(out)["session"] == new
+    fleet = subprocess.run([FLEET, "--broker", broker.address, "--once", "--json"], capture_output=True,
+                           timeout=30, check=True)
+    (view,) = json.loads(fleet.stdout)
+    assert (view["state"], view["session"]) == ("online", new)
+
+#: How embweb-fleet's live view starts each redraw on a terminal: cursor home, clear the screen.
+CLEAR = b"\x1b[H\x1b[2J"
+
+
+def frames(output: bytes) -> list[list[str]]:
+    """The screens drawn so far, each as the rows a person sees (the terminal's CR LF read as it shows them)."""
+    screens = []
+    for raw in output.split(CLEAR)[1:]:
+        screen = screen_of(raw)
+        assert not screen.stray, screen.stray  # nothing but the clear sequence drives the terminal
+        screens.append([row for row in screen.rows if row])
+    return screens
+
+
+def device_row(screen: list[str], prefix: str) -> str | None:
+    return next((row for row in screen if row.startswith(prefix + " ")), None)
+
+
+def test_the_live_fleet_view_redraws_as_messages_arrive_and_stops_on_ctrl_c(
+        make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:
+    """
+    embweb-fleet without --once, on a terminal as a person runs it: it draws the table once the retained
+    messages are in (dev-a up, nobody on it), and draws it again by itself as messages arrive -- alice
+    logging in (1/10 alice), her operation (the last operation, in the chat port's words), her taking the
+    floor, dev-a stopping (down, stopped) -- each redraw starting with a cleared screen and nothing else
+    driving the terminal.  Ctrl-C ends it at once, with status 0 and no traceback.
+    """
+    a = device(make_daemon, broker, "dev-a")
+    P = "boatwist/dev-a"
+    fleet = OnTerminal([FLEET, "--broker", broker.address])
+    cleanup.callback(fleet.close)
+
+    def drawn(check: Callable[[str], bool], after: int) -> Callable[[bytes], Any]:
+        """A screen drawn after the first C{after} whose dev-a row passes C{check}: how many were drawn up to it."""
+        def find(output: bytes) -> int | None:
+            for n, screen in enumerate(frames(output)[after:], after + 1):
+                row = device_row(screen, P)
+                if row is not None and check(row):
+                    return n
+            return None
+        return find
+
+    first = fleet.wait_for(drawn(lambda row: " up " in row, 0), 15, "the first table")
+    screen = frames(fleet.output)[first - 1]
+    assert screen[0].split()[:3] == ["DEVICE", "STATUS", "SINCE"]
+    assert " 0/10 " in device_row(screen, P) + " "  # nobody on dev-a yet
+    assert "alice" not in device_row(screen, P)
+
+    stream(cleanup, a, "alice")  # alice logs in: presence re-published, the fleet redraws
+    login = fleet.wait_for(drawn(lambda row: "1/10 alice" in row, first), 15, "alice on the table")
+    operate(a, "alice", "pump", True)
+    op = fleet.wait_for(drawn(lambda row: "alice set pump to on (was off) via web" in row, login), 15,
+                        "alice's operation on the table")
+    status, body, _ = request(a, "POST", "/api/floor", "alice")
+    assert status == 200 and body["holder"] == "alice", (status, body)
+    floor = fleet.wait_for(drawn(lambda row: re.search(r"1/10 alice\s+alice\s", row) is not None, op), 15,
+                           "alice holding the floor on the table")
+    a.stop()
+    fleet.wait_for(drawn(lambda row: " down (stopped) " in row, floor), 15, "dev-a down on the table")
+
+    fleet.interrupt()
+    assert fleet.wait(10) == 0
+    fleet.wait_for(lambda output: fleet.ended, 10, "the end of the output")
+    assert b"Traceback" not in fleet.output, fleet.output[-2000:]
 
 def test_broker_restart_while_operating_keeps_the_daemon_responsive_and_loses_nothing(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:

@@ -63,3 +63,31 @@ def test_ipv6_sockets_are_reported_too() -> None:
         assert wait_for(lambda: dict(diag.inodes_in(ENDING_STATES)).get(inode) == CLOSE_WAIT)
         accepted.close()
     diag.close()
+
+
+def test_only_our_ports_and_families_are_reported() -> None:
+    """
+    The kernel keeps to the local ports asked for (our listeners'), through
+    the bytecode of port_filter, and to the families asked for: a half-closed
+    connection of another listener, or of another family, is not ours.
+    """
+    diag = SockDiag.open()
+    assert isinstance(diag, SockDiag), diag
+    ours, theirs, again = socket.socket(), socket.socket(), socket.socket()
+    with ours, theirs, again:
+        ends = []
+        for server in (ours, theirs, again):
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            client = socket.create_connection(server.getsockname())
+            accepted, _ = server.accept()
+            ends.append((client, accepted, socket_inode(accepted)))
+        for client, _, _ in ends:
+            client.close()
+        asked = [ours.getsockname()[1], again.getsockname()[1]]
+        want = {ends[0][2]: CLOSE_WAIT, ends[2][2]: CLOSE_WAIT}
+        assert wait_for(lambda: dict(diag.inodes_in(ENDING_STATES, [socket.AF_INET], asked)) == want)
+        assert dict(diag.inodes_in(ENDING_STATES, [socket.AF_INET6], asked)) == {}
+        for _, accepted, _ in ends:
+            accepted.close()
+    diag.close()

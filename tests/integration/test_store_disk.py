@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 import boatwist
-from boatwist.store.service import Message, Store, StoreError, StoreFull, StoreVersionError, prepare_schema
+from boatwist.store.service import Message, Store, StoreError, StoreFull, prepare_schema
 
 #: Where the boatwist under test was imported from: the child process of the
 #: kill -9 test must run the same code.
@@ -70,7 +70,7 @@ class StoreOnDisk(TestCase):
         """
         path = self.db_path()
         store = self.start_store(path)
-        yield store.when_open()
+        yield store.history()  # open, on the writer thread
         sent = yield store.add_message("ann", "survives a restart", "chat", action=True)
         self.assertEqual((yield store.integrity_check()), "ok")
         yield store.stopService()
@@ -84,29 +84,43 @@ class StoreOnDisk(TestCase):
 
     @defer.inlineCallbacks
     def test_age_retention_applies_on_open(self) -> _Gen:
-        """A device switched off for longer than retention_days drops old history when it starts."""
+        """
+        On disk: a store that has run longer than retention_days since a row
+        was written (the run clock kept in the file) drops it when it opens
+        again; days switched off -- the wall clock 100 days on -- count for
+        nothing.
+        """
         path = self.db_path()
-        now = [1_000_000.0]
-        store = self.start_store(path, retention_days=1.0, wall_clock=lambda: now[0])
+        wall, running = [1_000_000.0], [0.0]
+        store = self.start_store(path, retention_days=1.0, wall_clock=lambda: wall[0], monotonic=lambda: running[0])
         yield store.add_message("ann", "old", "web")
         yield store.audit("login", "ann", "10.0.0.7")
+        running[0] += 0.5 * 86400
         yield store.stopService()
-        now[0] += 2 * 86400
-        reopened = self.start_store(path, retention_days=1.0, wall_clock=lambda: now[0])
-        self.assertEqual((yield reopened.history()), [])
-        self.assertEqual((yield reopened.audit_log()), [])
+        wall[0] += 100 * 86400  # switched off for 100 days (or the clock stepped): no running time
+        reopened = self.start_store(path, retention_days=1.0, wall_clock=lambda: wall[0], monotonic=lambda: 0.0)
+        self.assertEqual([m.text for m in (yield reopened.history())], ["old"])
+        yield reopened.stopService()
+        rebooted = [0.0]
+        again = self.start_store(path, retention_days=1.0, wall_clock=lambda: wall[0], monotonic=lambda: rebooted[0])
+        yield again.history()  # open (on its thread) before time passes
+        rebooted[0] += 0.6 * 86400  # 1.1 days of running in all
+        yield again.stopService()
+        last = self.start_store(path, retention_days=1.0, wall_clock=lambda: wall[0], monotonic=lambda: 0.0)
+        self.assertEqual((yield last.history()), [])
+        self.assertEqual((yield last.audit_log()), [])
 
     @defer.inlineCallbacks
     def test_newer_database_refused(self) -> _Gen:
-        """Through the writer thread: a newer database makes when_open fail and is left untouched."""
+        """Through the writer thread: a newer database is not opened (writes say why) and is left untouched."""
         path = self.db_path()
         conn = sqlite3.connect(path, isolation_level=None)
         prepare_schema(conn)
         conn.execute("UPDATE version SET version = 42")
         conn.close()
         store = self.start_store(path)
-        yield self.assertFailure(store.when_open(), StoreVersionError)
-        yield self.assertFailure(store.add_message("ann", "hi", "web"), StoreError)
+        error = yield self.assertFailure(store.add_message("ann", "hi", "web"), StoreError)
+        self.assertIn("schema version 42", str(error))
         conn = sqlite3.connect(path)
         self.addCleanup(conn.close)
         self.assertEqual(conn.execute("SELECT version FROM version").fetchone()[0], 42)
@@ -121,7 +135,7 @@ class StoreOnDisk(TestCase):
         """
         path = self.db_path()
         store = self.start_store(path)
-        yield store.when_open()
+        yield store.history()  # open, on the writer thread
         blocker = sqlite3.connect(path, isolation_level=None)
         self.addCleanup(blocker.close)
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
@@ -252,7 +266,7 @@ class StoreOnFullDisk(TestCase):
                       reactor=_reactor())
         store.startService()
         self.addCleanup(lambda: store.stopService() if store.running else None)  # runs before the unmount
-        yield store.when_open()
+        yield store.history()  # open, on the writer thread
         before = yield store.add_message("ann", "before the disk filled", "web")
         filler = _fill(directory)
 

@@ -424,7 +424,6 @@ def test_credentials_without_peer_count_as_unknown() -> None:
 def test_peer_aware_factory_attaches_the_peer_address() -> None:
     """Decoded credentials carry peer_host, the request's client address; challenge and scheme are the inner's."""
     factory = basic_factory(REALM)
-    assert isinstance(factory, PeerAwareFactory)
     assert factory.scheme == b"basic"
     request = DummyRequest([b""])
     request.client = IPv4Address("TCP", "10.4.4.4", 1234)  # DummyRequest's client= argument is ignored
@@ -438,6 +437,20 @@ def test_peer_aware_factory_keeps_the_inner_errors() -> None:
     factory = PeerAwareFactory(BasicCredentialFactory(b"r"))
     with pytest.raises(cerror.LoginFailed):
         factory.decode(b"!!!not base64", DummyRequest([b""], client=IPv4Address("TCP", "10.4.4.4", 1)))
+
+
+@pytest.mark.parametrize("token", [b"!!!not base64", base64.b64encode(b"no colon here")])
+def test_basic_factory_refuses_what_is_not_user_colon_password(token: bytes) -> None:
+    """Not base64, or no colon: LoginFailed (a 401), as twisted.web.guard's own factory."""
+    with pytest.raises(cerror.LoginFailed):
+        basic_factory(REALM).decode(token, DummyRequest([b""], client=IPv4Address("TCP", "10.4.4.4", 1)))
+
+
+def test_basic_factory_keeps_colons_in_the_password() -> None:
+    """Only the first colon separates the user name (RFC 7617)."""
+    request = DummyRequest([b""])
+    c = basic_factory(REALM).decode(base64.b64encode(b"alice:a:b:c"), request)
+    assert (c.username, c.password, c.via) == (b"alice", b"a:b:c", "http")
 
 
 def test_peer_of_without_an_ip_address() -> None:

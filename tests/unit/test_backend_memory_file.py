@@ -150,6 +150,29 @@ class FileBackendTests(SynchronousTestCase):
         self.path.write_text("42\n")
         self.assertEqual(self.successResultOf(sensor.read()), 42.0)
 
+    def test_field_reads_one_field_of_the_first_line(self) -> None:
+        """
+        ``field = N`` reads the N-th white-space separated field of the first
+        line (1-based): /proc/loadavg's first is the 1-minute load, a number;
+        with ``scale`` the field is scaled; without a unit a field that is
+        not a number is its text; a line with too few fields is one line
+        naming the file and the field asked for.
+        """
+        self.path.write_text("0.52 0.58 0.59 1/389 12345\nsecond 7 8 9 10 11\n")
+        self.assertEqual(self.successResultOf(self.backend("type = sensor\nfield = 1\n").read()), 0.52)
+        self.assertEqual(self.successResultOf(self.backend("type = sensor\nfield = 3\n").read()), 0.59)
+        self.assertEqual(self.successResultOf(self.backend("type = sensor\nfield = 4\n").read()), "1/389")
+        scaled = self.backend("type = sensor\nfield = 5\nunit = k\nscale = 0.001\n")
+        self.assertEqual(self.successResultOf(scaled.read()), 12.345)
+        missing = self.failureResultOf(self.backend("type = sensor\nfield = 6\n").read(), BackendError)
+        self.assertEqual(str(missing.value), f"{self.path}: field = 6, but the first line has only 5 fields")
+        self.path.write_text("\n")
+        empty = self.failureResultOf(self.backend("type = sensor\nfield = 1\n").read(), BackendError)
+        self.assertEqual(str(empty.value), f"{self.path}: field = 1, but the first line has no fields")
+        self.path.write_text("0.52 n/a\n")
+        text = self.failureResultOf(self.backend("type = sensor\nfield = 2\nunit = V\n").read(), BackendError)
+        self.assertEqual(str(text.value), f"{self.path}: read 'n/a', expected a number")
+
     def test_reads_at_most_a_few_kib(self) -> None:
         """A huge file costs one 4 KiB read: the number on its first line is still found."""
         self.path.write_text("7\n" + "z" * 1_000_000)

@@ -229,3 +229,23 @@ def test_every_documented_reason_has_words() -> None:
     assert reason_words("tcp-state") == "connection half-closed"
     assert reason_words("slow-reader") == "too slow to read events"
     assert reason_words("kicked") == "removed by an operator"
+
+
+def test_the_docs_list_every_presence_reason_there_is() -> None:
+    """The README's Presence section and docs/internals.md name every Reason the code produces, and no other."""
+    import re
+    from pathlib import Path
+
+    from boatwist.reasons import Reason
+
+    root = Path(__file__).resolve().parents[2]
+    produced = {reason.value for reason in Reason}
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    presence = readme.split("## Presence", 1)[1].split("How a vanished peer is found", 1)[0]
+    in_readme = set(re.findall(r"`([a-z-]+)`", presence)) - {"online", "unstable", "offline", "detected_after",
+                                                               "http_grace"}
+    assert in_readme == produced, (sorted(produced - in_readme), sorted(in_readme - produced))
+    internals = (root / "docs" / "internals.md").read_text(encoding="utf-8")
+    listed = re.search(r"`Reason` \(a `str` enum: `([^`]+)`\)", internals)
+    assert listed is not None, "docs/internals.md no longer lists the Reason enum"
+    assert set(re.split(r",\s*", listed.group(1).strip())) == produced

@@ -226,3 +226,14 @@ def test_the_readmes_table_has_every_key_with_its_default() -> None:
         if rows.get((section, key)) != expected:
             wrong[f"[{section}] {key}"] = (rows.get((section, key)), expected)
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("text, expected", [("", "STATE/access.log"), ("/var/log/embweb-access.log",
+                                                                     "/var/log/embweb-access.log"),
+                                            ("log", None), ("off", None)])
+def test_access_log_is_a_file_in_state_dir_unless_log_or_off(text: str, expected: str | None) -> None:
+    """[http] access_log: empty is state_dir/access.log; a path is that file; log and off are no file."""
+    settings = parse_config(f"[server]\nstate_dir = /srv/b\n[http]\naccess_log = {text}\n")
+    want = None if expected is None else Path(expected.replace("STATE", "/srv/b"))
+    assert settings.access_log_file == want
+    assert settings.http.access_log == (text if text in ("log", "off") else settings.http.access_log)

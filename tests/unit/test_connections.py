@@ -732,6 +732,67 @@ def test_plain_request_refused_when_full() -> None:
     assert refusal is not None and refusal.reason == "full"
 
 
+def test_present_connections_are_kept_as_presence_admits_them() -> None:
+    """
+    The tracker keeps the list of connections that are someone's presence
+    (what the heartbeat reads every tick) as presence admits them: an event
+    stream or chat connection, not a plain request nor one refused; it
+    leaves the list when it ends, and one admitted after it ended never joins.
+    """
+    w = World(max_users=2)
+    stream, _ = w.connect(port=1)
+    plain, _ = w.connect(port=2)
+    chat, _ = w.connect(port=3)
+    refused, _ = w.connect(port=4)
+    late, _ = w.connect(port=5)
+    assert w.tracker.present() == []
+    w.bind(stream.conn, "alice", Kind.WEB)
+    w.touch_http(plain.conn, "bob")
+    w.bind(chat.conn, "bob", Kind.CHAT)
+    assert w.bind(refused.conn, "carol", Kind.WEB) is not None
+    assert w.tracker.present() == [stream.conn, chat.conn]
+    assert [c.present for c in (stream.conn, plain.conn, chat.conn, refused.conn)] == [True, False, True, False]
+    stream.connectionLost(Failure(ConnectionDone()))
+    late.connectionLost(Failure(ConnectionDone()))
+    w.bind(late.conn, "bob", Kind.WEB)
+    assert w.tracker.present() == [chat.conn]
+
+
+class EndpointSocket(FakeSocket):
+    """A fake socket with an address family, a local port and an inode (what sock_diag names it by)."""
+
+    def __init__(self, family: int, port: int, inode: int) -> None:
+        super().__init__()
+        self.family = family
+        self.port = port
+        self.inode = inode
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("::" if self.family == 10 else "0.0.0.0", self.port)
+
+
+def test_families_and_local_ports_are_counted_while_connections_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The tracker knows the address families and local ports of its sockets
+    (the netlink dump is asked for those only), found by inode, until the
+    connection ends.
+    """
+    import socket
+
+    monkeypatch.setattr(connections, "socket_inode", lambda sock: sock.inode)
+    w = World()
+    v4, _ = w.connect(transport=SocketTransport(EndpointSocket(socket.AF_INET, 8080, 11)))
+    w.connect(port=2, transport=SocketTransport(EndpointSocket(socket.AF_INET, 8080, 12)))
+    v6, _ = w.connect("::1", transport=SocketTransport(EndpointSocket(socket.AF_INET6, 8023, 13)))
+    assert sorted(w.tracker.families()) == [socket.AF_INET, socket.AF_INET6]
+    assert sorted(w.tracker.local_ports()) == [8023, 8080]
+    assert w.tracker.by_inode(13) is v6.conn
+    v6.connectionLost(Failure(ConnectionDone()))
+    v4.connectionLost(Failure(ConnectionDone()))
+    assert w.tracker.families() == [socket.AF_INET] and w.tracker.local_ports() == [8080]
+    assert w.tracker.by_inode(13) is None
+
+
 def test_connection_for_finds_the_tracked_connection_or_says_it_is_a_bug() -> None:
     """Under a wrapped protocol the tracked connection is found; elsewhere LookupError."""
     w = World()

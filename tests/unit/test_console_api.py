@@ -233,8 +233,8 @@ def test_process_uptime_from_the_kernel() -> None:
 
 def test_operators_have_roles_kinds_in_words_and_link_details() -> None:
     """
-    /api/operators: seats, each online user with role, state, since, and each
-    connection with its kind in words (browser, terminal), peer, RTT and the
+    /api/operators: seats, each online user with role, state, since (and
+    state_since: when the state last changed), and each connection with its kind in words (browser, terminal), peer, RTT and the
     probes/retransmissions fields; plain-request presence with when it ends.
     """
     w = World()
@@ -252,6 +252,7 @@ def test_operators_have_roles_kinds_in_words_and_link_details() -> None:
     chat = by_user["bob"]["connections"][0]
     assert chat["words"] == "terminal (chat port)" and chat["rtt_ms"] == 12.5 and chat["peer"] == "10.0.0.7"
     assert {"probes", "retransmits", "idle_s", "unstable", "since"} <= set(chat)
+    assert by_user["bob"]["state_since"] == by_user["bob"]["since"]  # online since the login
     assert doc["kinds"] == KIND_WORDS
 
 
@@ -393,3 +394,46 @@ def test_embweb_passwd_refuses_the_user_name_logout(tmp_path: Any) -> None:
                    "--password-stdin", "add", "logout"], stdin=io.StringIO("pw\n"), stdout=io.StringIO(), stderr=err)
     assert status != 0 and "reserved for logging out" in err.getvalue()
     assert not users.exists() and not digest.exists()
+
+
+def test_uptimes_read_the_process_start_once_and_the_boot_clock_after() -> None:
+    """Uptimes: the start from /proc/self/stat (read once), the rest from CLOCK_BOOTTIME, as /proc/uptime says."""
+    import os
+    import time
+
+    from boatwist.web.console_api import Uptimes
+
+    reads: list[str] = []
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = b"1 (twistd) S " + b" ".join(b"0" for _ in range(18)) + b" %d 0 0" % (int((boot - 30) * ticks))
+
+    def read(path: str) -> bytes:
+        reads.append(path)
+        return stat if path == "/proc/self/stat" else f"{time.clock_gettime(time.CLOCK_BOOTTIME)} 0\n".encode()
+
+    uptimes = Uptimes(read)
+    first = len(reads)
+    assert uptimes.process() == pytest.approx(30, abs=1) and uptimes.host() == pytest.approx(boot, abs=1)
+    assert uptimes.process() >= 0 and len(reads) == first  # nothing read per request
+
+
+@pytest.mark.parametrize("header", [
+    b"Basic " + base64.b64encode(b"logout:x"),
+    b'Digest username="logout", realm="r"',
+    b'Digest username="lo\\gout", realm="r"',
+    b"Digest username=logout, realm=r",
+])
+def test_every_way_to_claim_logout_is_seen(header: bytes) -> None:
+    """The shortcut that skips parsing never misses a header claiming the user name logout."""
+    from boatwist.web.guard import _claims_logout
+
+    assert claimed_user(header) == "logout" and _claims_logout(header)
+
+
+@pytest.mark.parametrize("header", [b"Basic " + base64.b64encode(b"alice:logout"), b'Digest username="alice"',
+                                    b'Digest username="alice", realm="logout"', None])
+def test_a_header_not_claiming_logout_is_not_taken_for_it(header: bytes | None) -> None:
+    from boatwist.web.guard import _claims_logout
+
+    assert not _claims_logout(header)

@@ -78,6 +78,14 @@ def test_file_control() -> None:
     assert isinstance(led.backend, FileSpec) and (led.backend.on, led.backend.off) == ("255", "0")
 
 
+def test_file_sensor_field() -> None:
+    """``field = N`` on a file sensor is kept as N (1-based); without it the whole first line is read."""
+    load = parse_one("type = sensor\nbackend = file\npath = /proc/loadavg\nfield = 1\npoll = 2\n")
+    assert load.backend == FileSpec(path=Path("/proc/loadavg"), field=1)
+    assert parse_one("type = sensor\nbackend = file\npath = /proc/loadavg\nfield = 64\n").backend.field == 64
+    assert parse_one("type = sensor\nbackend = file\npath = /proc/loadavg\n").backend.field is None
+
+
 def test_command_control_splits_like_a_shell_without_one() -> None:
     """read/write are argv lists; quoting groups, {value} stays inside its argument."""
     c = parse_one(
@@ -142,6 +150,13 @@ REFUSED = {
     "bad type": (S + "type = slider\nbackend = memory\n", "dev.ini:2: [control:x] type = 'slider': expected switch, number, choice, action, sensor"),
     "missing backend": (S + "type = switch\n", "dev.ini:1: [control:x] backend: missing, expected memory, file, command, modbus"),
     "bad backend": (S + "type = switch\nbackend = gpio\n", "dev.ini:3: [control:x] backend = 'gpio': expected memory, file, command, modbus"),
+    "field not a number": (S + "type = sensor\nbackend = file\npath = /proc/loadavg\nfield = first\n", "dev.ini:5: [control:x] field = 'first': expected a whole number from 1 to 64 (which white-space separated field of the first line to read: 1 for the first, as in /proc/loadavg)"),
+    "field zero": (S + "type = sensor\nbackend = file\npath = /proc/loadavg\nfield = 0\n", "dev.ini:5: [control:x] field = '0': expected a whole number from 1 to 64"),
+    "field too big": (S + "type = sensor\nbackend = file\npath = /proc/loadavg\nfield = 65\n", "[control:x] field = '65': expected a whole number from 1 to 64"),
+    "field negative": (S + "type = sensor\nbackend = file\npath = /proc/loadavg\nfield = -1\n", "[control:x] field = '-1': expected a whole number from 1 to 64"),
+    "field empty": (S + "type = sensor\nbackend = file\npath = /proc/loadavg\nfield =\n", "[control:x] field = '': expected a whole number from 1 to 64"),
+    "field on a switch": (S + "type = switch\nbackend = file\npath = /x\nfield = 1\n", "dev.ini:5: [control:x] field: unknown key for a switch on the file backend"),
+    "field on a command": (S + "type = sensor\nbackend = command\nread = cat /proc/loadavg\nfield = 1\n", "[control:x] field: unknown key for a sensor on the command backend"),
     "memory sensor": (S + "type = sensor\nbackend = memory\n", "[control:x] backend = 'memory': expected file, command or modbus for a sensor"),
     "modbus choice": (S + "type = choice\nbackend = modbus\nchoices = a\n", "[control:x] backend = 'modbus': expected memory, file or command for a choice"),
     "unknown key": (S + "type = switch\nbackend = memory\ncolour = red\n", "dev.ini:4: [control:x] colour: unknown key for a switch on the memory backend (known: type, backend, label, timeout, poll, role, confirm, safe_value, initial)"),

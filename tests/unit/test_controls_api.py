@@ -56,6 +56,35 @@ def test_list_names_every_control_with_its_value_quality_and_the_users_rights() 
     assert {c["name"]: c["writable"] for c in mine["controls"]}["pump"] is True
 
 
+def test_the_listing_is_what_each_control_shows_now_and_to_whom() -> None:
+    """
+    Each control's JSON is kept encoded between requests: a change of value
+    (also of type only: 1 after true), of who changed it, of quality, or
+    another user's rights is in the very next listing, and a listing
+    encodes exactly what describe() says.
+    """
+    d = Device()
+
+    def listing(user: str) -> dict[str, Any]:
+        status, _, body = call(d, user, b"GET", b"/api/controls")
+        assert status == 200
+        return {c["name"]: c for c in body["controls"]}
+
+    first = listing("alice")
+    assert first["pump"] == d.core.controls.describe(d.core.controls.get("pump"), "alice", d.core.roles)
+    assert (first["pump"]["value"], first["pump"]["writable"]) == (False, True)
+    assert listing("carol")["pump"]["writable"] is False and listing("alice")["pump"]["writable"] is True
+    outcome = d.operate("alice", "pump", True)
+    assert outcome.ok
+    after = listing("alice")["pump"]
+    assert (after["value"], after["changed_by"]) == (True, "alice")
+    state = d.core.controls.get("pump")
+    state.value = 1  # equal to True, but not the same JSON
+    assert json.dumps(listing("alice")["pump"]["value"]) == "1"
+    state.error, state.quality = "gone", type(state.quality)("error")
+    assert (listing("alice")["pump"]["quality"], listing("alice")["pump"]["error"]) == ("error", "gone")
+
+
 def test_post_operates_and_answers_the_operation() -> None:
     """POST {"value": true}: 200 with the operation, via api (no Sec-Fetch-Mode)."""
     d = Device()

@@ -37,6 +37,17 @@ class FakeConn:
     held: list[bytes] | None = None
     window_closed_at: float | None = None
     released: int = 0
+    inode: int | None = None
+    #: How often the cheap "ESTABLISHED, nothing outstanding" read was made.
+    screened: int = 0
+
+    @property
+    def present(self) -> bool:
+        return self.user is not None and self.kind.persistent
+
+    def tcp_calm(self) -> bool:
+        self.screened += 1
+        return self.info is not None and self.info.established and not self.info.troubled
 
     def tcp_info(self) -> TcpInfo | None:
         self.asked += 1
@@ -89,16 +100,25 @@ class FakeStream:
 
 
 class FakeDiag:
-    """sock_diag as the kernel would answer: (inode, state) of the sockets in the states asked for."""
+    """
+    sock_diag as the kernel would answer: (inode, state) of the sockets in
+    the states asked for.  Its TCP hash has C{buckets} buckets: 1 (the
+    default) makes a dump cheaper than reading any connection one by one.
+    """
 
-    def __init__(self, ending: list[tuple[int, int]]) -> None:
+    def __init__(self, ending: list[tuple[int, int]], buckets: int | None = 1) -> None:
         self.ending = ending
+        self.buckets = buckets
         self.asked = 0
         self.closed = False
         self.fail = False
+        self.families: list[list[int]] = []
+        self.ports: list[list[int]] = []
 
-    def inodes_in(self, states: frozenset[int]) -> list[tuple[int, int]]:
+    def inodes_in(self, states: frozenset[int], families: Any = (2, 10), ports: Any = ()) -> list[tuple[int, int]]:
         self.asked += 1
+        self.families.append(list(families))
+        self.ports.append(list(ports))
         if self.fail:
             raise OSError(1, "netlink went away")
         return [(inode, state) for inode, state in self.ending if state in states]
@@ -108,11 +128,25 @@ class FakeDiag:
 
 
 class FakeTracker:
-    def __init__(self, conns: list[Any]) -> None:
+    def __init__(self, conns: list[Any], families: tuple[int, ...] = (2,), ports: tuple[int, ...] = (8080,)) -> None:
         self.conns = conns
+        self._families = list(families)
+        self._ports = list(ports)
 
     def connections(self) -> list[Any]:
         return list(self.conns)
+
+    def present(self) -> list[Any]:
+        return [c for c in self.conns if c.present]
+
+    def families(self) -> list[int]:
+        return self._families
+
+    def local_ports(self) -> list[int]:
+        return self._ports
+
+    def __len__(self) -> int:
+        return len(self.conns)
 
     def by_inode(self, inode: int) -> Any:
         return next((c for c in self.conns if getattr(c, "inode", None) == inode), None)
@@ -471,7 +505,7 @@ def test_with_netlink_only_present_users_and_ending_sockets_are_read() -> None:
     stream = FakeConn(id=1, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
     quiet = FakeConn(id=2, user=None, kind=Kind.HTTP)
     ending = FakeConn(id=3, user=None, kind=Kind.HTTP, info=TcpInfo(state=CLOSE_WAIT))
-    quiet.inode, ending.inode = 202, 303  # type: ignore[attr-defined]
+    quiet.inode, ending.inode = 202, 303
     diag = FakeDiag([(303, CLOSE_WAIT)])
     rig = Rig([stream, quiet, ending], diag=diag)
     rig.service.startService()
@@ -491,7 +525,79 @@ def test_netlink_failing_falls_back_to_reading_every_connection(logged: list[dic
     rig = Rig([quiet], diag=diag)
     rig.service.startService()
     rig.clock.advance(1)
-    assert quiet.asked == 1 and diag.closed
+    assert quiet.screened == 1 and diag.closed
     rig.clock.advance(1)
-    assert quiet.asked == 2 and diag.asked == 1
+    assert quiet.screened == 2 and diag.asked == 1
     rig.service.stopService()
+
+
+def test_the_dump_is_asked_for_our_families_and_ports_only() -> None:
+    """
+    The kernel walks its whole TCP hash per dump: one dump per address
+    family we track (no IPv6 dump with no IPv6 connection), filtered to our
+    listeners' ports.
+    """
+    diag = FakeDiag([])
+    rig = Rig([FakeConn(id=1), FakeConn(id=2, user=None, kind=Kind.HTTP)], diag=diag)
+    rig.tracker._families, rig.tracker._ports = [2], [8080, 8023]
+    rig.start().tick()
+    assert diag.families == [[2]] and diag.ports == [[8080, 8023]]
+
+
+def test_an_ending_presence_connection_is_read_once() -> None:
+    """A present user's stream that the dump also reports ending is checked once in the tick."""
+    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT), inode=101)
+    rig = Rig([stream, FakeConn(id=2, user=None, kind=Kind.HTTP, inode=202)], diag=FakeDiag([(101, CLOSE_WAIT)]))
+    rig.start().tick()
+    assert stream.asked == 1 and stream.closed == ["tcp-state"]
+
+
+def test_without_other_connections_there_is_no_dump() -> None:
+    """When every connection is someone's presence (read anyway), nothing is left for a dump to find."""
+    diag = FakeDiag([])
+    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT))
+    rig = Rig([stream], diag=diag).start()
+    rig.tick(2)
+    assert diag.asked == 0
+    assert stream.closed == ["tcp-state", "tcp-state"]
+
+
+@pytest.mark.parametrize("buckets, families, dumps", [
+    (262144, [2], False),  # 10 others * 512 = 5,120 < 262,144 buckets: read one by one
+    (4096, [2], True),  # 5,120 >= 4,096: a small hash, the dump is cheaper
+    (None, [2], False),  # the kernel does not say: 65,536 buckets assumed
+    (4096, [2, 10], False),  # two families, two walks: 5,120 < 8,192
+])
+def test_a_few_connections_are_read_one_by_one_instead_of_a_dump(buckets: int | None, families: list[int],
+                                                                 dumps: bool) -> None:
+    """
+    A dump walks every bucket of the kernel's TCP hash: with fewer other
+    connections than its buckets over BUCKETS_PER_READ (512 here), each is
+    read one by one and there is no dump; a half-closed one is found either way.
+    """
+    conns = [FakeConn(id=i, user=None, kind=Kind.HTTP, inode=100 + i) for i in range(10)]
+    conns[3].info = TcpInfo(state=CLOSE_WAIT)
+    diag = FakeDiag([(103, CLOSE_WAIT)], buckets=buckets)
+    rig = Rig(conns, diag=diag)
+    rig.tracker._families = families
+    rig.start().tick()
+    assert diag.asked == (1 if dumps else 0)
+    assert [c.screened for c in conns] == ([0, 0, 0, 1, 0, 0, 0, 0, 0, 0] if dumps else [1] * 10)
+    assert conns[3].closed == ["tcp-state"]
+
+
+def test_a_calm_connection_that_is_nobodys_presence_costs_one_small_read() -> None:
+    """
+    A plain connection ESTABLISHED with nothing outstanding needs nothing:
+    one 5-byte read, no TCP_INFO parsed, its RTT left alone.  A present
+    user's is read in full (RTT, recovery); so is a calm one whose writes
+    are held, to release them.
+    """
+    plain = FakeConn(id=1, user=None, kind=Kind.HTTP, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
+    logged_in = FakeConn(id=2, user="bob", kind=Kind.HTTP, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
+    held = FakeConn(id=3, user=None, kind=Kind.HTTP, held=[])
+    stream = FakeConn(id=4, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
+    Rig([plain, logged_in, held, stream]).start().tick()
+    assert [(c.screened, c.asked) for c in (plain, logged_in, held, stream)] == [(1, 0), (1, 0), (0, 1), (0, 1)]
+    assert plain.rtt_ms is None and stream.rtt_ms == 4.0
+    assert held.held is None and held.released == 1

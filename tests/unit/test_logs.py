@@ -88,15 +88,37 @@ def test_twistds_log_file_is_bounded_when_found(tmp_path: Path) -> None:
         log_file.close()
 
 
-def test_access_log_file_is_rotated_at_flush(tmp_path: Path) -> None:
-    """[http] access_log is rotated at [log] max_size when it is flushed; [log] files are kept."""
+def test_access_log_file_is_rotated_as_it_reaches_max_size(tmp_path: Path) -> None:
+    """
+    [http] access_log is rotated as soon as a line takes it to [log] max_size
+    (a burst between two flushes cannot overshoot); [log] files are kept,
+    the oldest deleted: never more than max_size * (files + 1) and a line.
+    """
     path = tmp_path / "access.log"
     log = AccessLogFile(str(path), max_size=1000, files=2)
-    for round_ in range(5):
-        for n in range(20):
-            log.write(f"127.0.0.1 - - round {round_} line {n} " + "y" * 30)
-        log.flush()
+    lines = [f"127.0.0.1 - - line {n:04d} " + "y" * 30 for n in range(200)]  # 200 lines, 10 KB, no flush
+    for line in lines:
+        log.write(line)
     log.close()
     assert sorted(os.listdir(tmp_path)) == ["access.log", "access.log.1", "access.log.2"]
-    assert "round 4" in (tmp_path / "access.log.1").read_text()
-    assert "round 3" in (tmp_path / "access.log.2").read_text()
+    sizes = [(tmp_path / name).stat().st_size for name in os.listdir(tmp_path)]
+    assert max(sizes) < 1000 + len(lines[0]) + 1 and sum(sizes) < 3 * 1000 + 3 * (len(lines[0]) + 1)
+    kept = "".join((tmp_path / name).read_text() for name in ("access.log.2", "access.log.1", "access.log"))
+    assert kept.endswith(lines[-1] + "\n")  # the newest lines are the ones kept, in order
+    assert kept.splitlines() == lines[-len(kept.splitlines()):]
+
+
+def test_a_log_takes_at_most_an_eighth_of_a_small_file_system(tmp_path: Path) -> None:
+    """On a file system of 2 MiB the 1 MiB x 6 default shrinks to an eighth of it; elsewhere it is kept."""
+    from boatwist.logs import MIN_ROTATE_SIZE, rotate_size
+
+    class Small:
+        f_blocks, f_frsize = 512, 4096  # 2 MiB
+
+    def small(path: str) -> Any:
+        return Small()
+
+    path = str(tmp_path / "access.log")
+    assert rotate_size(path, 1 << 20, 5, statvfs=small) == max(MIN_ROTATE_SIZE, (2 << 20) // 8 // 6)
+    assert rotate_size(path, 0, 5, statvfs=small) == 0
+    assert rotate_size(str(tmp_path / "access.log"), 1 << 20, 5) == 1 << 20  # this disk is larger than 48 MiB

@@ -7,11 +7,12 @@ commands and their results; the counters.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 from mqtt_fakes import FakeDeviceState, FakeOperator
-from mqtt_memory import CONNACK, Connection, MemoryEndpoint, puback, publish
+from mqtt_memory import CONNACK, Connection, MemoryEndpoint, Packet, puback, publish
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -69,6 +70,20 @@ class Rig:
             if mid is not None:
                 conn.send(puback(mid))
         self.turn()
+
+
+def subscribed(packet: Packet) -> list[str]:
+    """The topic filters of a SUBSCRIBE packet."""
+    body, filters = packet.body[2:], []
+    while body:
+        (length,) = struct.unpack("!H", body[:2])
+        filters.append(body[2:2 + length].decode())
+        body = body[2 + length + 1:]
+    return filters
+
+
+def status(session: int, state: str = "offline", **extra: object) -> bytes:
+    return json.dumps({"state": state, "session": session, **extra}).encode()
 
 
 def test_connect_publishes_status_then_the_whole_state(tmp_path: Path) -> None:
@@ -177,8 +192,7 @@ def test_commands_run_as_the_configured_user_and_results_are_published(tmp_path:
     rig = Rig(tmp_path, commands=True, user="bot")
     conn = rig.connect()
     rig.published(conn)
-    subscribe = [p for p in conn.packets if p.kind == 8]
-    assert subscribe and f"{P}/controls/+/set".encode() in subscribe[0].body
+    assert [subscribed(p) for p in conn.packets if p.kind == 8] == [[f"{P}/status"], [f"{P}/controls/+/set"]]
     conn.send(publish(f"{P}/controls/pump/set", b'{"value": true}'))
     rig.turn()
     assert rig.operator.calls == [("bot", "pump", True, "mqtt")]
@@ -198,11 +212,11 @@ def test_commands_run_as_the_configured_user_and_results_are_published(tmp_path:
 
 
 def test_commands_off_means_no_subscription_and_nothing_runs(tmp_path: Path) -> None:
-    """Without commands = yes nothing is subscribed, and a stray set message does nothing."""
+    """Without commands = yes no command is subscribed (only the own status), and a stray set message does nothing."""
     rig = Rig(tmp_path)
     conn = rig.connect()
     rig.published(conn)
-    assert [p.kind for p in conn.packets if p.kind == 8] == []
+    assert [subscribed(p) for p in conn.packets if p.kind == 8] == [[f"{P}/status"]]
     conn.send(publish(f"{P}/controls/pump/set", b"true"))
     rig.turn()
     assert rig.operator.calls == []
@@ -333,3 +347,65 @@ def test_a_stop_before_the_device_is_ready_never_connects(tmp_path: Path) -> Non
     ready.callback(None)
     rig.turn()
     assert rig.endpoint.attempts == 0
+
+
+
+def statuses(rig: Rig, conn: Connection) -> list[tuple[bytes, int, bool]]:
+    """payload, qos, retain of the status messages published (and acknowledged) since the last look."""
+    return [(payload, qos, retain) for topic, payload, qos, retain, _ in rig.drain(conn) if topic == f"{P}/status"]
+
+
+def test_a_late_will_of_an_older_session_is_answered_with_online_again(tmp_path: Path) -> None:
+    """
+    The bridge subscribes to its own status topic, after its online.  An offline of an older session
+    arriving there -- the will of an old connection the broker noticed dead only after this one said
+    online -- would leave the retained status offline while the device is up: the bridge publishes the
+    same online again, retained, QoS 1.  Delivered live or as the retained message at subscription, alike.
+    """
+    rig = Rig(tmp_path)
+    conn = rig.connect()
+    session = rig.bridge.stats.session
+    [online] = statuses(rig, conn)
+    assert json.loads(online[0])["state"] == "online" and online[1:] == (1, True)
+    assert [subscribed(p) for p in conn.packets if p.kind == 8] == [[f"{P}/status"]]
+
+    conn.send(publish(f"{P}/status", status(session - 1)))
+    rig.turn()
+    assert statuses(rig, conn) == [online]
+    conn.send(publish(f"{P}/status", status(session - 5), retain=True))
+    rig.turn()
+    assert statuses(rig, conn) == [online]
+
+
+def test_other_messages_on_the_own_status_topic_are_left_alone(tmp_path: Path) -> None:
+    """
+    Its own online coming back, an offline of this session or of a newer one (another process on the same
+    topic: not ours to fight), an offline without a session, an emptied topic, bytes that are not JSON (or
+    nested too deeply to parse):
+    nothing is published -- no answer can loop.
+    """
+    rig = Rig(tmp_path)
+    conn = rig.connect()
+    session = rig.bridge.stats.session
+    statuses(rig, conn)
+    for payload in (status(session, "online", at=1000.0), status(session), status(session + 1),
+                    b'{"state":"offline"}', b'{"state":"offline","session":true}', b"offline", b"", b"[1]",
+                    b"[" * 100000):
+        conn.send(publish(f"{P}/status", payload))
+    rig.turn()
+    assert rig.drain(conn) == []
+
+
+def test_a_late_will_while_stopping_is_not_answered(tmp_path: Path) -> None:
+    """Once the bridge is stopping it says offline itself: a late will then is true, and stays."""
+    rig = Rig(tmp_path)
+    conn = rig.connect()
+    session = rig.bridge.stats.session
+    statuses(rig, conn)
+    rig.bridge.stopService()
+    rig.turn()
+    [offline] = [json.loads(payload) for payload, *_ in statuses(rig, conn)]
+    assert offline["state"] == "offline" and offline["reason"] == "stopped"
+    conn.send(publish(f"{P}/status", status(session - 1)))
+    rig.turn()
+    assert statuses(rig, conn) == []

@@ -34,6 +34,8 @@ def test_accepted_payloads(payload: bytes, value: object) -> None:
     (b'{"valeu": 1}', "unexpected key 'valeu'"),
     (b"[1, 2]", "a list is no value"),
     (b"x" * 5000, "too long"),
+    (b"[" * 4096, "nested too deeply"),
+    (b'{"value": ' + b"[" * 4000, "nested too deeply"),
 ])
 def test_malformed_payloads_say_why(payload: bytes, words: str) -> None:
     """Nothing is dropped silently: each refusal carries its reason."""

@@ -107,6 +107,84 @@ def test_confirmation_asks_then_executes_with_the_token_once() -> None:
     assert again.status == 428 and "already used" in (again.error or "")
 
 
+def audit(d: Device) -> list[tuple[str, str, str]]:
+    entries: list[Any] = []
+    d.store.audit_log().addCallback(entries.append)
+    return [(e["kind"], e["user"], e["detail"]) for e in entries[0]]
+
+
+def test_role_refusals_are_written_to_the_audit_log() -> None:
+    """
+    A viewer operating, and an operator on an admin control, are each one
+    ``refused-operation`` row: who, the control and value, ``role``, the
+    message they got and where from; the admin's own operation is not a
+    refusal and writes nothing there.
+    """
+    d = Device()
+    assert d.operate("carol", "pump", True, via="web").status == 403
+    assert d.operate("alice", "valve", False, via="chat", text=False).status == 403
+    assert d.operate("carol", "reset", None).status == 403
+    assert d.operate("root", "valve", True).status == 200
+    assert audit(d) == [
+        ("refused-operation", "carol", "pump = on: refused (role): "
+                                       "carol is a viewer: viewers watch and chat, they do not operate via web"),
+        ("refused-operation", "alice", "valve = off: refused (role): "
+                                       "operating valve needs the admin role; alice is an operator via chat"),
+        ("refused-operation", "carol", "reset: refused (role): "
+                                       "carol is a viewer: viewers watch and chat, they do not operate via api"),
+    ]
+
+
+def test_floor_refusals_are_written_to_the_audit_log() -> None:
+    """
+    Operating while someone else holds the floor, and (mode required) while
+    nobody does, are ``refused-operation`` rows naming the floor's code
+    (``held`` names the holder in its message; ``take-first``).
+    """
+    held = Device()
+    assert held.core.floor.take("bob") is None
+    refused = held.operate("alice", "setpoint", 30)
+    assert refused.status == 409 and refused.error is not None and "bob" in refused.error
+    assert [row for row in audit(held) if row[0] != "floor"] == [
+        ("refused-operation", "alice", f"setpoint = 30 °C: refused (floor, held): {refused.error} via api")]
+    required = Device(mode="required")
+    assert required.operate("alice", "setpoint", 30).status == 409
+    assert [row for row in audit(required) if row[0] != "floor"] == [
+        ("refused-operation", "alice", "setpoint = 30 °C: refused (floor, take-first): "
+                                       "nobody holds the floor: take the floor first via api")]
+
+
+def test_a_refused_confirmation_is_broadcast_like_a_role_or_floor_refusal() -> None:
+    """
+    A token that does not answer the question (bob using alice's token) is
+    a 428 asking again, and -- like a role or floor refusal -- a ``control``
+    event everyone receives: bob's user, the control, old and wanted value,
+    result error, ``refused: confirm`` and the reason's ``code``, and no
+    token (the fresh one goes to bob alone).  It is recorded in the history
+    too; the heater did not move.  Asking the question is not broadcast.
+    """
+    d = Device(mode="off")
+    token = str(d.operate("alice", "heater", True).detail["confirm"])
+    assert d.controls_events() == []
+    refused = d.operate("bob", "heater", True, confirm=token)
+    assert refused.status == 428 and refused.error == "this confirmation was given to another user"
+    assert refused.detail["refused"] == "confirm" and refused.detail["code"] == "wrong-user"
+    fresh = str(refused.detail["confirm"])
+    [event] = d.controls_events()
+    assert (event["user"], event["control"], event["old"], event["value"], event["result"], event["error"],
+            event["refused"], event["code"], event["via"]) == \
+        ("bob", "heater", False, True, "error", "this confirmation was given to another user", "confirm",
+         "wrong-user", "api")
+    assert refused.operation is not None and refused.operation["id"] == event["id"]
+    assert token not in repr(event) and fresh not in repr(event) and "confirm" not in event
+    history: list[Any] = []
+    d.store.operations().addCallback(history.extend)
+    assert [(o.user, o.control, o.result) for o in history] == [("bob", "heater", "error")]
+    assert d.core.controls.get("heater").value is False  # type: ignore[union-attr]
+    # bob's fresh token operates.
+    assert d.operate("bob", "heater", True, confirm=fresh).status == 200
+
+
 def test_confirmation_is_bound_to_user_and_value() -> None:
     """bob cannot use alice's token; a token for on does not switch off; expired after 15 s."""
     d = Device()

@@ -66,23 +66,27 @@ def test_confirmation_token_expires_after_15_seconds() -> None:
     """
     A 428's token answered after 15 s (on the Clock) is refused with another
     428 that says it expired and asks again with a fresh token; nothing is
-    operated or broadcast.  The fresh token, answered in time, operates.
+    operated, and the refusal is broadcast like any refused operation (code
+    ``expired``).  The fresh token, answered in time, operates.
     """
     r = rig()
     ops = r.core.operations
     asked = result(ops.operate("alice", "heater", True, "api"))
     assert asked.status == 428 and asked.detail["expires_in"] == 15.0, asked
+    assert control_events(r) == [], "asking the question is not a refusal"
     r.clock.advance(15.0)
     late = result(ops.operate("alice", "heater", True, "api", confirm=str(asked.detail["confirm"])))
     assert late.status == 428, late
-    assert late.error == "the confirmation expired (15 s to answer): ask again", late
+    assert late.error == "the confirmation expired (15 s to answer)", late
     assert late.detail["confirm"] != asked.detail["confirm"]
-    assert control_events(r) == []
+    assert [(e["control"], e["result"], e["refused"], e["code"]) for e in control_events(r)] == \
+        [("heater", "error", "confirm", "expired")]
     assert r.core.controls.get("heater").value is False  # type: ignore[union-attr]
 
     done = result(ops.operate("alice", "heater", True, "api", confirm=str(late.detail["confirm"])))
     assert done.status == 200, done
-    assert [(e["control"], e["old"], e["value"]) for e in control_events(r)] == [("heater", False, True)]
+    assert [(e["control"], e["old"], e["value"], e["result"]) for e in control_events(r)] == \
+        [("heater", False, True, "error"), ("heater", False, True, "ok")]
 
 
 def test_confirmation_token_just_in_time_operates() -> None:
@@ -157,20 +161,25 @@ def test_a_refused_confirmation_is_written_to_the_audit_log() -> None:
     """
     A token that does not answer the question (another value, another user,
     a replay) is refused with a 428 and written to the audit log with who,
-    what and why; asking the question is not a refusal and is not written.
+    what and why, in the same row as a role or floor refusal
+    (``refused-operation``); asking the question is not a refusal and is not
+    written.
     """
     r = rig()
     ops = r.core.operations
     token = str(result(ops.operate("alice", "heater", True, "api")).detail["confirm"])
     assert audit(r) == []
     assert result(ops.operate("alice", "heater", False, "api", confirm=token)).status == 428
-    assert result(ops.operate("bob", "heater", True, "api", confirm=token)).status == 428
+    assert result(ops.operate("bob", "heater", True, "chat", confirm=token)).status == 428
     assert result(ops.operate("alice", "heater", True, "api", confirm=token)).status == 200
     assert result(ops.operate("alice", "heater", True, "api", confirm=token)).status == 428
     assert audit(r) == [
-        ("confirm-refused", "alice", "heater = False: wrong-value: this confirmation is for heater = True, not False"),
-        ("confirm-refused", "bob", "heater = True: wrong-user: this confirmation was given to another user"),
-        ("confirm-refused", "alice", "heater = True: used: this confirmation was already used: ask again"),
+        ("refused-operation", "alice", "heater = off: refused (confirm, wrong-value): "
+                                       "this confirmation is for heater = on, not off via api"),
+        ("refused-operation", "bob", "heater = on: refused (confirm, wrong-user): "
+                                     "this confirmation was given to another user via chat"),
+        ("refused-operation", "alice", "heater = on: refused (confirm, used): "
+                                       "this confirmation was already used (ask for a new one) via api"),
     ]
 
 

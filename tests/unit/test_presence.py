@@ -188,6 +188,26 @@ def test_unstable_and_recovered() -> None:
     ]
 
 
+def test_state_since_is_when_the_state_changed_since_is_the_login() -> None:
+    """
+    A user's C{since} stays their login; C{state_since} is when their state
+    last changed: the console says "unstable since 12:01:07", not since the
+    login hours before.
+    """
+    p, _, _, wall = make()
+    conn = FakeConn(1)
+    attach(p, "alice", conn)
+    login = wall[0]
+    (alice,) = p.users()
+    assert (alice.since, alice.state_since) == (login, login)
+    wall[0] += 3600
+    p.set_unstable(conn, True, "retransmits")
+    assert (alice.state, alice.since, alice.state_since) == ("unstable", login, login + 3600)
+    wall[0] += 10
+    p.set_unstable(conn, False, "recovered")
+    assert (alice.state, alice.since, alice.state_since) == ("online", login, login + 3610)
+
+
 def test_kick_closes_every_connection_with_reason_kicked() -> None:
     """Kicking a user closes their connections; the tracker reports them with reason kicked."""
     p, _, _, _ = make()
@@ -237,3 +257,19 @@ def test_an_event_id_from_before_a_restart_means_missed_events() -> None:
     assert hub.since(4999) == [first]
     assert hub.since(5000) == []
     assert hub.since(90000) is None
+
+
+def test_whoever_reads_presence_on_the_login_event_sees_the_connection() -> None:
+    """
+    The login event goes out once the connection is the user's: a subscriber
+    reading the snapshot then (the MQTT bridge's retained presence) counts it,
+    and a plain request's user shows with their http peer.
+    """
+    hub, clock, seen = EventHub(), Clock(), []
+    p = Presence(hub, AdmissionSettings(max_users=2), clock.seconds, lambda: 1_700_000_000.0)
+    hub.subscribe(lambda e: seen.append(p.snapshot()) if e.kind == "presence" else None)
+    attach(p, "alice", FakeConn(1))
+    touch_http(p, "bob", "10.0.0.9")
+    alice, bob = (next(u for u in snap["users"] if u["user"] == name) for snap, name in zip(seen, ["alice", "bob"]))
+    assert [c["kind"] for c in alice["connections"]] == [Kind.WEB]
+    assert bob["connections"] == [{"kind": "http", "peer": "10.0.0.9"}]

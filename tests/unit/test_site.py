@@ -842,6 +842,15 @@ def test_access_log_file_gets_one_line_per_request_and_nothing_through_the_logge
     log_file.close()
 
 
+def test_access_log_off_writes_nothing(access_log: list[dict[str, Any]]) -> None:
+    """[http] access_log = off: the request is answered and no line goes anywhere."""
+    world = build_world(log_access=False)
+    protocol, transport = connect(world)
+    protocol.dataReceived(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200" in transport.value().split(b"\r\n", 1)[0]
+    assert access_log == []
+
+
 def test_access_log_file_errors_are_reported_once(tmp_path: Any) -> None:
     """A full or broken log disk is logged once, and requests keep being served."""
     from boatwist.web.accesslog import AccessLogFile

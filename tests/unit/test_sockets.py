@@ -772,3 +772,25 @@ class ModuleHygieneTests(SynchronousTestCase):
         """The precompiled struct yields exactly one value per TcpInfo field."""
         self.assertEqual(len(tcpinfo._TCP_INFO.unpack(bytes(104))), len(fields(TcpInfo)))
         self.assertEqual(tcpinfo._TCP_INFO.size, 104)
+
+
+class ReadTcpCalmTests(SynchronousTestCase):
+    def test_established_with_nothing_outstanding_is_calm(self) -> None:
+        """Five bytes of TCP_INFO: ESTABLISHED and no retransmission, probe or backoff is calm."""
+        fake = FakeSocket(tcp_info=bytes([1, 3, 0, 0, 0]) + bytes(99))
+        self.assertTrue(tcpinfo.read_tcp_calm(fake, platform="linux"))
+        self.assertEqual(fake.calls, [("getsockopt", socket.IPPROTO_TCP, 11, 5)])
+
+    def test_anything_outstanding_or_another_state_is_not(self) -> None:
+        """Another state, or a retransmission, probe or backoff outstanding: not calm (read in full)."""
+        for head in ([8, 0, 0, 0, 0], [7, 0, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 0, 2, 0], [1, 0, 0, 0, 3]):
+            self.assertFalse(tcpinfo.read_tcp_calm(FakeSocket(tcp_info=bytes(head) + bytes(99)), platform="linux"),
+                             head)
+
+    def test_unreadable_is_not_calm(self) -> None:
+        """A closed socket, a short answer or another platform: not calm, so the full read decides."""
+        closed = FakeSocket(tcp_info=bytes(104))
+        closed.close()
+        self.assertFalse(tcpinfo.read_tcp_calm(closed, platform="linux"))
+        self.assertFalse(tcpinfo.read_tcp_calm(FakeSocket(tcp_info=bytes([1, 0])), platform="linux"))
+        self.assertFalse(tcpinfo.read_tcp_calm(FakeSocket(tcp_info=bytes([1]) + bytes(103)), platform="darwin"))

@@ -256,16 +256,6 @@ class ConnectionTests(SynchronousTestCase):
         self.successResultOf(store.add_message("ann", "hi", "web"))
         self.assertEqual(self.successResultOf(store.integrity_check()), "ok")
 
-    def test_when_open(self) -> None:
-        """when_open fires once the schema is ready, also for late callers."""
-        store = Store(":memory:", retention_count=10, retention_days=1, runner=SynchronousRunner())
-        waiting = store.when_open()
-        self.assertNoResult(waiting)
-        store.startService()
-        self.addCleanup(store.stopService)
-        self.assertIsNone(self.successResultOf(waiting))
-        self.assertIsNone(self.successResultOf(store.when_open()))
-
     def test_commit_timings(self) -> None:
         """Each add_message records one commit duration; only the last COMMIT_TIMINGS_KEPT are kept."""
         store = make_store(self)
@@ -311,8 +301,8 @@ class SchemaTests(SynchronousTestCase):
         conn = self.connect()
         self.assertIsNone(prepare_schema(conn))
         self.assertEqual(self.version(conn), SCHEMA_VERSION)
-        self.assertEqual(self.columns(conn, "messages"), ["id", "user", "text", "via", "action", "at"])
-        self.assertEqual(self.columns(conn, "audit"), ["id", "at", "kind", "user", "address", "detail"])
+        self.assertEqual(self.columns(conn, "messages"), ["id", "user", "text", "via", "action", "at", "kept_at"])
+        self.assertEqual(self.columns(conn, "audit"), ["id", "at", "kind", "user", "address", "detail", "kept_at"])
         self.assertEqual(conn.execute("SELECT count(*) FROM version").fetchone()[0], 1)
         self.assertFalse(conn.in_transaction)
 
@@ -396,7 +386,7 @@ class SchemaTests(SynchronousTestCase):
         self.assertNotIn("messages", [r[0] for r in conn.execute("SELECT name FROM sqlite_master")])
 
     def test_store_refuses_newer_file(self) -> None:
-        """Store on a newer database: when_open fails with StoreVersionError and writes fail too."""
+        """Store on a newer database: opening fails (logged critical), and writes fail saying why."""
         directory = tempfile.mkdtemp(prefix="boatwist-store-")
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         path = os.path.join(directory, "newer.sqlite3")
@@ -408,10 +398,10 @@ class SchemaTests(SynchronousTestCase):
         with capturedLogs() as events:
             store.startService()
         self.addCleanup(store.stopService)
-        failure = self.failureResultOf(store.when_open(), StoreVersionError)
+        self.assertTrue(any(e["log_level"] is LogLevel.critical and "schema version 99" in str(e.get("error"))
+                            for e in events), events)
+        failure = self.failureResultOf(store.add_message("ann", "hi", "web"), StoreError)
         self.assertIn("schema version 99", failure.getErrorMessage())
-        self.assertTrue(any(e["log_level"] is LogLevel.critical for e in events))
-        self.failureResultOf(store.add_message("ann", "hi", "web"), StoreError)
 
 
 class DiskFullTests(SynchronousTestCase):
@@ -590,7 +580,7 @@ class SizeTests(SynchronousTestCase):
 
 
 class ClockStepTests(SynchronousTestCase):
-    """Age retention measures time with the monotonic clock once open: a wall clock step ages nothing."""
+    """Age retention counts the store's running time: no step of the wall clock, running or off, ages a row."""
 
     def make(self, wall: Clock, mono: Clock, path: str = ":memory:") -> Store:
         store = Store(path, retention_count=1000, retention_days=30.0, wall_clock=wall.seconds,
@@ -603,7 +593,8 @@ class ClockStepTests(SynchronousTestCase):
         """
         The wall clock jumps 100 days forward while the store runs (an RTC-less
         device, a wrong NTP answer): the next message deletes none of the
-        earlier ones; they go when 30 days have really passed.
+        earlier ones; they go when the store has run 30 days since (with the
+        one written just after the step, at the same moment of running).
         """
         wall, mono = Clock(), Clock()
         wall.advance(1_700_000_000)
@@ -619,8 +610,7 @@ class ClockStepTests(SynchronousTestCase):
         mono.advance(30 * DAY + 1)
         wall.advance(30 * DAY + 1)
         self.successResultOf(store.add_message("ann", "a month later", "web"))
-        self.assertEqual([m.text for m in self.successResultOf(store.history())],
-                         ["after the step", "a month later"])
+        self.assertEqual([m.text for m in self.successResultOf(store.history())], ["a month later"])
 
     def test_a_step_back_deletes_nothing_either(self) -> None:
         """A step back of a year: rows now look from the future; nothing is deleted, new rows are kept."""
@@ -632,19 +622,68 @@ class ClockStepTests(SynchronousTestCase):
         self.successResultOf(store.add_message("ann", "after", "web"))
         self.assertEqual(len(self.successResultOf(store.history())), 2)
 
-    def test_the_wall_clock_is_trusted_when_the_store_opens(self) -> None:
-        """A device switched off longer than retention_days drops that history when it starts again."""
+    def _reopenable(self) -> str:
         directory = tempfile.mkdtemp(prefix="boatwist-store-")
         self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        path = os.path.join(directory, "db.sqlite")
+        return os.path.join(directory, "db.sqlite")
+
+    def test_a_step_found_at_start_deletes_nothing(self) -> None:
+        """
+        The wall clock is 100 days ahead when the store opens again (it was
+        stepped while the daemon was stopped, or the device booted with a
+        wrong time): nothing is deleted -- time switched off does not count.
+        """
+        path = self._reopenable()
         wall, mono = Clock(), Clock()
         wall.advance(1_700_000_000)
         store = self.make(wall, mono, path)
         self.successResultOf(store.add_message("ann", "old", "web"))
+        self.successResultOf(store.audit("login", "ann", "10.0.0.1"))
         self.successResultOf(store.stopService())
-        wall.advance(31 * DAY)
+        wall.advance(100 * DAY)
         reopened = self.make(wall, mono, path)
-        self.assertEqual(self.successResultOf(reopened.history()), [])
+        self.successResultOf(reopened.add_message("ann", "new", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(reopened.history())], ["old", "new"])
+        self.assertEqual(len(self.successResultOf(reopened.audit_log())), 1)
+
+    def test_running_time_adds_up_over_restarts(self) -> None:
+        """
+        Run 20 days, stop (for however long), run 10 more: the row is still
+        kept (30 days of running is not past); one more day and it goes.
+        The run clock survives the restart, also when the monotonic clock
+        starts over (a reboot).
+        """
+        path = self._reopenable()
+        wall, mono = Clock(), Clock()
+        store = self.make(wall, mono, path)
+        self.successResultOf(store.add_message("ann", "old", "web"))
+        mono.advance(20 * DAY)
+        self.successResultOf(store.stopService())
+        rebooted = Clock()  # a new boot: the monotonic clock starts again near zero
+        reopened = self.make(wall, rebooted, path)
+        rebooted.advance(10 * DAY - 60)
+        self.successResultOf(reopened.add_message("ann", "ten days later", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(reopened.history())], ["old", "ten days later"])
+        rebooted.advance(DAY)
+        self.successResultOf(reopened.add_message("ann", "a day later", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(reopened.history())],
+                         ["ten days later", "a day later"])
+
+    def test_a_version_2_store_is_upgraded_and_its_rows_kept(self) -> None:
+        """Rows of a v2 store start at running time 0 when upgraded: kept retention_days of running from then."""
+        path = self._reopenable()
+        conn = sqlite3.connect(path, isolation_level=None)
+        prepare_schema(conn, target_version=2)
+        conn.execute("INSERT INTO messages (user, text, via, action, at) VALUES ('ann', 'from v2', 'web', 0, 1)")
+        conn.close()
+        wall, mono = Clock(), Clock()
+        wall.advance(1_700_000_000)
+        store = self.make(wall, mono, path)
+        self.successResultOf(store.add_message("ann", "v3", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(store.history())], ["from v2", "v3"])
+        mono.advance(30 * DAY + 1)
+        self.successResultOf(store.add_message("ann", "later", "web"))
+        self.assertEqual([m.text for m in self.successResultOf(store.history())], ["later"])
 
 
 class ReopenTests(SynchronousTestCase):
@@ -665,7 +704,6 @@ class ReopenTests(SynchronousTestCase):
                           monotonic=clock.seconds, runner=SynchronousRunner())
             store.startService()
             self.addCleanup(store.stopService)
-            self.failureResultOf(store.when_open(), StoreError)
             os.mkdir(os.path.join(directory, "later"))
             self.failureResultOf(store.add_message("ann", "too soon", "web"), StoreError)
             clock.advance(REOPEN_INTERVAL)

@@ -40,14 +40,17 @@ from boatwist.controls.spec import (
 )
 from boatwist.controls.backends.base import Backend
 from boatwist.controls.backends.command import CommandBackend
-from boatwist.controls.backends.file import FileBackend
+from boatwist.controls.backends.file import FileBackend, FileReads
 from boatwist.controls.backends.memory import MemoryBackend
 
 if TYPE_CHECKING:
     # Imported by the first Modbus control (_modbus): a device without one does not load it.
     from boatwist.controls.backends.modbus import ModbusBusPool, ModbusConnection
 
-__all__ = ["BackendFactory"]
+__all__ = ["POLL_THREAD", "BackendFactory"]
+
+#: The name of the thread that reads batches of file polls.
+POLL_THREAD = "boatwist-file-polls"
 
 
 class BackendFactory:
@@ -57,7 +60,9 @@ class BackendFactory:
     @param threads: where the file and Modbus threads deliver results (the
         reactor); ignored when C{make_runner} is given.
     @param make_runner: a runner (not yet started) for a thread name; tests
-        pass C{lambda name: SynchronousRunner()}.
+        pass C{lambda name: SynchronousRunner()}.  The thread polls of file
+        controls share is C{boatwist-file-polls} (L{file_reads}); by default
+        a daemon thread, since a hung file may leave it stuck for good.
     @param make_connection: the Modbus connection for a bus (default:
         L{boatwist.controls.backends.modbus.PymodbusConnection}); tests pass fakes.
     """
@@ -74,11 +79,13 @@ class BackendFactory:
     ) -> None:
         self._clock = clock
         self._processes = processes
-        self._make_runner: Callable[[str], Runner] = make_runner or (lambda name: ThreadRunner(threads, name))
+        self._make_runner: Callable[[str], Runner] = make_runner or (
+            lambda name: ThreadRunner(threads, name, daemon=name == POLL_THREAD))
         self._make_connection = make_connection
         self._monotonic = monotonic
         self._backends: list[Backend] = []
         self._pool: ModbusBusPool | None = None  # made with the first Modbus control
+        self._file_reads: FileReads | None = None  # made with the first batch of file polls
 
     def _runner(self, name: str) -> Runner:
         runner = self._make_runner(name)
@@ -107,6 +114,12 @@ class BackendFactory:
         self._backends.append(backend)
         return backend
 
+    def file_reads(self) -> FileReads:
+        """The reader that polls file controls in batches, on one shared thread (made the first time)."""
+        if self._file_reads is None:
+            self._file_reads = FileReads(lambda: self._runner(POLL_THREAD), self._clock, self._monotonic)
+        return self._file_reads
+
     def _modbus(self, control: ControlSpec, spec: ModbusSpec) -> Backend:
         from boatwist.controls.backends.modbus import ModbusBackend, ModbusBusPool, PymodbusConnection
 
@@ -122,4 +135,7 @@ class BackendFactory:
         pool, self._pool = self._pool, None
         if pool is not None:
             closing.append(pool.close())
+        reads, self._file_reads = self._file_reads, None
+        if reads is not None:
+            reads.close()
         return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)

@@ -117,7 +117,7 @@ function tickUptime() {
   $("uptime").title = `boatwist started ${new Date(w.started_at * 1000).toLocaleString()}` +
     (typeof w.host_uptime === "number" ? `; the device has been up ${duration(w.host_uptime + since)}` : "");
 }
-setInterval(tickUptime, 10000);
+setInterval(tickUptime, 1000); // seconds are shown for the first 10 min: count them
 
 // ------------------------------------------------------------------ chat
 

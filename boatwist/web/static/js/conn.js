@@ -4,8 +4,10 @@
 //                                           since it opened, and the last poll answered
 //   reconnecting… (data as of 12:01:07)     the stream broke or polls stopped answering; the
 //                                           browser (or we) are retrying; what is shown is old
-//   offline — …                             the browser is offline, or the server refused the
-//                                           stream (401, 503): we retry with a back-off
+//   offline — …                             the browser is offline, the server refused the
+//                                           stream (401, 503: we retry with a back-off), or
+//                                           reconnecting has not worked for OFFLINE_AFTER s
+//                                           (the browser goes on retrying)
 //
 // While not live, <body data-conn> says so: every value and the operator list
 // are marked stale and every action is disabled (the parts re-render on change).
@@ -19,6 +21,7 @@ import { $, clock, origin, text } from "./util.js";
 
 const KINDS = ["presence", "chat", "control", "value", "floor"];
 const POLL_FAILURES = 2;   // failed polls in a row that make a stream we believe open "reconnecting"
+const OFFLINE_AFTER = 15;  // seconds of reconnecting without success after which the page says offline
 
 export class Connection {
   constructor({ onEvent, onOpen, onChange, onGap }) {
@@ -32,6 +35,7 @@ export class Connection {
     this.es = null;
     this.retryDelay = 2;
     this.retryTimer = null;
+    this.offlineTimer = null;
     this.pollFailures = 0;
     this.loading = false;
     this.again = false;
@@ -104,8 +108,10 @@ export class Connection {
       this.retryDelay = Math.min(this.retryDelay * 2, 30);
       this.set("offline", `retrying in ${delay} s`);
       this.retryTimer = setTimeout(() => this.open(), delay * 1000);
-    } else {
-      this.set("reconnecting"); // the browser retries by itself (the server asks for 2 s)
+    } else if (this.state !== "offline") {
+      // The browser retries by itself (the server asks for 2 s).  Once offline, the page
+      // says so through the browser's further tries, until a stream opens.
+      this.set("reconnecting");
     }
   }
 
@@ -147,7 +153,14 @@ export class Connection {
     text(status, words);
     status.title = detail || "";
     $("reconnect").hidden = state !== "offline";
-    if (changed) this.onChange(state);
+    if (!changed) return;
+    clearTimeout(this.offlineTimer);
+    if (state === "reconnecting") {
+      this.offlineTimer = setTimeout(() => {
+        if (this.state === "reconnecting") this.set("offline", (detail ? detail + "; " : "the device does not answer; ") + "retrying");
+      }, OFFLINE_AFTER * 1000);
+    }
+    this.onChange(state);
   }
 
   stop() {

@@ -179,7 +179,7 @@ class Card {
       const attrs = { min: c.min, max: c.max, step: c.step || "any" };
       this.range = h("input", { type: "range", ...attrs, "aria-label": label + " (slider)", id: id + "-range" });
       this.number = h("input", { type: "number", ...attrs, inputmode: "decimal", "aria-label": label, id: id + "-number" });
-      this.setBtn = h("button", { type: "submit" }, "Set");
+      this.setBtn = h("button", { type: "submit", "aria-label": "Set " + label }, "Set");
       let keyTimer = 0;
       let byKey = false;
       this.range.addEventListener("keydown", () => { byKey = true; });

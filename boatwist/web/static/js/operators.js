@@ -23,7 +23,7 @@ export class Operators {
 
   start() {
     clearInterval(this.timer);
-    this.timer = setInterval(() => this.poll(), POLL);
+    this.timer = setInterval(() => this.poll().catch(() => {}), POLL); // a failure is told through polled()
     return this.poll();
   }
 
@@ -87,8 +87,11 @@ export class Operators {
       o.floor === "holder" ? h("span", { class: "badge floor" }, "holds the floor") : null,
       o.floor === "requester" ? h("span", { class: "badge" }, "asks for the floor") : null,
       " ", h("span", { class: "stale-tag" }, "stale"));
+    // Since when in this state (unstable since 12:01:07), and the login when that was earlier.
+    const since = typeof o.state_since === "number" ? o.state_since : o.since;
     const state = h("div", { class: "op-state" },
-      h("span", { class: "state " + o.state }, o.state), ` since ${when(o.since)} (${duration(now - o.since)})`,
+      h("span", { class: "state " + o.state }, o.state), ` since ${when(since)} (${duration(now - since)})`,
+      since - o.since >= 1 ? ` \u00b7 logged in ${when(o.since)}` : "",
       quality ? h("span", { class: "quality " + quality.cls }, " \u00b7 ", quality.words) : null);
     const conns = h("ul", { class: "conns" }, o.connections.map(c => h("li", { class: c.unstable ? "unstable" : "" },
       connectionLine(c))));
