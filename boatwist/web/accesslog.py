@@ -12,10 +12,13 @@ sends can forge a line.
 from __future__ import annotations
 
 import re
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from twisted.web.http import Request
 
 __all__ = ["AccessLogFile", "access_log_line", "escape_log", "redact_query"]
 
@@ -58,7 +61,7 @@ def redact_query(uri: bytes) -> bytes:
     return path + b"?" + b"&".join(redacted)
 
 
-def access_log_line(request: Any, timestamp: str) -> str:
+def access_log_line(request: Request, timestamp: str) -> str:
     """
     One combined-log-format line for a finished C{request}.
 

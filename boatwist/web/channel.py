@@ -59,10 +59,10 @@ from __future__ import annotations
 
 import re
 from io import BytesIO
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -186,14 +186,14 @@ class _Allowed:
     def __init__(self, resource: IResource) -> None:
         self._resource = resource
 
-    def render(self, request: Any) -> Any:
+    def render(self, request: server.Request) -> bytes | int:
         try:
             return self._resource.render(request)
         except UnsupportedMethod as e:
             return method_not_allowed(request, e.allowedMethods)
 
 
-def method_not_allowed(request: Any, allowed: Sequence[bytes]) -> bytes:
+def method_not_allowed(request: server.Request, allowed: Sequence[bytes]) -> bytes:
     """405 with Allow listing C{allowed} (501 for a method HTTP does not define)."""
     method = request.method.decode("ascii", "replace")
     if request.method not in KNOWN_METHODS:
@@ -258,18 +258,18 @@ class BoatwistChannel(http.HTTPChannel):
         self._tracked: TrackedConnection | None = None
 
     _secure: bool | None = None
-    _host: Any = None
-    _peer: Any = None
+    _host: IAddress | None = None
+    _peer: IAddress | None = None
 
     # Twisted asks the transport (a getsockname system call through the
     # wrappers) for every request; neither end of a connection ever changes.
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         host = self._host
         if host is None:
             host = self._host = super().getHost()
         return host
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         peer = self._peer
         if peer is None:
             peer = self._peer = super().getPeer()

@@ -23,7 +23,7 @@ __all__ = ["PUBLIC", "ErrorResource", "error_page", "outside_page", "refusal_pag
 _REASONS = {421: b"Misdirected Request"}
 
 
-def _request_path(request: Any) -> bytes | None:
+def _request_path(request: server.Request) -> bytes | None:
     """The request's path; for a DummyRequest without one, prepath + postpath."""
     path = getattr(request, "path", None)
     if isinstance(path, bytes):
@@ -32,7 +32,7 @@ def _request_path(request: Any) -> bytes | None:
     return b"/" + b"/".join(segments)
 
 
-def error_page(request: Any, code: int, message: str, **extra: Any) -> bytes:
+def error_page(request: server.Request, code: int, message: str, **extra: Any) -> bytes:
     """
     Set C{code} and Content-Type on C{request} and return the error body.
 
@@ -116,7 +116,7 @@ def _countdown(seconds: int, reload: bool) -> str:
     return f'<span class="countdown" data-countdown="{seconds}"{flag}>{seconds}\u00a0s</span>'
 
 
-def unauthorized_page(request: Any) -> bytes:
+def unauthorized_page(request: server.Request) -> bytes:
     """
     The body of a 401: what to do, in words.  The same for every user name,
     known or not, and whatever was wrong (the name, the password, a hash the
@@ -158,7 +158,7 @@ def unauthorized_page(request: Any) -> bytes:
     ))
 
 
-def refusal_page(request: Any, refusal: Refusal) -> bytes:
+def refusal_page(request: server.Request, refusal: Refusal) -> bytes:
     """
     The 503 a refused user sees: how many of how many seats are taken, and
     C{Retry-After} set to when a seat may free.  The HTML page counts that

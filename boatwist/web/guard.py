@@ -14,7 +14,7 @@ import base64
 import binascii
 import math
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from twisted.cred import error
 from twisted.cred.credentials import Anonymous
@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web import util
 from twisted.web.guard import HTTPAuthSessionWrapper
-from twisted.web.iweb import ICredentialFactory
+from twisted.web.iweb import ICredentialFactory, IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -41,7 +41,7 @@ __all__ = ["Challenges", "Healthz", "LOGOUT_USER", "LoggedOut", "OperatorGuard",
 #: One WWW-Authenticate challenge: (scheme, parameters).
 Challenge = tuple[bytes, dict[str, bytes]]
 #: What a 401 offers: (request, why the login was refused or None) -> the challenges.
-Challenges = Callable[[Any, Optional[BaseException]], Sequence[Challenge]]
+Challenges = Callable[[IRequest, Optional[BaseException]], Sequence[Challenge]]
 
 
 class Healthz(Resource):
@@ -237,7 +237,7 @@ class Unauthorized:
 
 def _from_factories(factories: Sequence[ICredentialFactory]) -> Challenges:
     """What twisted.web.guard offers: each factory's challenge, whatever the refusal."""
-    def challenges(request: Any, refusal: BaseException | None) -> list[Challenge]:
+    def challenges(request: IRequest, refusal: BaseException | None) -> list[Challenge]:
         out = []
         for factory in factories:
             params = factory.getChallenge(request)
