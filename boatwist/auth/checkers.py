@@ -110,7 +110,7 @@ class BcryptChecker:
         # An unknown user costs what a known one does: one bcrypt at the users' cost.
         self._dummy_cost = _usual_cost(database)
 
-    def requestAvatarId(self, credentials: Any) -> "defer.Deferred[AvatarId]":
+    def requestAvatarId(self, credentials: ccred.IUsernamePassword) -> "defer.Deferred[AvatarId]":
         user = credentials.username
         password = credentials.password
         if isinstance(user, str):
@@ -178,7 +178,7 @@ class BcryptChecker:
             for waiter in self._in_flight.pop(flight, []):
                 waiter.callback(ok)
 
-        def failed(f: Any) -> None:
+        def failed(f: Failure) -> None:
             self._log.failure("bcrypt check failed", f)
             finish(False)
 

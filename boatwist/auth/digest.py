@@ -587,13 +587,13 @@ class DigestChecker:
         self.realm = realm
         self._dummy = {name: secrets.token_hex(size // 2) for name, size in _HEX_LENGTH.items()}
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[AvatarId]:
+    def requestAvatarId(self, credentials: IUsernameDigestHash) -> defer.Deferred[AvatarId]:
         try:
             return defer.succeed(self._check(credentials))
         except error.UnauthorizedLogin:
             return defer.fail()
 
-    def _check(self, credentials: Any) -> bytes:
+    def _check(self, credentials: IUsernameDigestHash) -> bytes:
         reload = getattr(self._database, "reload_if_changed", None)
         if reload is not None:
             reload()

@@ -40,13 +40,16 @@ kind of hash it has; the first offer never depends on the user.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from twisted.logger import Logger
 
 from boatwist.auth.digest import DigestAuthority
 from boatwist.auth.passwords import UserDatabase
 from boatwist.auth.refusals import NoUsableHash
+
+if TYPE_CHECKING:
+    from twisted.web.iweb import IRequest
 
 __all__ = ["ChallengeOffer", "OfferState"]
 
@@ -111,7 +114,8 @@ class ChallengeOffer:
     _log = Logger(namespace="boatwist.auth")
 
     def __init__(self, database: UserDatabase, realm: str, algorithms: Sequence[str],
-                 digest: DigestAuthority | None, basic: bool, order: Any = None) -> None:
+                 digest: DigestAuthority | None, basic: bool,
+                 order: Callable[[IRequest, tuple[str, ...]], Sequence[str]] | None = None) -> None:
         self._db = database
         self._realm = realm.encode("utf-8")
         self._algorithms = tuple(algorithms)
@@ -148,7 +152,7 @@ class ChallengeOffer:
                         if a not in offered)
         return OfferState(offered, self._basic, limited, without)
 
-    def challenges(self, request: Any, refusal: BaseException | None = None) -> list[Challenge]:
+    def challenges(self, request: IRequest, refusal: BaseException | None = None) -> list[Challenge]:
         """
         The challenges answering C{request}: the offer, or -- after
         L{NoUsableHash} -- only what that user can use.

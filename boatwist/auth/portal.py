@@ -14,15 +14,15 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import LoginFailed
-from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.credentials import ICredentials, IUsernamePassword, UsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import ICredentialFactory
+from twisted.web.iweb import ICredentialFactory, IRequest
 from twisted.web.resource import IResource
 from zope.interface import Interface, implementer
 
@@ -34,13 +34,16 @@ from boatwist.auth.throttle import LoginThrottle
 from boatwist.config import AuthSettings
 from boatwist.logs import SourceSummary
 
+if TYPE_CHECKING:
+    from boatwist.auth.digest import DigestChallengeFactory, DigestCredentials
+
 __all__ = [
     "Authentication", "BasicFactory", "OperatorRealm", "PeerAwareFactory", "PeerCredentials", "basic_factory",
     "build_authentication", "digest_factories", "digest_order", "no_logout", "peer_of",
 ]
 
 
-def peer_of(request: Any) -> str:
+def peer_of(request: IRequest) -> str:
     """The source address of C{request}, for throttling and logs."""
     peer = request.getClientAddress()
     return getattr(peer, "host", "") or "unknown"
@@ -54,14 +57,14 @@ class PeerAwareFactory:
     throttling and the login log need the address.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: ICredentialFactory) -> None:
         self.inner = inner
         self.scheme = inner.scheme
 
-    def getChallenge(self, request: Any) -> Any:
+    def getChallenge(self, request: IRequest) -> dict[str, bytes | str]:
         return self.inner.getChallenge(request)
 
-    def decode(self, response: bytes, request: Any) -> Any:
+    def decode(self, response: bytes, request: IRequest) -> ICredentials:
         creds = self.inner.decode(response, request)
         creds.peer_host = peer_of(request)
         return creds
@@ -104,10 +107,10 @@ class BasicFactory:
     def __init__(self, realm: str) -> None:
         self.realm = realm.encode("utf-8")
 
-    def getChallenge(self, request: Any) -> dict[str, bytes]:
+    def getChallenge(self, request: IRequest) -> dict[str, bytes]:
         return {"realm": self.realm}
 
-    def decode(self, response: bytes, request: Any) -> "PeerCredentials":
+    def decode(self, response: bytes, request: IRequest) -> "PeerCredentials":
         try:
             decoded = binascii.a2b_base64(response + b"===")
         except binascii.Error:
@@ -128,7 +131,7 @@ def basic_factory(realm: str) -> BasicFactory:
 _MD5_ONLY_AGENTS = re.compile(rb"^Python-urllib/3\.(?:[0-9]|1[0-3])(?:\D|$)")
 
 
-def digest_order(request: Any, preferred: tuple[str, ...]) -> tuple[str, ...]:
+def digest_order(request: IRequest, preferred: tuple[str, ...]) -> tuple[str, ...]:
     """
     The Digest algorithms to offer C{request}, best first.
 
@@ -157,20 +160,20 @@ class OrderedDigestFactory:
 
     scheme = b"digest"
 
-    def __init__(self, by_algorithm: dict[str, Any], slot: int, preferred: tuple[str, ...]) -> None:
+    def __init__(self, by_algorithm: dict[str, DigestChallengeFactory], slot: int, preferred: tuple[str, ...]) -> None:
         self._by_algorithm = by_algorithm
         self._slot = slot
         self._preferred = preferred
 
-    def getChallenge(self, request: Any) -> Any:
+    def getChallenge(self, request: IRequest) -> dict[str, bytes]:
         algorithm = digest_order(request, self._preferred)[self._slot]
         return self._by_algorithm[algorithm].getChallenge(request)
 
-    def decode(self, response: bytes, request: Any) -> Any:
+    def decode(self, response: bytes, request: IRequest) -> DigestCredentials:
         return next(iter(self._by_algorithm.values())).decode(response, request)
 
 
-def digest_factories(authority: Any, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
+def digest_factories(authority: DigestAuthority, preferred: tuple[str, ...]) -> list[PeerAwareFactory]:
     """The Digest credential factories for the guard, one per offered algorithm."""
     from boatwist.auth.digest import DigestChallengeFactory
 
