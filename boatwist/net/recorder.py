@@ -18,10 +18,14 @@ from __future__ import annotations
 import errno as _errno
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from boatwist.net.tcpinfo import TCP_CLOSE, TcpInfo, read_tcp_info
 from boatwist.reasons import Reason
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+    from twisted.internet.tcp import Connection
 
 __all__ = ["RecordingSocket", "SocketRecord", "find_socket", "find_tcp_transport", "install_recorder"]
 
@@ -36,7 +40,7 @@ def _looks_like_socket(candidate: object) -> bool:
     return callable(getattr(candidate, "getsockopt", None)) and callable(getattr(candidate, "fileno", None))
 
 
-def find_tcp_transport(transport: object) -> Any | None:
+def find_tcp_transport(transport: object) -> Connection | None:
     """
     The object under C{transport} that owns the connection's socket (a
     C{twisted.internet.tcp.Connection}: C{tcp.Server} or C{tcp.Client}),
@@ -57,7 +61,7 @@ def find_tcp_transport(transport: object) -> Any | None:
             return None
         candidate = _own(current, "socket")
         if candidate is not None and _looks_like_socket(candidate):
-            return current
+            return cast("Connection", current)
         following = _own(current, "_connection")
         current = following if following is not None else getattr(current, "transport", None)
     return None
@@ -199,7 +203,7 @@ class RecordingSocket:
                 self.record.errno = e.errno
             raise
 
-    def send(self, data: Any, flags: int = 0) -> int:
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         try:
             return self.wrapped.send(data, flags)
         except OSError as e:
@@ -207,7 +211,7 @@ class RecordingSocket:
                 self.record.errno = e.errno
             raise
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         try:
             return self.wrapped.recv_into(buffer, nbytes, flags)
         except OSError as e:
@@ -257,7 +261,7 @@ class RecordingSocket:
         self.wrapped.close()
 
 
-def install_recorder(tcp_transport: Any) -> SocketRecord:
+def install_recorder(tcp_transport: Connection) -> SocketRecord:
     """
     Put a L{RecordingSocket} in front of C{tcp_transport.socket} and return
     the L{SocketRecord} it fills in; L{SocketRecord.cause} tells, once the
@@ -278,5 +282,6 @@ def install_recorder(tcp_transport: Any) -> SocketRecord:
     if current is None:
         raise ValueError(f"{tcp_transport!r} has no socket to record")
     record = SocketRecord()
-    tcp_transport.socket = RecordingSocket(current, record)
+    # The proxy stands in for the socket Twisted declares there, on purpose.
+    tcp_transport.socket = RecordingSocket(current, record)  # type: ignore[assignment]
     return record

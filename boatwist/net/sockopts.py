@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Any, Protocol
+from typing import Protocol
 
 __all__ = ["KeepaliveOptions", "apply_keepalive"]
 
@@ -44,17 +44,23 @@ class KeepaliveOptions(Protocol):
 
 
 
+class OptionSocket(Protocol):
+    """What options are set on: a C{socket.socket}, or a stand-in for one."""
+
+    def setsockopt(self, level: int, option: int, value: int, /) -> None: ...
+
+
 #: macOS's name for the keepalive idle time, from <netinet/tcp.h>; Python
 #: exposes it as socket.TCP_KEEPALIVE only on some builds.
 _DARWIN_TCP_KEEPALIVE = 0x10
 
 
-def _constant(names: Any, name: str, fallback: int | None = None) -> int | None:
+def _constant(names: object, name: str, fallback: int | None = None) -> int | None:
     value = getattr(names, name, fallback)
     return value if isinstance(value, int) else fallback
 
 
-def _set(sock: Any, names: Any, failed: list[str], level_name: str, option_name: str,
+def _set(sock: OptionSocket, names: object, failed: list[str], level_name: str, option_name: str,
          value: int, fallback: int | None = None) -> bool:
     """
     One setsockopt; a missing constant or a refusal is noted in C{failed}
@@ -73,8 +79,8 @@ def _set(sock: Any, names: Any, failed: list[str], level_name: str, option_name:
     return True
 
 
-def apply_keepalive(sock: Any, settings: KeepaliveOptions, platform: str | None = None,
-                    *, names: Any = socket) -> list[str]:
+def apply_keepalive(sock: OptionSocket, settings: KeepaliveOptions, platform: str | None = None,
+                    *, names: object = socket) -> list[str]:
     """
     Turn on keepalive with C{settings}' timing, and C{TCP_USER_TIMEOUT}, on
     C{sock}.
@@ -117,7 +123,7 @@ def apply_keepalive(sock: Any, settings: KeepaliveOptions, platform: str | None 
     return failed
 
 
-def _windows_timers(sock: Any, settings: KeepaliveOptions, names: Any, failed: list[str]) -> None:
+def _windows_timers(sock: OptionSocket, settings: KeepaliveOptions, names: object, failed: list[str]) -> None:
     """
     Idle time and interval on Windows: the TCP_KEEPIDLE/TCP_KEEPINTVL options
     where this Python and Windows have them (Windows 10 1709+), otherwise
@@ -134,7 +140,8 @@ def _windows_timers(sock: Any, settings: KeepaliveOptions, names: Any, failed: l
         failed.append("SIO_KEEPALIVE_VALS")
         return
     try:
-        sock.ioctl(ioctl_code, (1, int(settings.idle) * 1000, int(settings.interval) * 1000))
+        # Only Windows sockets have ioctl (typeshed too): elsewhere the AttributeError is caught below.
+        sock.ioctl(ioctl_code, (1, int(settings.idle) * 1000, int(settings.interval) * 1000))  # type: ignore[attr-defined]
     except (OSError, OverflowError, ValueError, TypeError, AttributeError):
         failed.append("SIO_KEEPALIVE_VALS")
 

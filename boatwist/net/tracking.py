@@ -70,7 +70,7 @@ from __future__ import annotations
 import socket
 from collections import OrderedDict
 from itertools import count
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.application.service import MultiService
 from twisted.internet import error as ierror
@@ -333,7 +333,7 @@ class TrackingProtocol(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         self.conn.write(data)
 
-    def writeSequence(self, data: Any) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
