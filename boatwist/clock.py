@@ -22,6 +22,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 
+# Any: this rewrites ReactorBase internals (its seconds, each DelayedCall's time) that no Twisted
+# interface declares, on whatever it is given (False when that fails).
 def use_monotonic_time(reactor: Any) -> bool:
     """
     Make C{reactor} schedule by C{time.monotonic}.  Calls already scheduled

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, Sequence, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -41,8 +41,25 @@ from boatwist.config import (
 from boatwist.startup import OneLineListener, StartupError, check_state_dir, listen_early
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorCore, IReactorProcess, IReactorSocket, IReactorThreads, \
+        IReactorTime
+    from twisted.web.resource import IResource
+
     from boatwist.core import Core
     from boatwist.logs import SourceSummary
+
+    class IReactor(IReactorCore, IReactorTime, IReactorThreads, IReactorProcess, IReactorSocket):
+        """What boatwist uses of the reactor: Twisted's own reactors provide all of these."""
+
+    class Limits(Protocol):
+        """The C{resource} module, as L{fit_connection_cap} uses it (tests pass a stand-in)."""
+
+        RLIMIT_NOFILE: int
+        RLIM_INFINITY: int
+
+        def getrlimit(self, resource: int, /) -> tuple[int, int]: ...
+
+        def setrlimit(self, resource: int, limits: tuple[int, int], /) -> None: ...
 
 # The rest of boatwist is imported by makeService, once the listeners listen:
 # those imports are most of the time a start takes.
@@ -92,7 +109,7 @@ def _backlog(settings: Settings) -> int:
     return max(50, min(4096, 2 * settings.admission.max_connections))
 
 
-def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactory,
+def _listen(reactor: IReactor, settings: Settings, key: str, factory: IProtocolFactory,
             listening: dict[str, socket.socket]) -> StreamServerEndpointService:
     """
     A service listening on the endpoint of C{[server] key} (adopting the
@@ -113,7 +130,7 @@ def _listen(reactor: Any, settings: Settings, key: str, factory: IProtocolFactor
     return OneLineListener(endpoint, factory, f"{where} = {description!r}")
 
 
-def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
+def makeService(options: usage.Options, reactor: IReactor | None = None) -> MultiService:
     """
     Assemble boatwist, in the order data flows: users, the core (events,
     presence, connections, store, chat room, heartbeat, metrics), the
@@ -125,7 +142,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        reactor = cast("IReactor", global_reactor)
         use_monotonic_time(reactor)
     settings: Settings = options["settings"]
     top = MultiService()
@@ -284,7 +301,7 @@ def makeService(options: usage.Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _listen_http(reactor: Any, settings: Settings, core: Core, root: Any, top: MultiService,
+def _listen_http(reactor: IReactor, settings: Settings, core: Core, root: IResource, top: MultiService,
                  summary: SourceSummary, listening: dict[str, socket.socket]) -> None:
     """The HTTP and HTTPS listeners (and the optional redirect of the first to the second)."""
     from boatwist.presence import Kind
@@ -359,7 +376,8 @@ def _with_tls(settings: Settings, factory: IProtocolFactory) -> IProtocolFactory
         _fail(str(e))
 
 
-def systemd_endpoint(reactor: Any, where: str, description: str, environ: dict[str, str] | None = None) -> Any:
+def systemd_endpoint(reactor: IReactorSocket, where: str, description: str,
+                     environ: dict[str, str] | None = None) -> AdoptedStreamServerEndpoint:
     """
     The socket systemd passed for C{systemd:domain=INET:index=N}.
 
@@ -416,7 +434,7 @@ def _fail(message: str) -> NoReturn:
 FD_RESERVE = 64
 
 
-def fit_connection_cap(admission: AdmissionSettings, limits: Any = None) -> AdmissionSettings:
+def fit_connection_cap(admission: AdmissionSettings, limits: Limits | None = None) -> AdmissionSettings:
     """
     Keep C{max_connections} below the file-descriptor limit: raise the soft
     limit towards the hard one if needed, and if that is not enough, lower
@@ -424,7 +442,9 @@ def fit_connection_cap(admission: AdmissionSettings, limits: Any = None) -> Admi
     fail for everyone, the operator already logged in included.
     """
     if limits is None:
-        import resource as limits
+        import resource
+
+        limits = resource
     try:
         soft, hard = limits.getrlimit(limits.RLIMIT_NOFILE)
     except (OSError, ValueError, AttributeError):
