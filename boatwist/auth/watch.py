@@ -4,8 +4,6 @@ Ends the sessions of users whose password changed or who were deleted.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.logger import Logger
 
 from boatwist.auth.passwords import UserDatabase
@@ -35,7 +33,7 @@ class CredentialWatch:
         self._version = database.version
         self._known = self._fingerprints()
 
-    def _fingerprints(self) -> dict[str, tuple[Any, ...]]:
+    def _fingerprints(self) -> dict[str, tuple[bytes | None, str | None, str | None]]:
         db = self._db
         return {user: (db.bcrypt_hash(user), db.ha1(user, self._realm, "MD5"), db.ha1(user, self._realm, "SHA-256"))
                 for user in db.users()}

@@ -53,7 +53,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
@@ -66,6 +66,12 @@ from boatwist.store.operations import OperationRecord
 from boatwist.store.service import Message
 from boatwist.web.chat_api import int_arg
 from boatwist.web.jsonapi import JSON, answer_later, json_body
+
+if TYPE_CHECKING:
+    from boatwist.presence import Connection
+
+    #: A row of one of the activity's sources: a chat message, an operation, an audit entry.
+    _Row = Message | OperationRecord | dict[str, Any]
 
 __all__ = ["ActivityResource", "KIND_WORDS", "OperatorsResource", "Uptimes", "WhoAmI", "parse_cursor",
            "process_uptime"]
@@ -228,7 +234,7 @@ def operators(core: Core) -> dict[str, JSON]:
     }
 
 
-def _connection(conn: Any, now: float, mono: float) -> dict[str, JSON]:
+def _connection(conn: Connection, now: float, mono: float) -> dict[str, JSON]:
     kind = str(getattr(conn, "kind", "") or "")
     item: dict[str, JSON] = {
         "kind": kind,
@@ -384,7 +390,7 @@ def activity(core: Core, limit: int, cursor: Cursor) -> Deferred[JSON]:
             oldest[source] = min(ident, oldest.get(source, ident))
         full = {"chat": len(messages) >= limit, "op": len(records) >= limit, "audit": len(entries) >= limit}
 
-        def next_id(source: str, previous: int | None, rows: list[Any]) -> int:
+        def next_id(source: str, previous: int | None, rows: Sequence[_Row]) -> int:
             # 0: nothing older is left in that source.
             if source in oldest:
                 left_out = len(rows) > sum(1 for c in taken if c[2] == source)
@@ -405,9 +411,9 @@ def activity(core: Core, limit: int, cursor: Cursor) -> Deferred[JSON]:
     return d
 
 
-def _row_id(row: Any) -> int:
+def _row_id(row: _Row) -> int:
     return int(row["id"] if isinstance(row, dict) else row.id)
 
 
-def _none() -> Deferred[Any]:
+def _none() -> Deferred[list[object]]:
     return succeed([])

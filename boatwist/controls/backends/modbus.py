@@ -66,7 +66,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -79,6 +79,10 @@ from boatwist.controls.spec import ControlSpec, ControlType, ModbusBus, ModbusSp
 from boatwist.controls.backends._bounded import BoundedCalls
 from boatwist.controls.backends._text import tidy
 from boatwist.controls.backends.base import BackendError
+
+if TYPE_CHECKING:  # pymodbus itself is imported when the first bus connects
+    from pymodbus.client import ModbusSerialClient, ModbusTcpClient
+    from pymodbus.pdu import ModbusPDU
 
 __all__ = [
     "BACKOFF_MAX",
@@ -231,7 +235,7 @@ class PymodbusConnection:
         else:
             self._execute("write_register", timeout, address, raw, **{self._keyword: device})
 
-    def _execute(self, name: str, timeout: float, *args: object, **kwargs: object) -> Any:
+    def _execute(self, name: str, timeout: float, *args: object, **kwargs: object) -> ModbusPDU:
         from pymodbus.exceptions import (
             ConnectionException,
             ModbusException,
@@ -268,7 +272,7 @@ class PymodbusConnection:
         return response
 
 
-def _make_client(bus: ModbusBus, timeout: float) -> Any:
+def _make_client(bus: ModbusBus, timeout: float) -> ModbusTcpClient | ModbusSerialClient:
     """A pymodbus client whose connect() raises the reason instead of returning False."""
     from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 
