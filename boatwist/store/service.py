@@ -555,7 +555,7 @@ class _Database:
                 break
         return True
 
-    def _insert(self, conn: sqlite3.Connection, rule: Retention, sql: str, params: Sequence[Any],
+    def _insert(self, conn: sqlite3.Connection, rule: Retention, sql: str, params: Sequence[object],
                 what: str) -> tuple[int, float]:
         """Insert one row and apply retention, in one transaction; checkpoint after pruning for size."""
         return self._inserting(conn, rule, lambda kept_at: conn.execute(sql, (*params, kept_at)).lastrowid, what)
@@ -630,7 +630,7 @@ class _Database:
                 out[name] = 0
         return out
 
-    def _read(self, what: str, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _read(self, what: str, sql: str, params: Sequence[object]) -> list[Any]:
         conn = self._require()
         try:
             return conn.execute(sql, params).fetchall()
