@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import Counter, OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import bcrypt
 from twisted.cred import credentials as ccred
@@ -46,6 +46,18 @@ CACHE_SIZE = 1024
 
 #: Runs a blocking function off the reactor thread, returning a Deferred.
 Runner = Callable[..., "defer.Deferred[Any]"]
+
+
+class ImmediateChecker(Protocol):
+    """
+    A checker that can also answer in place (a Digest response is checked
+    with two hashes, no thread): L{ThrottledChecker.answer} asks it so for
+    sessions it knows right.
+    """
+
+    def check_now(self, credentials: ICredentials) -> AvatarId:
+        """The avatar id, or raises what C{requestAvatarId} would fail with."""
+        ...
 
 
 def credential_key(secret: bytes, user: bytes, password: bytes) -> bytes:
@@ -283,13 +295,30 @@ class ThrottledChecker:
         self._logged_in: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def requestAvatarId(self, credentials: ICredentials) -> "defer.Deferred[AvatarId]":
+        answer = self.answer(credentials)
+        return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
+
+    def answer(self, credentials: ICredentials) -> "AvatarId | defer.Deferred[AvatarId]":
+        """
+        L{requestAvatarId}, with a login decided at once answered as the
+        avatar id itself: a session known right whose inner checker checks
+        in place (L{ImmediateChecker}: a Digest response), which is what a
+        browser sends on every request -- no Deferred made and fired for it.
+        """
         peer = str(getattr(credentials, "peer_host", "unknown"))
         user = getattr(credentials, "username", b"")
         name = user.decode("utf-8", "replace") if isinstance(user, bytes) else str(user)
         key = self._credential_key(credentials)
         session = self._session_key(credentials, name, key)
         if session is not None and self._known(self._right, session):
-            return self._recheck(credentials, name, peer, session)
+            check_now: Callable[[ICredentials], AvatarId] | None = getattr(self._inner, "check_now", None)
+            if check_now is None:
+                return self._recheck(credentials, name, peer, session)
+            try:
+                avatar = check_now(credentials)
+            except Exception:
+                return self._recheck_failed(Failure(), credentials, name, peer, session)
+            return self._rechecked(avatar, credentials, name, peer, session)
         if key is not None:
             if self._known(self._wrong, key):
                 return self._answer_wrong(name, peer, credentials, counted=False)
@@ -344,20 +373,29 @@ class ThrottledChecker:
                  session: bytes) -> "defer.Deferred[AvatarId]":
         """A session that logged in before: checked at once, no turn; a wrong answer ends it."""
         d = defer.maybeDeferred(self._inner.requestAvatarId, credentials)
+        return d.addCallbacks(self._rechecked, self._recheck_refused,
+                              callbackArgs=(credentials, name, peer, session),
+                              errbackArgs=(credentials, name, peer, session))
 
-        def ok(avatar: AvatarId) -> AvatarId:
-            self._remember(self._right, session)
-            self._log_login(name, peer, getattr(credentials, "via", "http"))
-            return avatar
+    def _rechecked(self, avatar: AvatarId, credentials: ICredentials, name: str, peer: str,
+                   session: bytes) -> AvatarId:
+        self._remember(self._right, session)
+        self._log_login(name, peer, getattr(credentials, "via", "http"))
+        return avatar
 
-        def bad(failure: Failure) -> "Failure | defer.Deferred[AvatarId]":
-            if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
-                return failure
-            self._right.pop(session, None)
-            self._throttle.charge(peer, name)
-            return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
+    def _recheck_refused(self, failure: Failure, credentials: ICredentials, name: str, peer: str,
+                         session: bytes) -> "Failure | defer.Deferred[AvatarId]":
+        if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+            return failure
+        self._right.pop(session, None)
+        self._throttle.charge(peer, name)
+        return self._answer_wrong(name, peer, credentials, counted=True, failure=failure)
 
-        return d.addCallbacks(ok, bad)
+    def _recheck_failed(self, failure: Failure, credentials: ICredentials, name: str, peer: str,
+                        session: bytes) -> "defer.Deferred[AvatarId]":
+        """An immediate recheck that raised: answered as L{_recheck} answers a failed one."""
+        refused = self._recheck_refused(failure, credentials, name, peer, session)
+        return refused if isinstance(refused, defer.Deferred) else defer.fail(refused)
 
     def _answer_wrong(self, name: str, peer: str, credentials: ICredentials, *, counted: bool,
                       failure: Failure | None = None) -> "defer.Deferred[AvatarId]":
@@ -440,7 +478,7 @@ class ThrottledChecker:
     def _session_key(self, credentials: ICredentials, name: str, key: bytes | None = None) -> bytes | None:
         """
         What stands for a logged-in session: the Basic credential's HMAC
-        (C{key}, when the caller has it already), or an HMAC of user name and
+        (C{key}, when the caller has it already), or the user name and
         Digest nonce; None for anything else.
         """
         if key is None:
@@ -449,7 +487,10 @@ class ThrottledChecker:
             return key
         nonce = getattr(credentials, "nonce", None)
         if isinstance(nonce, bytes) and nonce:
-            return credential_key(self._key, b"digest-nonce\0" + name.encode("utf-8"), nonce)
+            # Name and nonce as they are: both travel in the clear, so an HMAC would hide nothing,
+            # and a browser sends one on every request.  The NUL bytes keep it apart from any
+            # other (name, nonce) pair (names have no control characters) and from Basic's HMACs.
+            return b"\0digest\0" + name.encode("utf-8") + b"\0" + nonce
         return None
 
     def _credential_key(self, credentials: ICredentials) -> bytes | None:

@@ -589,11 +589,12 @@ class DigestChecker:
 
     def requestAvatarId(self, credentials: IUsernameDigestHash) -> defer.Deferred[AvatarId]:
         try:
-            return defer.succeed(self._check(credentials))
+            return defer.succeed(self.check_now(credentials))
         except error.UnauthorizedLogin:
             return defer.fail()
 
-    def _check(self, credentials: IUsernameDigestHash) -> bytes:
+    def check_now(self, credentials: IUsernameDigestHash) -> bytes:
+        """The user's avatar id when the response is right, checked in place; else raises UnauthorizedLogin."""
         reload = getattr(self._database, "reload_if_changed", None)
         if reload is not None:
             reload()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import LoginFailed
@@ -91,6 +91,39 @@ class OperatorRealm:
             raise NotImplementedError("only IResource avatars of named users exist")
         user = avatarId.decode("utf-8")
         return IResource, self._avatar_factory(user), no_logout
+
+
+#: What a login gives the guard: the interface, the avatar, and what to call at logout.
+Login = tuple[type[Interface], IResource, Callable[[], None]]
+
+
+class OperatorPortal(Portal):
+    """
+    A cred L{Portal} that can also answer a login in place (L{login_now}):
+    the browser's every request is a login, and most are decided at once.
+    """
+
+    realm: OperatorRealm
+
+    def __init__(self, realm: OperatorRealm, checkers: list[ThrottledChecker]) -> None:
+        super().__init__(realm, checkers)
+        self.realm = realm
+
+    def login_now(self, credentials: ICredentials, mind: object,
+                  *interfaces: type[Interface]) -> "Login | Deferred[Login]":
+        """
+        L{Portal.login}, with a login its checker decided at once
+        (L{ThrottledChecker.answer}) answered as the login itself, not a
+        fired Deferred.
+        """
+        for interface, checker in self.checkers.items():
+            if interface.providedBy(credentials) and isinstance(checker, ThrottledChecker):
+                answer = checker.answer(credentials)
+                if isinstance(answer, Deferred):
+                    return answer.addCallback(self.realm.requestAvatar, mind, *interfaces)
+                return self.realm.requestAvatar(answer, mind, *interfaces)
+        # No checker of ours for these credentials: the stock answer (UnhandledCredentials).
+        return cast("Deferred[Login]", self.login(credentials, mind, *interfaces))
 
 
 @implementer(ICredentialFactory)
@@ -245,7 +278,7 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
                                 generation=lambda: _generation(database), monotonic=monotonic,
                                 remember=settings.failure_window, summary=summary)
 
-    checkers: list[ICredentialsChecker] = []
+    checkers: list[ThrottledChecker] = []
     factories: list[ICredentialFactory] = []
     authority = None
     if "digest" in settings.schemes:
@@ -261,4 +294,4 @@ def build_authentication(settings: AuthSettings, database: UserDatabase, clock: 
         checkers.append(passwords)
     offer = ChallengeOffer(database, settings.realm, settings.digest_algorithms, authority,
                            "basic" in settings.schemes, order=digest_order)
-    return Authentication(Portal(OperatorRealm(avatar), checkers), factories, passwords, offer)
+    return Authentication(OperatorPortal(OperatorRealm(avatar), checkers), factories, passwords, offer)

@@ -295,7 +295,18 @@ class OperatorGuard(HTTPAuthSessionWrapper):
         except BaseException:
             self._log.failure("Unexpected failure from credentials factory")
             raise
-        return _resource_now(self._loginFor(credentials, request))
+        login_now = getattr(self._portal, "login_now", None)
+        if login_now is None:
+            return _resource_now(self._loginFor(credentials, request))
+        # A login decided at once (a browser's Digest response on a nonce that logged in
+        # before) goes straight on to traversal: no Deferred made and fired for it.
+        try:
+            login = login_now(credentials, None, IResource)
+        except Exception:
+            return self._refused(Failure())
+        if isinstance(login, Deferred):
+            return _resource_now(login.addCallbacks(self._loginSucceeded, self._refused))
+        return self._loginSucceeded(login)
 
     def _loginFor(self, credentials: object, request: Request) -> "Deferred[IResource]":
         d = self._portal.login(credentials, None, IResource)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import bcrypt
 import pytest
 from twisted.cred import error as cerror
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import IUsernameDigestHash, UsernamePassword
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -25,9 +25,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 
 from boatwist.auth.checkers import BcryptChecker, ThrottledChecker
-from boatwist.auth.portal import OperatorRealm, PeerAwareFactory, basic_factory, peer_of
+from boatwist.auth.portal import OperatorPortal, OperatorRealm, PeerAwareFactory, basic_factory, peer_of
 from boatwist.auth.passwords import UserDatabase, set_password
 from boatwist.workers import SynchronousRunner
 from boatwist.auth.throttle import LoginThrottle, Standing, TooManyAttempts
@@ -689,3 +690,49 @@ def test_a_digest_nonce_that_carried_a_right_answer_is_served_at_once_until_it_c
     # Another user's nonce, or the same nonce for another name, is not a session of alice's.
     t.clock.advance(60)
     assert results(checker.requestAvatarId(DigestLike("bob", b"n1", True, "10.0.0.1"))) == [b"bob"]
+
+
+@implementer(IUsernameDigestHash)
+class DigestAnswer(DigestLike):
+    """DigestLike, declared as what a portal sends to a Digest checker."""
+
+
+class ImmediateInner(DigestInner):
+    """A DigestInner that also checks in place, as the real DigestChecker does."""
+
+    credentialInterfaces = (IUsernameDigestHash,)
+
+    def check_now(self, credentials: Any) -> bytes:
+        self.calls += 1
+        if credentials.right:
+            return bytes(credentials.username.encode())
+        raise cerror.UnauthorizedLogin()
+
+
+def test_a_known_digest_session_is_answered_in_place_and_a_wrong_answer_on_it_as_before() -> None:
+    """
+    ThrottledChecker.answer: the first right answer on a nonce takes its
+    turn (a Deferred); the next ones on it are answered in place -- the
+    avatar id itself, and the portal's login_now gives the login itself,
+    not a Deferred; a wrong answer on it is a Deferred failing as
+    requestAvatarId's would, the session ends, and the next answer on that
+    nonce waits its turn again.
+    """
+    t = Throttled(max_guesses=12, delay=0)
+    inner = ImmediateInner()
+    checker = ThrottledChecker(inner, t.throttle, t.clock, generation=lambda: t.generation)
+    first = checker.answer(DigestAnswer("alice", b"n1", True, "10.0.0.1"))
+    assert isinstance(first, defer.Deferred) and results(first) == [b"alice"]
+    assert checker.answer(DigestAnswer("alice", b"n1", True, "10.0.0.2")) == b"alice"
+    portal = OperatorPortal(OperatorRealm(lambda user: Resource()), [checker])
+    login = portal.login_now(DigestAnswer("alice", b"n1", True, "10.0.0.2"), None, IResource)
+    assert isinstance(login, tuple) and login[0] is IResource
+    wrong = checker.answer(DigestAnswer("alice", b"n1", False, "10.0.0.2"))
+    assert isinstance(wrong, defer.Deferred)
+    [failure] = results(wrong)
+    assert failure.check(cerror.UnauthorizedLogin)
+    again = checker.answer(DigestAnswer("alice", b"n1", True, "10.0.0.2"))
+    assert isinstance(again, defer.Deferred), "the session ended: a turn again"
+    assert results(again, t.clock) == [b"alice"]
+    # requestAvatarId keeps its contract: always a Deferred.
+    assert results(checker.requestAvatarId(DigestAnswer("alice", b"n1", True, "10.0.0.2"))) == [b"alice"]
