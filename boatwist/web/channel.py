@@ -60,25 +60,28 @@ from __future__ import annotations
 import re
 from io import BytesIO
 from typing import Callable, Optional, Sequence, Union
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes as unquote, urlsplit
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import http, resource, server
 from twisted.web.error import UnsupportedMethod
 from twisted.web.resource import IResource
 
 from boatwist.config import HttpSettings
 from boatwist.net.tracking import TrackedConnection, tracked
 from boatwist.web.errors import error_page
-from boatwist.web.headers import security_headers
+from boatwist.web.headers import security_headers, stored_name
 
 __all__ = ["BoatwistChannel", "BoatwistRequest", "DEFAULT_MIN_BODY_RATE", "Rejection", "Screen"]
 
 #: Bytes per second a request body must at least average (32 kbit/s, slower
 #: than any link a device is operated over); see BoatwistChannel.
 DEFAULT_MIN_BODY_RATE = 4096.0
+
+#: The Date header's name as the response's headers store it.
+_DATE = stored_name(b"Date")
 
 _HTTP_VERSION = re.compile(rb"^HTTP/1\.[01]$")
 
@@ -136,16 +139,43 @@ class BoatwistRequest(server.Request):
 
     def _prepareHeaders(self) -> None:
         """Security headers, our Server name, and a Date from the site's reactor."""
-        headers = self.responseHeaders
+        # Private Twisted API (Headers._rawHeaders): see boatwist.web.headers.stored_name.  A new
+        # list for each response: Twisted's addRawHeader appends to the one it finds.
+        raw = self.responseHeaders._rawHeaders
         for name, value in security_headers(self.path, self.code, self.isSecure()):
-            headers.setRawHeaders(name, [value])
+            raw[name] = [value]
         # process() set Date from time.time(); the site's reactor is the
         # clock this server is told to use (a Clock in tests), and refusals
         # never went through process() at all.
         site = getattr(getattr(self, "channel", None), "site", None)
         date = getattr(site, "http_date", None)
-        if date is not None:
-            headers.setRawHeaders(b"Date", [date()])
+        raw[_DATE] = [date() if date is not None else http.datetimeToString()]
+
+    def process(self) -> None:
+        """
+        Twisted's C{server.Request.process} without its first two lines,
+        which set C{Server} and C{Date} headers that L{_prepareHeaders}
+        sets again on every response (refusals never come through here):
+        formatting a date and two header checks per request, for nothing.
+
+        Private Twisted API (C{resource._IEncodingResource}, C{_handleStar}
+        through the stock method): the same steps as the stock method.
+        """
+        if self.path == b"*":
+            super().process()  # OPTIONS *: Twisted's own answer
+            return
+        self.site = site = self.channel.site  # type: ignore[attr-defined]  # the Site sets it, as in the stock method
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        try:
+            resrc = site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def render(self, resrc: IResource) -> None:
         """

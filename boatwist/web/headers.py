@@ -29,6 +29,7 @@ __all__ = [
     "parse_host_rule",
     "security_headers",
     "split_host",
+    "stored_name",
 ]
 
 #: No inline script or style anywhere: the UI's files are all under 'self'.
@@ -199,7 +200,8 @@ def host_allowed(host: bytes | None, rules: Iterable[tuple[str, int | None]]) ->
 def security_headers(path: bytes | None, code: int, secure: bool) -> Sequence[tuple[bytes, bytes]]:
     """
     The headers every response carries, for a request to C{path} answered
-    with C{code}, over TLS or not.
+    with C{code}, over TLS or not; each name as L{Headers} stores it
+    (L{stored_name}).
 
     Pure so the channel's own refusals and rendered responses get the very
     same set.
@@ -222,7 +224,24 @@ def _header_set(no_store: bool, secure: bool) -> tuple[tuple[bytes, bytes], ...]
         headers.append((b"Cache-Control", b"no-store"))
     if secure:
         headers.append((b"Strict-Transport-Security", STRICT_TRANSPORT_SECURITY))
-    return tuple(headers)
+    return tuple((stored_name(name), value) for name, value in headers)
+
+
+def stored_name(name: bytes) -> bytes:
+    """
+    C{name} as L{Headers} keeps it (its own canonical spelling, which has
+    changed between Twisted releases): asked of Twisted once, at import.
+
+    Private Twisted API (C{Headers._rawHeaders}): the channel puts the
+    headers every response carries straight into the response's headers,
+    because C{setRawHeaders} encodes and checks each name and value again
+    on every response -- about a tenth of an authenticated request.  The
+    names and values here are constants, checked by that same code once.
+    """
+    headers = Headers()
+    headers.setRawHeaders(name, [b""])
+    (stored,) = headers._rawHeaders
+    return stored
 
 
 #: The four sets there are, made once: (no-store, over TLS) -> headers.
