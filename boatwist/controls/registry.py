@@ -57,7 +57,7 @@ from twisted.python.failure import Failure
 from boatwist.controls.backends.base import Backend, BackendError
 from boatwist.controls.backends.factory import BackendFactory
 from boatwist.controls.backends.file import FileBackend, FileReading
-from boatwist.controls.roles import RolePolicy
+from boatwist.controls.roles import Role, RolePolicy
 from boatwist.controls.spec import ControlSpec, ControlType, MemorySpec, Value
 from boatwist.events import EventHub
 from boatwist.store.operations import ControlValue
@@ -116,6 +116,17 @@ class ControlState:
     #: Monotonic time of the last successful read or write.
     seen_at: float | None = None
     lock: ControlLock = field(default_factory=ControlLock)
+    #: Counts every assignment to the fields above (L{__setattr__}): a listing made at one
+    #: revision of every control is still right while none of them moved.
+    revision: int = field(default=0, compare=False, repr=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Whoever changes a field, now or in code written later, moves the revision: a cache
+        # that asked each place that changes a state to say so would be one forgotten line
+        # from showing an old value.
+        object.__setattr__(self, name, value)
+        if name != "revision":
+            object.__setattr__(self, "revision", self.revision + 1)
 
     @property
     def name(self) -> str:
@@ -148,6 +159,8 @@ class Controls:
         self._pollers: list[LoopingCall] = []
         #: Each control's last JSON, with what it showed (see describe_json).
         self._encoded: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        #: The listing's last JSON per role: (every control's revision, good until (monotonic), JSON).
+        self._listings: dict[Role, tuple[tuple[int, ...], float, bytes]] = {}
         #: Fired once every control has its state (L{when_built}).
         self._waiting: list[Deferred[None]] = []
         self._built = False
@@ -220,6 +233,30 @@ class Controls:
         encoded = json.dumps(self.describe(state, user, roles), ensure_ascii=False).encode("utf-8")
         self._encoded[spec.name] = (key, encoded)
         return encoded
+
+    def listing_json(self, user: str, roles: RolePolicy) -> bytes:
+        """
+        Every control's L{describe_json}, comma-separated, in INI order:
+        made again only when a control changed, or when one of the polled
+        controls may have gone stale since (what a control shows to a user
+        depends on nothing else but the user's role).
+        """
+        role = roles.role_of(user)
+        revisions = tuple(state.revision for state in self._states.values())
+        now = self._clock.seconds()
+        cached = self._listings.get(role)
+        if cached is not None and cached[0] == revisions and now < cached[1]:
+            return cached[2]
+        body = b",".join(self.describe_json(state, user, roles) for state in self._states.values())
+        # The first moment a control shown good turns stale (L{_overdue}); one already overdue
+        # is shown stale, and stays so until a reading moves its revision.
+        good_until = min((until for until in (state.seen_at + 2 * state.spec.poll + state.spec.timeout
+                                              for state in self._states.values()
+                                              if state.quality is Quality.GOOD and state.spec.poll is not None
+                                              and state.seen_at is not None)
+                          if until >= now), default=float("inf"))
+        self._listings[role] = (revisions, good_until, body)
+        return body
 
     def describe(self, state: ControlState, user: str, roles: RolePolicy) -> dict[str, object]:
         """One control as C{GET /api/controls} shows it to C{user} (DESIGN.md's fields)."""

@@ -94,7 +94,7 @@ class ControlsResource(Resource):
     def _listing(self, request: Request) -> bytes:
         """The listing, each control's JSON as the registry keeps it encoded (they change rarely)."""
         core = self.core
-        controls = b",".join(core.controls.describe_json(state, self.user, core.roles) for state in core.controls)
+        controls = core.controls.listing_json(self.user, core.roles)
         rest = json.dumps({"floor": dict(core.floor.snapshot()), "role": core.roles.role_of(self.user).label},
                           ensure_ascii=False).encode("utf-8")
         request.setResponseCode(200)

@@ -519,3 +519,33 @@ def self_result(d: Deferred[_T]) -> _T:
     d.addBoth(got.append)
     assert got, "no result yet"
     return cast(_T, got[0])
+
+
+def test_the_listing_is_kept_while_nothing_changes_and_turns_stale_between_polls(tmp_path: Path) -> None:
+    """
+    GET /api/controls's listing is made again only when a control changed
+    or may have gone stale: asked twice with nothing in between, it is the
+    same bytes; the temperature held since its reading at 3 s is shown
+    stale at 7.5 s -- past 2 × 1 s + 2 s, between two polls, with nothing
+    changed in its state -- as describe() shows it.
+    """
+    d = Device(tmp_path)
+    temp = d.state("temp")
+    controls = d.core.controls
+
+    def listing() -> dict[str, Any]:
+        return {c["name"]: c for c in json.loads(b"[" + controls.listing_json("alice", d.core.roles) + b"]")}
+
+    d.until(3)
+    hold(temp)
+    d.valve.hold = True  # the valve's polls wait too: nothing moves but time
+    d.until(3.2)
+    assert controls.listing_json("alice", d.core.roles) is controls.listing_json("alice", d.core.roles)
+    revision = temp.revision
+    d.until(7)
+    assert listing()["temp"]["quality"] == "good"
+    d.clock.advance(0.5)
+    assert temp.revision == revision, "nothing changed in the state itself"
+    assert d.quality("temp") == "stale"
+    assert listing()["temp"] == controls.describe(temp, "alice", d.core.roles)
+    assert listing()["temp"]["quality"] == "stale"
