@@ -159,6 +159,33 @@ class Uptimes:
         return None if self._boot is None else time.clock_gettime(self._boot)
 
 
+class HostName:
+    """
+    The host name, asked of the kernel at most once a second: every
+    C{/api/whoami} shows it (twice, when C{[server] name} is empty), and
+    it can change while the daemon runs (C{hostnamectl}).
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic,
+                 ask: Callable[[], str] = socket.gethostname) -> None:
+        self._monotonic = monotonic
+        self._ask = ask
+        self._name = ""
+        self._until = float("-inf")
+
+    def __call__(self) -> str:
+        now = self._monotonic()
+        if now >= self._until:
+            self._name, self._until = self._ask(), now + 1.0
+        return self._name
+
+
+@functools.cache
+def _host_name() -> HostName:
+    """This process's L{HostName} (a fact of the machine, read again each second: nothing to reset)."""
+    return HostName()
+
+
 @functools.cache
 def _uptimes() -> Uptimes:
     """This process's L{Uptimes}, made on the first C{/api/whoami} (a fact of the process, never reset)."""
@@ -180,11 +207,12 @@ class WhoAmI(Resource):
         now = core.wall()
         uptimes = _uptimes()
         uptime = uptimes.process()
+        host = _host_name()()
         return json_body(request, {
             "user": self.user,
             "role": core.roles.role_of(self.user).label,
-            "device": core.settings.device_name,
-            "host": socket.gethostname(),
+            "device": core.settings.server.name or host,
+            "host": host,
             "version": __version__,
             "started_at": now - uptime,
             "uptime": uptime,

@@ -31,7 +31,7 @@ from boatwist.auth.passwords import PasswordFileError, check_user_name
 from boatwist.auth.portal import OperatorRealm
 from boatwist.presence import Kind
 from boatwist.store.operations import OperationRecord
-from boatwist.web.console_api import KIND_WORDS, parse_cursor, process_uptime
+from boatwist.web.console_api import KIND_WORDS, HostName, parse_cursor, process_uptime
 from boatwist.web.errors import unauthorized_page
 from boatwist.web.guard import claimed_user, guarded_root
 from boatwist.web.static import StaticFiles, accepts_gzip, static_dir
@@ -437,3 +437,21 @@ def test_a_header_not_claiming_logout_is_not_taken_for_it(header: bytes | None) 
     from boatwist.web.guard import _claims_logout
 
     assert not _claims_logout(header)
+
+
+def test_the_host_name_is_asked_of_the_kernel_at_most_once_a_second() -> None:
+    """/api/whoami shows the host name on every request; it is read again a second later (hostnamectl)."""
+    now = [10.0]
+    asked: list[str] = []
+    names = iter(["rig-1", "rig-2"])
+
+    def ask() -> str:
+        asked.append(next(names))
+        return asked[-1]
+
+    host = HostName(lambda: now[0], ask)
+    assert (host(), host()) == ("rig-1", "rig-1") and len(asked) == 1
+    now[0] = 10.9
+    assert host() == "rig-1"
+    now[0] = 11.0
+    assert host() == "rig-2"
