@@ -57,9 +57,10 @@ in the HTTP/1.1 channel, and twisted's H2Connection would bypass them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import re
 from io import BytesIO
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Generic, Optional, Sequence, TypeVar, Union, overload
 from urllib.parse import unquote_to_bytes as unquote, urlsplit
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -74,11 +75,13 @@ from boatwist.net.tracking import TrackedConnection, tracked
 from boatwist.web.errors import error_page
 from boatwist.web.headers import security_headers, stored_name
 
-__all__ = ["BoatwistChannel", "BoatwistRequest", "DEFAULT_MIN_BODY_RATE", "Rejection", "Screen"]
+__all__ = ["BoatwistChannel", "BoatwistRequest", "ChannelPolicy", "DEFAULT_MIN_BODY_RATE", "Rejection", "Screen"]
 
 #: Bytes per second a request body must at least average (32 kbit/s, slower
 #: than any link a device is operated over); see BoatwistChannel.
 DEFAULT_MIN_BODY_RATE = 4096.0
+
+_T = TypeVar("_T")
 
 #: The Date header's name as the response's headers store it.
 _DATE = stored_name(b"Date")
@@ -238,6 +241,63 @@ def method_not_allowed(request: server.Request, allowed: Sequence[bytes]) -> byt
 # ------------------------------------------------------------------ channel
 
 
+class _State:
+    """
+    What a channel keeps per connection besides Twisted's own attributes, in
+    one object with slots (see L{BoatwistChannel._state}): the deadlines,
+    the body's progress, the tracked connection, and both ends' addresses
+    and whether it is TLS, asked of the transport once (none changes).
+    """
+
+    __slots__ = ("abort_call", "body_bytes", "body_call", "closing", "expect_continue", "header_call", "host",
+                 "peer", "secure", "tracked")
+
+    def __init__(self) -> None:
+        self.tracked: TrackedConnection | None = None
+        self.header_call: IDelayedCall | None = None
+        self.body_call: IDelayedCall | None = None
+        self.abort_call: IDelayedCall | None = None
+        self.closing = False
+        self.body_bytes = 0
+        self.expect_continue = False
+        self.host: IAddress | None = None
+        self.peer: IAddress | None = None
+        self.secure: bool | None = None
+
+
+class _InState(Generic[_T]):
+    """A channel attribute kept in its L{_State} (read and set as if it were the channel's own)."""
+
+    def __init__(self, slot: str) -> None:
+        self._slot = slot
+
+    @overload
+    def __get__(self, channel: None, owner: type) -> "_InState[_T]": ...
+
+    @overload
+    def __get__(self, channel: "BoatwistChannel", owner: type) -> _T: ...
+
+    def __get__(self, channel: "BoatwistChannel | None", owner: type) -> "_T | _InState[_T]":
+        if channel is None:
+            return self
+        value: _T = getattr(channel._state, self._slot)
+        return value
+
+    def __set__(self, channel: "BoatwistChannel", value: _T) -> None:
+        setattr(channel._state, self._slot, value)
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    """What a site tells each of its channels: one object for all of them."""
+
+    __slots__ = ("min_body_rate", "screen", "settings")
+
+    settings: HttpSettings
+    screen: Screen | None
+    min_body_rate: float
+
+
 class BoatwistChannel(http.HTTPChannel):
     """
     An L{http.HTTPChannel} with a header deadline, a body deadline, a body
@@ -264,45 +324,70 @@ class BoatwistChannel(http.HTTPChannel):
 
     _log = Logger()
 
+    # A channel's instance dict holds Twisted's 23 attributes, and 3 more it
+    # sets and deletes for every request.  Once 30 names were ever set on
+    # instances of a class, CPython stops sharing the keys between them and
+    # each connection's dict grows from ~300 bytes to ~1.6 kB (issue 13:
+    # memory per idle connection); and names set in another order by another
+    # kind of request unshare them too.  So ours are two, set in __init__:
+    # the site's policy and a L{_State} with slots, which the names below
+    # read and write.
+    _headerCall: _InState[IDelayedCall | None] = _InState("header_call")
+    _bodyCall: _InState[IDelayedCall | None] = _InState("body_call")
+    _abortCall: _InState[IDelayedCall | None] = _InState("abort_call")
+    #: True once the channel has decided to end the connection: every
+    #: later byte is dropped and no further request is dispatched.
+    _closing: _InState[bool] = _InState("closing")
+    _bodyBytes: _InState[int] = _InState("body_bytes")
+    _expectContinue: _InState[bool] = _InState("expect_continue")
+    #: The tracked connection under this channel (None under test transports):
+    #: told when a request is being answered and when it is done, so that
+    #: the connection tracker knows who should give way to a newcomer.
+    _tracked: _InState[TrackedConnection | None] = _InState("tracked")
+
     def __init__(
         self,
         settings: HttpSettings,
         screen: Screen | None = None,
         min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+        *,
+        policy: ChannelPolicy | None = None,
     ) -> None:
+        """
+        @param policy: the site's settings, screen and body rate in one
+            object shared by its channels (the other arguments are then
+            ignored); else made from them.
+        """
         super().__init__()
-        self._settings = settings
-        self._screen = screen
-        self._minBodyRate = min_body_rate
-        self._headerCall: IDelayedCall | None = None
-        self._bodyCall: IDelayedCall | None = None
-        self._abortCall: IDelayedCall | None = None
-        #: True once the channel has decided to end the connection: every
-        #: later byte is dropped and no further request is dispatched.
-        self._closing = False
-        self._bodyBytes = 0
-        self._expectContinue = False
-        #: The tracked connection under this channel (None under test transports):
-        #: told when a request is being answered and when it is done, so that
-        #: the connection tracker knows who should give way to a newcomer.
-        self._tracked: TrackedConnection | None = None
+        self._policy = policy or ChannelPolicy(settings, screen, min_body_rate)
+        self._state = _State()
 
-    _secure: bool | None = None
-    _host: IAddress | None = None
-    _peer: IAddress | None = None
+    @property
+    def _settings(self) -> HttpSettings:
+        return self._policy.settings
+
+    @property
+    def _screen(self) -> Screen | None:
+        return self._policy.screen
+
+    @property
+    def _minBodyRate(self) -> float:
+        return self._policy.min_body_rate
 
     # Twisted asks the transport (a getsockname system call through the
     # wrappers) for every request; neither end of a connection ever changes.
     def getHost(self) -> IAddress:
-        host = self._host
+        state = self._state
+        host = state.host
         if host is None:
-            host = self._host = super().getHost()
+            host = state.host = super().getHost()
         return host
 
     def getPeer(self) -> IAddress:
-        peer = self._peer
+        state = self._state
+        peer = state.peer
         if peer is None:
-            peer = self._peer = super().getPeer()
+            peer = state.peer = super().getPeer()
         return peer
 
     def isSecure(self) -> bool:
@@ -311,9 +396,10 @@ class BoatwistChannel(http.HTTPChannel):
         interface adaptation each time costs more than the answer is worth;
         a connection does not change its transport).
         """
-        secure = self._secure
+        state = self._state
+        secure = state.secure
         if secure is None:
-            secure = self._secure = bool(super().isSecure())
+            secure = state.secure = bool(super().isSecure())
         return secure
 
     # -- deadlines
@@ -579,8 +665,9 @@ class BoatwistChannel(http.HTTPChannel):
     def allContentReceived(self) -> None:
         if self._closing:
             return
-        self._cancel(self._bodyCall)
-        self._bodyCall = None
+        if self._bodyCall is not None:
+            self._cancel(self._bodyCall)
+            self._bodyCall = None
         super().allContentReceived()
 
     def requestDone(self, request: http.Request) -> None:

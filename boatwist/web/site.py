@@ -23,7 +23,7 @@ from twisted.web.http import _GenericHTTPChannelProtocol
 from boatwist.config import HttpSettings
 from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.web.accesslog import AccessLogFile, access_log_line, escape_log, redact_query
-from boatwist.web.channel import DEFAULT_MIN_BODY_RATE, BoatwistChannel, BoatwistRequest, Rejection
+from boatwist.web.channel import DEFAULT_MIN_BODY_RATE, BoatwistChannel, BoatwistRequest, ChannelPolicy, Rejection
 from boatwist.web.headers import SAFE_METHODS, cross_site_reason, host_allowed, parse_host_rule
 
 __all__ = ["BoatwistSite"]
@@ -83,6 +83,9 @@ class BoatwistSite(server.Site):
         if min_body_rate <= 0:
             raise ValueError("min_body_rate must be positive")
         self._min_body_rate = min_body_rate
+        #: What every channel of this site is told (made at the first connection: a subclass may
+        #: still replace screen until then).
+        self._policy: ChannelPolicy | None = None
 
     def protocol(self) -> _GenericHTTPChannelProtocol:
         """
@@ -90,8 +93,10 @@ class BoatwistSite(server.Site):
         HTTPFactory always uses (C{HTTPFactory.protocol} is that same kind of
         method, taking the factory as C{self}).
         """
-        channel = BoatwistChannel(self.settings, screen=self.screen, min_body_rate=self._min_body_rate)
-        return _GenericHTTPChannelProtocol(channel)
+        policy = self._policy
+        if policy is None:
+            policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate)
+        return _GenericHTTPChannelProtocol(BoatwistChannel(self.settings, policy=policy))
 
     def acceptableProtocols(self) -> list[bytes]:
         """HTTP/1.1 only: H2Connection would bypass every limit in BoatwistChannel."""
