@@ -301,6 +301,10 @@ def test_card_qualities_and_the_sending_state(make_daemon, open_page, tmp_path: 
     op = wait_operation(daemon, "relay", 1)[-1]
     assert (op["user"], op["value"], op["result"]) == ("alice", True, "ok"), op
     wait_text(page, "#control-relay .meta", "changed by alice at ")
+    # The control event (on the event stream) may reach the page before the POST's answer (another
+    # connection): the card says "sending… · changed by alice" until the answer ends it.
+    page.wait_for("!document.querySelector('#control-relay .meta').textContent.startsWith('sending\u2026')",
+                  what="the relay no longer sending")
     relay = card(page, "relay")
     assert "sending" not in relay["meta"] and "pending" not in relay["cls"] and relay["busy"] == "false", relay
     assert relay["value"] == "on"
