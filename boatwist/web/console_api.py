@@ -57,7 +57,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from boatwist import __version__
@@ -65,7 +64,7 @@ from boatwist.core import Core
 from boatwist.store.operations import OperationRecord
 from boatwist.store.service import Message
 from boatwist.web.chat_api import int_arg
-from boatwist.web.jsonapi import JSON, answer_later, json_body
+from boatwist.web.jsonapi import JSON, UserResource, answer_later, json_body
 
 if TYPE_CHECKING:
     from boatwist.presence import Connection
@@ -192,15 +191,10 @@ def _uptimes() -> Uptimes:
     return Uptimes()
 
 
-class WhoAmI(Resource):
+class WhoAmI(UserResource):
     """C{GET /api/whoami}: the user, their role, and the device the console's header names."""
 
     isLeaf = True
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def render_GET(self, request: Request) -> bytes:
         core = self.core
@@ -221,15 +215,10 @@ class WhoAmI(Resource):
         })
 
 
-class OperatorsResource(Resource):
+class OperatorsResource(UserResource):
     """C{GET /api/operators}: who is online, with roles and each link's quality now."""
 
     isLeaf = True
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def render_GET(self, request: Request) -> bytes:
         return json_body(request, operators(self.core))
@@ -365,15 +354,10 @@ def _audit_item(entry: dict[str, Any]) -> dict[str, JSON] | None:
     return {"kind": "presence", "key": f"audit:{entry['id']}", "at": at, "user": user, "data": data}
 
 
-class ActivityResource(Resource):
+class ActivityResource(UserResource):
     """C{GET /api/activity}: the timeline, from the store, newest page first."""
 
     isLeaf = True
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def render_GET(self, request: Request) -> bytes | int:
         try:

@@ -46,7 +46,7 @@ from boatwist.reasons import WORDS, Reason
 from boatwist.web.chat_api import int_arg
 from boatwist.web.console_api import KIND_WORDS
 from boatwist.web.errors import ErrorResource
-from boatwist.web.jsonapi import JSON, BadBody, answer_later, json_body, read_json
+from boatwist.web.jsonapi import JSON, BadBody, UserResource, answer_later, json_body, read_json
 
 __all__ = ["ControlsResource", "FloorResource", "KickResource", "OperationsResource", "ReasonsResource"]
 
@@ -69,13 +69,8 @@ def _outcome_body(outcome: Outcome) -> JSON:
     return body
 
 
-class ControlsResource(Resource):
+class ControlsResource(UserResource):
     """C{/api/controls} and C{/api/controls/NAME}."""
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if not path:
@@ -102,13 +97,11 @@ class ControlsResource(Resource):
         return b'{"controls": [' + controls + b"], " + rest[1:] + b"\n"
 
 
-class ControlResource(Resource):
+class ControlResource(UserResource):
     isLeaf = True
 
     def __init__(self, user: str, core: Core, name: str) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
+        super().__init__(user, core)
         self.name = name
 
     def render_GET(self, request: Request) -> bytes | int:
@@ -188,15 +181,10 @@ class OperationsResource(Resource):
         return answer_later(request, d, 200, lambda failure: (500, {"error": "the operations cannot be read"}))
 
 
-class FloorResource(Resource):
+class FloorResource(UserResource):
     """C{/api/floor}: who holds it; take, request, answer, release, break."""
 
     isLeaf = True
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def render_GET(self, request: Request) -> bytes:
         return json_body(request, dict(self.core.floor.snapshot()))
@@ -240,15 +228,10 @@ class FloorResource(Resource):
         return json_body(request, body, _FLOOR_STATUS.get(refusal.code, 409))
 
 
-class KickResource(Resource):
+class KickResource(UserResource):
     """C{POST /api/kick}: an admin removes a user."""
 
     isLeaf = True
-
-    def __init__(self, user: str, core: Core) -> None:
-        super().__init__()
-        self.user = user
-        self.core = core
 
     def render_POST(self, request: Request) -> bytes:
         try:

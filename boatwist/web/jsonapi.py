@@ -12,14 +12,18 @@ The small pieces every JSON resource under C{/api} shares.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-__all__ = ["BadBody", "answer_later", "json_body", "read_json"]
+if TYPE_CHECKING:
+    from boatwist.core import Core
+
+__all__ = ["BadBody", "UserResource", "answer_later", "json_body", "read_json"]
 
 _log = Logger(namespace="boatwist.web.jsonapi")
 
@@ -89,3 +93,12 @@ def answer_later(request: Request, d: Deferred[JSON], code: int,
     d.addCallbacks(ok, bad)
     d.addErrback(lambda f: _log.failure("answering {path!r} failed", f, path=request.path))
     return NOT_DONE_YET
+
+
+class UserResource(Resource):
+    """A resource of C{/api} made for one logged-in user: what it answers depends on who asks."""
+
+    def __init__(self, user: str, core: Core) -> None:
+        super().__init__()
+        self.user = user
+        self.core = core
