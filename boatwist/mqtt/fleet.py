@@ -37,12 +37,16 @@ import math
 import os
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TextIO
 
 from boatwist.controls.words import operation_line
 from boatwist.mqtt.settings import SettingError, parse_broker
 from boatwist.textsafe import clean_message
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 __all__ = ["DeviceView", "Fleet", "main", "render_table"]
 
@@ -202,6 +206,20 @@ def _operation(view: DeviceView, now: float) -> str:
     return text if when == "?" else f"{text}, {when}"
 
 
+def display_width(text: str) -> int:
+    """
+    Columns C{text} takes on a terminal: two for a wide character (CJK, most
+    emoji), none for a combining mark -- a device or user named in another
+    script must not push the columns after it out of line.
+    """
+    width = 0
+    for char in text:
+        if unicodedata.combining(char):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
 def render_table(rows: Sequence[DeviceView], now: float) -> str:
     """The fleet as a plain-text table (one device a row)."""
     header = ("DEVICE", "STATUS", "SINCE", "OPERATORS", "FLOOR", "LAST OPERATION")
@@ -212,11 +230,11 @@ def render_table(rows: Sequence[DeviceView], now: float) -> str:
             status += f" ({_text(view.reason)})"
         lines.append((_text(view.prefix), status, _when(view.since, now), _operators(view), _floor(view),
                       _operation(view, now)))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    widths = [max(display_width(line[i]) for line in lines) for i in range(len(header) - 1)]
     out = []
     for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)] + [line[-1]]
-        out.append("  ".join(cells).rstrip())
+        cells = [cell + " " * (width - display_width(cell)) for cell, width in zip(line, widths, strict=False)]
+        out.append("  ".join(cells + [line[-1]]).rstrip())
     if not rows:
         out.append("(no device seen)")
     return "\n".join(out) + "\n"
@@ -320,11 +338,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
             return 0
         client.loop_forever()
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C: say goodbye (DISCONNECT), so that the broker sees a client that left, not one that vanished.
+        _disconnect(client)
     if done["failed"]:
         sys.stderr.write(f"embweb-fleet: {done['failed']}\n")
         return 1
     return 0
+
+
+def _disconnect(client: "paho.Client") -> None:
+    """Send DISCONNECT and let it out (a second at most); a broker already gone is no error here."""
+    try:
+        client.disconnect()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and client.loop(timeout=0.1) == 0:
+            pass
+    except (OSError, KeyboardInterrupt):
+        pass
 
 
 if __name__ == "__main__":

@@ -570,7 +570,8 @@ def test_the_live_fleet_view_redraws_as_messages_arrive_and_stops_on_ctrl_c(
     messages are in (dev-a up, nobody on it), and draws it again by itself as messages arrive -- alice
     logging in (1/10 alice), her operation (the last operation, in the chat port's words), her taking the
     floor, dev-a stopping (down, stopped) -- each redraw starting with a cleared screen and nothing else
-    driving the terminal.  Ctrl-C ends it at once, with status 0 and no traceback.
+    driving the terminal.  Ctrl-C ends it at once, with status 0, no traceback, and a DISCONNECT the
+    broker logs as such.
     """
     a = device(make_daemon, broker, "dev-a")
     P = "boatwist/dev-a"
@@ -609,6 +610,11 @@ def test_the_live_fleet_view_redraws_as_messages_arrive_and_stops_on_ctrl_c(
     assert fleet.wait(10) == 0
     fleet.wait_for(lambda output: fleet.ended, 10, "the end of the output")
     assert b"Traceback" not in fleet.output, fleet.output[-2000:]
+    # It said goodbye: Mosquitto tells a client that sent DISCONNECT ("disconnected") from one whose
+    # connection just closed ("closed its connection").
+    ours = [line for line in broker.log.read_text(errors="replace").splitlines() if "Client embweb-fleet-" in line]
+    assert any(line.endswith(" disconnected.") for line in ours), ours
+    assert not any("closed its connection" in line for line in ours), ours
 
 def test_broker_restart_while_operating_keeps_the_daemon_responsive_and_loses_nothing(
         make_daemon: Callable[..., Daemon], broker: Mosquitto, cleanup: ExitStack) -> None:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from boatwist.mqtt.fleet import DeviceView, Fleet, render_table
+from boatwist.mqtt.fleet import DeviceView, Fleet, display_width, render_table
 
 A, B = "boatwist/dev-a", "boatwist/dev-b"
 #: dev-a's session before the kill, after the restart; dev-b's.
@@ -292,3 +292,21 @@ def test_text_from_the_broker_cannot_drive_the_terminal() -> None:
     table = render_table(fleet.rows(), NOW)
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", table), repr(table)
     assert "boatwist/dev x" in table and "mallory" in table and "eve" in table and "down (gone" in table
+
+
+def test_columns_line_up_on_a_terminal_with_wide_and_combining_characters() -> None:
+    """
+    A device named in CJK (two columns a character on a terminal) or with a
+    combining accent (none) does not push the columns after it out of line:
+    each row's STATUS starts in the header's column, counted as a terminal
+    counts.
+    """
+    names = ["boatwist/press-7", "boatwist/压力机-7", "boatwist/pre\u0301sse-7"]
+    table = render_table([DeviceView(name, state="online") for name in names], NOW).splitlines()
+
+    def column_of(line: str, needle: str) -> int:
+        return display_width(line[:line.index(needle)])
+
+    start = column_of(table[0], "STATUS")
+    assert [column_of(line, " up") + 1 for line in table[1:]] == [start] * 3, table
+    assert display_width("压力机") == 6 and display_width("pre\u0301sse") == 6
