@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from boatwist.inivalues import boolean, whole_number
 from boatwist.controls.floor import FloorSettings, parse_floor_mode
 from boatwist.controls.roles import RoleSettings, parse_role_setting, parse_user_list, role_lists_conflict
 
@@ -234,17 +235,7 @@ class Settings:
 Parser = Callable[[str], object]
 
 
-def _integer(low: int, high: int) -> Parser:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise ConfigError(f"expected a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise ConfigError(f"expected a whole number from {low} to {high}")
-        return value
-
-    return parse
+_integer = whole_number
 
 
 def _seconds(low: float, high: float) -> Parser:
@@ -260,13 +251,7 @@ def _seconds(low: float, high: float) -> Parser:
     return parse
 
 
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "yes", "true", "on"):
-        return True
-    if lowered in ("0", "no", "false", "off"):
-        return False
-    raise ConfigError("expected yes or no")
+_boolean = boolean
 
 
 def _expecting(parse: Callable[[str], object]) -> Parser:
@@ -679,7 +664,7 @@ def parse_config(text: str, source: str = "<string>") -> Settings:
             value = texts[key] = raw.strip()
             try:
                 values[key] = _SCHEMA[section][key](value)
-            except (ConfigError, _mqtt.SettingError) as e:
+            except ValueError as e:  # ConfigError, SettingError, and the "expected ..." of boatwist.inivalues
                 raise ConfigError(f"{source}:{line}: [{section}] {key} = {value!r}: {e}") from None
         check = _SECTION_CHECKS.get(section)
         problem = check(values) if check is not None else None

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from boatwist.inivalues import boolean, whole_number
+
 __all__ = ["Broker", "MqttSettings", "PARSERS", "SettingError", "check", "parse_broker", "sanitize_name"]
 
 
@@ -186,26 +188,8 @@ def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
-def _integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise SettingError(f"expected a whole number from {low} to {high}") from None
-        if not low <= value <= high:
-            raise SettingError(f"expected a whole number from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "yes", "true", "on"):
-        return True
-    if lowered in ("0", "no", "false", "off"):
-        return False
-    raise SettingError("expected yes or no")
+_integer = whole_number
+_boolean = boolean
 
 
 #: key -> parser of its text; the whitelist of the section.
