@@ -200,6 +200,13 @@ class HeartbeatService(Service):
         if info is None:
             return
         if not info.established:
+            if info.state_name == "CLOSE_WAIT" and not conn.peer_eof and conn.close_wait_seen_at is None:
+                # The peer's FIN is in but not yet read: a tick can run between its arrival
+                # and the read in the same turn of the reactor, which would tell a browser
+                # that closed its tab ("left", once our probe is refused) from a peer that
+                # half-closed and went silent.  The next tick decides, if it is still here.
+                conn.close_wait_seen_at = now
+                return
             conn.close(self._ended_reason(conn, info))
             return
         conn.rtt_ms = info.rtt_us / 1000.0

@@ -119,7 +119,7 @@ class TrackedConnection:
     __slots__ = ("id", "_kind", "peer_host", "peer_port", "_user", "_tracker", "bytes_in", "busy", "progress_at",
                  "closing", "evicted", "accepted_turn", "rtt_ms", "unstable", "opened_at", "last_alive",
                  "close_reason", "peer_eof", "on_peer_eof", "farewell", "sock", "inode", "family", "local_port",
-                 "record", "held", "_max_held", "window_closed_at", "_wrapper")
+                 "record", "held", "_max_held", "window_closed_at", "close_wait_seen_at", "_wrapper")
 
     def __init__(self, ident: int, kind: Kind, peer_host: str, peer_port: int, wrapper: "TrackingProtocol",
                  now: float, max_held: int, tracker: "ConnectionTracker | None" = None) -> None:
@@ -164,6 +164,8 @@ class TrackedConnection:
         self._max_held = max_held
         #: When the heartbeat last saw a live peer keep its receive window closed.
         self.window_closed_at: float | None = None
+        #: When the heartbeat first found it in CLOSE_WAIT before the reactor had read the peer's FIN.
+        self.close_wait_seen_at: float | None = None
         self._wrapper = wrapper
 
     def __repr__(self) -> str:

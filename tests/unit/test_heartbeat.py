@@ -36,6 +36,7 @@ class FakeConn:
     asked: int = 0
     held: list[bytes] | None = None
     window_closed_at: float | None = None
+    close_wait_seen_at: float | None = None
     released: int = 0
     inode: int | None = None
     #: How often the cheap "ESTABLISHED, nothing outstanding" read was made.
@@ -201,10 +202,23 @@ def logged() -> Any:
 
 
 def test_close_wait_is_closed_with_tcp_state() -> None:
-    """A connection left in CLOSE_WAIT (the peer closed, nobody noticed) is ended with 'tcp-state'."""
-    conn = FakeConn(info=TcpInfo(state=CLOSE_WAIT))
-    Rig([conn]).start().tick()
-    assert conn.closed == ["tcp-state"]
+    """
+    A connection left in CLOSE_WAIT (the peer closed, nobody noticed) is
+    ended with 'tcp-state': at once when the reactor has read the peer's
+    FIN (our probe was answered: the peer half-closed and stays); else at
+    the next tick -- the FIN may have arrived in this very turn of the
+    reactor, before the read that tells a tab closed ('closed') from a
+    half-close.
+    """
+    read = FakeConn(info=TcpInfo(state=CLOSE_WAIT), peer_eof=True)
+    Rig([read]).start().tick()
+    assert read.closed == ["tcp-state"]
+    unread = FakeConn(info=TcpInfo(state=CLOSE_WAIT))
+    rig = Rig([unread]).start()
+    rig.tick()
+    assert unread.closed == [] and unread.close_wait_seen_at is not None
+    rig.tick()
+    assert unread.closed == ["tcp-state"]
 
 
 def test_other_non_established_states_are_tcp_state_too() -> None:
@@ -367,7 +381,7 @@ def test_a_failing_step_is_logged_and_the_loop_goes_on(logged: list[dict[str, An
     failing step is logged, the other steps of that tick still run, and the
     next tick runs normally.
     """
-    conn = FakeConn(info=TcpInfo(state=CLOSE_WAIT))
+    conn = FakeConn(info=TcpInfo(state=CLOSE_WAIT), peer_eof=True)
     rig = Rig([conn]).start()
     rig.presence.expire_raises = 1
     rig.tick()
@@ -402,7 +416,7 @@ def test_one_failing_connection_does_not_hide_the_others(logged: list[dict[str, 
         def tcp_vitals(self) -> TcpInfo | None:
             raise OSError("bad file descriptor")
 
-    ghost = FakeConn(2, info=TcpInfo(state=CLOSE_WAIT))
+    ghost = FakeConn(2, info=TcpInfo(state=CLOSE_WAIT), peer_eof=True)
     rig = Rig([Broken(1), ghost]).start()
     rig.tick()
     assert ghost.closed == ["tcp-state"]
@@ -504,7 +518,7 @@ def test_with_netlink_only_present_users_and_ending_sockets_are_read() -> None:
     """
     stream = FakeConn(id=1, info=TcpInfo(state=ESTABLISHED, rtt_us=4000))
     quiet = FakeConn(id=2, user=None, kind=Kind.HTTP)
-    ending = FakeConn(id=3, user=None, kind=Kind.HTTP, info=TcpInfo(state=CLOSE_WAIT))
+    ending = FakeConn(id=3, user=None, kind=Kind.HTTP, info=TcpInfo(state=CLOSE_WAIT), peer_eof=True)
     quiet.inode, ending.inode = 202, 303
     diag = FakeDiag([(303, CLOSE_WAIT)])
     rig = Rig([stream, quiet, ending], diag=diag)
@@ -546,7 +560,7 @@ def test_the_dump_is_asked_for_our_families_and_ports_only() -> None:
 
 def test_an_ending_presence_connection_is_read_once() -> None:
     """A present user's stream that the dump also reports ending is checked once in the tick."""
-    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT), inode=101)
+    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT), inode=101, peer_eof=True)
     rig = Rig([stream, FakeConn(id=2, user=None, kind=Kind.HTTP, inode=202)], diag=FakeDiag([(101, CLOSE_WAIT)]))
     rig.start().tick()
     assert stream.asked == 1 and stream.closed == ["tcp-state"]
@@ -555,7 +569,7 @@ def test_an_ending_presence_connection_is_read_once() -> None:
 def test_without_other_connections_there_is_no_dump() -> None:
     """When every connection is someone's presence (read anyway), nothing is left for a dump to find."""
     diag = FakeDiag([])
-    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT))
+    stream = FakeConn(id=1, info=TcpInfo(state=CLOSE_WAIT), peer_eof=True)
     rig = Rig([stream], diag=diag).start()
     rig.tick(2)
     assert diag.asked == 0
@@ -576,7 +590,7 @@ def test_a_few_connections_are_read_one_by_one_instead_of_a_dump(buckets: int | 
     read one by one and there is no dump; a half-closed one is found either way.
     """
     conns = [FakeConn(id=i, user=None, kind=Kind.HTTP, inode=100 + i) for i in range(10)]
-    conns[3].info = TcpInfo(state=CLOSE_WAIT)
+    conns[3].info, conns[3].peer_eof = TcpInfo(state=CLOSE_WAIT), True
     diag = FakeDiag([(103, CLOSE_WAIT)], buckets=buckets)
     rig = Rig(conns, diag=diag)
     rig.tracker._families = families
