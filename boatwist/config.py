@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from boatwist.inivalues import boolean, whole_number
+from boatwist.inivalues import boolean, optional_path, whole_number
 from boatwist.controls.floor import FloorSettings, parse_floor_mode
 from boatwist.controls.roles import RoleSettings, parse_role_setting, parse_user_list, role_lists_conflict
 
@@ -235,9 +235,6 @@ class Settings:
 Parser = Callable[[str], object]
 
 
-_integer = whole_number
-
-
 def _seconds(low: float, high: float) -> Parser:
     def parse(text: str) -> float:
         try:
@@ -249,9 +246,6 @@ def _seconds(low: float, high: float) -> Parser:
         return value
 
     return parse
-
-
-_boolean = boolean
 
 
 def _expecting(parse: Callable[[str], object]) -> Parser:
@@ -303,10 +297,6 @@ def _path(text: str) -> Path:
     if not text:
         raise ConfigError("expected a path")
     return Path(text)
-
-
-def _optional_path(text: str) -> Path | None:
-    return Path(text) if text else None
 
 
 #: The access log's file in state_dir when C{[http] access_log} is empty.
@@ -494,35 +484,35 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
         "state_dir": _path,
         "certificate": _text,
         "private_key": _text,
-        "redirect_http": _boolean,
+        "redirect_http": boolean,
     },
     "auth": {
         "realm": _realm,
         "schemes": _schemes,
         "digest_algorithms": _digest_algorithms,
-        "users": _optional_path,
-        "digest_users": _optional_path,
+        "users": optional_path,
+        "digest_users": optional_path,
         "cache_ttl": _seconds(0, 86400),
         "nonce_lifetime": _seconds(10, 86400),
-        "max_guesses": _integer(2, 100000),
+        "max_guesses": whole_number(2, 100000),
         "max_wait": _seconds(0, 60),
-        "max_failures": _integer(1, 1000),
+        "max_failures": whole_number(1, 1000),
         "failure_window": _seconds(1, 86400),
         "failure_delay": _seconds(0, 10),
     },
     "admission": {
-        "max_users": _integer(1, 10000),
-        "max_connections_per_user": _integer(1, 1000),
+        "max_users": whole_number(1, 10000),
+        "max_connections_per_user": whole_number(1, 1000),
         "http_grace": _seconds(0, 86400),
         "networks": _networks,
-        "max_connections": _integer(1, 1000000),
-        "max_connections_per_address": _integer(1, 1000000),
-        "max_unauthenticated": _integer(1, 1000000),
+        "max_connections": whole_number(1, 1000000),
+        "max_connections_per_address": whole_number(1, 1000000),
+        "max_unauthenticated": whole_number(1, 1000000),
     },
     "keepalive": {
-        "idle": _integer(1, 32767),
-        "interval": _integer(1, 32767),
-        "count": _integer(1, 127),
+        "idle": whole_number(1, 32767),
+        "interval": whole_number(1, 32767),
+        "count": whole_number(1, 127),
         "user_timeout": _seconds(0, 3600),
     },
     "heartbeat": {
@@ -531,39 +521,39 @@ _SCHEMA: dict[str, dict[str, Parser]] = {
     },
     "http": {
         "header_timeout": _seconds(0.1, 3600),
-        "max_body": _integer(0, 1 << 30),
+        "max_body": whole_number(0, 1 << 30),
         "idle_timeout": _seconds(1, 86400),
         "unauthenticated_idle": _seconds(0.1, 86400),
         "access_log": _access_log,
         "hosts": _host_list,
     },
     "chat": {
-        "history": _integer(0, 1000),
-        "max_line": _integer(64, 1 << 20),
+        "history": whole_number(0, 1000),
+        "max_line": whole_number(64, 1 << 20),
         "login_timeout": _seconds(1, 3600),
-        "max_login_attempts": _integer(1, 100),
-        "max_pending_logins": _integer(1, 100000),
-        "max_login_bytes": _integer(256, 1 << 20),
-        "max_telnet_commands": _integer(1, 100000),
-        "rate_messages": _integer(1, 100000),
+        "max_login_attempts": whole_number(1, 100),
+        "max_pending_logins": whole_number(1, 100000),
+        "max_login_bytes": whole_number(256, 1 << 20),
+        "max_telnet_commands": whole_number(1, 100000),
+        "rate_messages": whole_number(1, 100000),
         "rate_period": _seconds(0.1, 86400),
         "ping_timeout": _seconds(0.1, 3600),
     },
     "store": {
-        "retention_count": _integer(1, 100000000),
+        "retention_count": whole_number(1, 100000000),
         "retention_days": _seconds(0.001, 100000),
         "max_size": _size(256 * 1024, auto=True),
     },
     "events": {
-        "buffer": _integer(0, 1000000),
-        "max_queued": _integer(1024, 1 << 30),
+        "buffer": whole_number(0, 1000000),
+        "max_queued": whole_number(1024, 1 << 30),
     },
     "log": {
-        "file": _optional_path,
+        "file": optional_path,
         "max_size": _size(64 * 1024, auto=False),
-        "files": _integer(0, 1000),
-        "per_source": _integer(1, 100000),
-        "max_lines": _integer(1, 1000000),
+        "files": whole_number(0, 1000),
+        "per_source": whole_number(1, 100000),
+        "max_lines": whole_number(1, 1000000),
     },
     "roles": {
         "default": _expecting(parse_role_setting),

@@ -7,9 +7,10 @@ key (L{boatwist.config.load_config}) says the rest.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
-__all__ = ["boolean", "whole_number"]
+__all__ = ["boolean", "optional_path", "whole_number"]
 
 _TRUE = frozenset({"1", "yes", "true", "on"})
 _FALSE = frozenset({"0", "no", "false", "off"})
@@ -38,3 +39,8 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def optional_path(text: str) -> Path | None:
+    """A path, or None when the value is empty (the default applies)."""
+    return Path(text) if text else None

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from boatwist.config import AdmissionSettings
 from boatwist.events import EventHub
-from boatwist.reasons import WORDS, Reason, RefusalReason
+from boatwist.reasons import Reason, RefusalReason, words_for
 
 ONLINE = "online"
 UNSTABLE = "unstable"
@@ -281,7 +281,7 @@ class Presence:
             extra["by"] = by
         self._publish(state.name, OFFLINE, reason, via, **extra)
         after = "" if detected_after is None else f", detected after {detected_after:.1f} s"
-        words = WORDS.get(str(getattr(reason, "value", reason)), str(reason))
+        words = words_for(str(reason)) or str(reason)
         self._log.info("{user} is offline ({reason}{after})", user=state.name, reason=words, after=after)
 
     def _update_stability(self, state: UserState, reason: Reason) -> None:

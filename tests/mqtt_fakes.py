@@ -66,6 +66,9 @@ class FakeDeviceState:
     def controls_snapshot(self) -> Sequence[ControlSnapshot]:
         return self.controls
 
+    def control_snapshot(self, name: str) -> ControlSnapshot | None:
+        return next((c for c in self.controls if c["name"] == name), None)
+
     def set_value(self, name: str, value: object, by: str | None, at: float) -> None:
         for c in self.controls:
             if c["name"] == name:

@@ -311,11 +311,11 @@ class ThrottledChecker:
         key = self._credential_key(credentials)
         session = self._session_key(credentials, name, key)
         if session is not None and self._known(self._right, session):
-            check_now: Callable[[ICredentials], AvatarId] | None = getattr(self._inner, "check_now", None)
-            if check_now is None:
+            immediate: ImmediateChecker | None = self._inner if hasattr(self._inner, "check_now") else None
+            if immediate is None:
                 return self._recheck(credentials, name, peer, session)
             try:
-                avatar = check_now(credentials)
+                avatar = immediate.check_now(credentials)
             except Exception:
                 return self._recheck_failed(Failure(), credentials, name, peer, session)
             return self._rechecked(avatar, credentials, name, peer, session)
@@ -350,14 +350,14 @@ class ThrottledChecker:
 
         def ok(avatar: AvatarId) -> AvatarId:
             turn.succeeded()
-            self._proven(credentials, name)
+            session = self._session_key(credentials, name, key)  # Basic: the HMAC already made
+            if session is not None:
+                self._remember(self._right, session)
             self._log_login(name, peer, getattr(credentials, "via", "http"))
             return avatar
 
         def bad(failure: Failure) -> "Failure | defer.Deferred[AvatarId]":
-            if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
-                # A right answer on a used-up nonce (browsers do this), a user with no hash for
-                # what the client chose, or our own fault: not a guess.
+            if _not_a_guess(failure):
                 turn.void()
                 if isinstance(failure.value, NoUsableHash):
                     self._log_unusable(failure.value, peer)
@@ -385,7 +385,7 @@ class ThrottledChecker:
 
     def _recheck_refused(self, failure: Failure, credentials: ICredentials, name: str, peer: str,
                          session: bytes) -> "Failure | defer.Deferred[AvatarId]":
-        if failure.check(NotAGuess) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed):
+        if _not_a_guess(failure):
             return failure
         self._right.pop(session, None)
         self._throttle.charge(peer, name)
@@ -417,7 +417,7 @@ class ThrottledChecker:
         last = self._logged_in.get((peer, refusal.user))
         if last is not None and self._now() - last < self._remember_for:
             return  # logged in already: the client tried another scheme first, nothing to fix
-        can = ", ".join(f"Digest {a}" if a != "basic" else "Basic" for a in refusal.available) or "nothing"
+        can = ", ".join(map(_scheme_words, refusal.available)) or "nothing"
         self._log.warn(
             "login {user!r} from {peer}: the client chose {scheme} but {user!r} has no {scheme} hash "
             "(can use {can}); not a wrong password, the next 401 offers only that. "
@@ -470,11 +470,6 @@ class ThrottledChecker:
         while len(table) > KNOWN_WRONG_SIZE:
             table.popitem(last=False)
 
-    def _proven(self, credentials: ICredentials, name: str) -> None:
-        session = self._session_key(credentials, name)
-        if session is not None:
-            self._remember(self._right, session)
-
     def _session_key(self, credentials: ICredentials, name: str, key: bytes | None = None) -> bytes | None:
         """
         What stands for a logged-in session: the Basic credential's HMAC
@@ -504,6 +499,15 @@ class ThrottledChecker:
         if isinstance(user, str):
             user = user.encode("utf-8")
         return credential_key(self._key, user, password)
+
+
+def _not_a_guess(failure: Failure) -> bool:
+    """
+    A failed check that says nothing about the password: a right answer on
+    a used-up nonce (browsers do this), a user with no hash for what the
+    client chose, or our own fault.
+    """
+    return bool(failure.check(NotAGuess)) or not failure.check(cerror.UnauthorizedLogin, cerror.LoginFailed)
 
 
 def _scheme_words(scheme: str) -> str:

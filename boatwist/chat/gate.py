@@ -164,7 +164,6 @@ class LoginGate:
         self.log = log if log is not None else SourceLog(clock)
         self._slots: list[LoginSlot] = []
         self._debts: dict[str, _Debt] = {}
-        self.evictions = 0
 
     # ------------------------------------------------------------ public
 
@@ -233,7 +232,6 @@ class LoginGate:
     def _evict_slot(self, slot: LoginSlot) -> None:
         slot.released = True
         self._slots.remove(slot)
-        self.evictions += 1
         self.charge(slot.host, EVICTED)
         self.log.note(slot.host, "pending logins evicted to make room for newer connections")
         slot._evict()

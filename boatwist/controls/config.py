@@ -72,6 +72,7 @@ from boatwist.controls.spec import (
     RegisterKind,
     Value,
 )
+from boatwist.controls.values import on_grid
 
 __all__ = ["CONTROL_PREFIX", "Items", "parse_control", "parse_controls"]
 
@@ -372,11 +373,6 @@ def _integer(low: int, high: int, extra: str = "") -> Callable[[str], int]:
 # ------------------------------------------------------------------- values
 
 
-def _on_grid(value: float, low: float, step: float) -> bool:
-    k = (value - low) / step
-    return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
-
-
 def _value_parser(
     kind: ControlType,
     low: float | None,
@@ -403,7 +399,7 @@ def _value_parser(
             value = float(text)
         except ValueError:
             raise _Bad(expected) from None
-        if not (low <= value <= high) or (step and not _on_grid(value, low, step)):
+        if not (low <= value <= high) or (step and not on_grid(value, low, step)):
             raise _Bad(expected)
         return value
 

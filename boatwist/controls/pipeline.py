@@ -116,10 +116,6 @@ class Pipeline:
         refusal is an L{Outcome} with its status.
         """
         state = self._controls.get(name)
-        if state is None and not self._controls.built and name in self._controls.names:
-            # Declared, and the recorded values are being read at start: a moment, not a 404.
-            return self._controls.when_built().addCallback(
-                lambda _: self.operate(user, name, raw, via, confirm, text))
         if state is None:
             known = ", ".join(self._controls.names) or "none"
             return defer.succeed(Outcome(404, error=f"no control named {name!r} (controls: {known})"))

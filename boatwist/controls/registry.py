@@ -133,6 +133,14 @@ class ControlState:
         return self.spec.name
 
 
+def _stale_at(state: ControlState) -> float | None:
+    """When a polled control's last good reading goes overdue (L{Controls._overdue}); None if never."""
+    poll, seen = state.spec.poll, state.seen_at
+    if poll is None or seen is None:
+        return None
+    return seen + 2 * poll + state.spec.timeout
+
+
 class Controls:
     """
     Every control of the device, in INI order.
@@ -209,10 +217,8 @@ class Controls:
         Whether a polled control's last good reading is older than two polls
         and a timeout: two polls missed, the last one given all its time.
         """
-        poll, seen = state.spec.poll, state.seen_at
-        if poll is None or seen is None:
-            return False
-        return self._clock.seconds() - seen > 2 * poll + state.spec.timeout
+        stale_at = _stale_at(state)
+        return stale_at is not None and self._clock.seconds() > stale_at
 
     def describe_json(self, state: ControlState, user: str, roles: RolePolicy) -> bytes:
         """
@@ -250,11 +256,9 @@ class Controls:
         body = b",".join(self.describe_json(state, user, roles) for state in self._states.values())
         # The first moment a control shown good turns stale (L{_overdue}); one already overdue
         # is shown stale, and stays so until a reading moves its revision.
-        good_until = min((until for until in (state.seen_at + 2 * state.spec.poll + state.spec.timeout
-                                              for state in self._states.values()
-                                              if state.quality is Quality.GOOD and state.spec.poll is not None
-                                              and state.seen_at is not None)
-                          if until >= now), default=float("inf"))
+        good_until = min((until for until in (_stale_at(state) for state in self._states.values()
+                                              if state.quality is Quality.GOOD)
+                          if until is not None and until >= now), default=float("inf"))
         self._listings[role] = (revisions, good_until, body)
         return body
 
@@ -322,7 +326,6 @@ class Controls:
             if last is not None and spec.type.has_value:
                 # What it was last set to: a first reading that differs was changed outside boatwist.
                 state.value, state.changed_at, state.changed_by = last.value, last.changed_at, last.changed_by
-            self._states[spec.name] = state
             if state.backend.readable and spec.type.has_value:
                 reads.append(self.refresh(state))
             else:

@@ -18,13 +18,9 @@ from __future__ import annotations
 import math
 
 from boatwist.controls.spec import ControlSpec, ControlType, Value
+from boatwist.inivalues import boolean
 
 __all__ = ["BadValue", "allowed", "from_json", "from_text", "on_grid"]
-
-#: How a chat line may spell a switch's state.
-_ON = frozenset({"on", "1", "true", "yes"})
-_OFF = frozenset({"off", "0", "false", "no"})
-
 
 class BadValue(ValueError):
     """The value cannot be taken; C{str()} says why and what is allowed."""
@@ -103,12 +99,10 @@ def from_text(spec: ControlSpec, text: str) -> Value:
             raise _refuse(spec, _show(word))
         return None
     if kind is ControlType.SWITCH:
-        lowered = word.lower()
-        if lowered in _ON:
-            return True
-        if lowered in _OFF:
-            return False
-        raise _refuse(spec, _show(word))
+        try:
+            return boolean(word)  # on/off, yes/no, true/false, 1/0: as the INI spells them
+        except ValueError:
+            raise _refuse(spec, _show(word)) from None
     if kind is ControlType.CHOICE:
         if word in spec.choices:
             return word

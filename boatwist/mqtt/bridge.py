@@ -61,9 +61,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -73,6 +71,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 from twisted.python.failure import Failure
 
 from boatwist.events import Event
@@ -86,7 +87,7 @@ from boatwist.mqtt.commands import (
     result_payload,
 )
 from boatwist.mqtt.discovery import DeviceInfo, config_messages
-from boatwist.mqtt.interfaces import DeviceState, EventSource, OperationOutcome, Operator
+from boatwist.mqtt.interfaces import ControlSnapshot, DeviceState, EventSource, OperationOutcome, Operator
 from boatwist.mqtt.outbox import Backoff, BridgeStats, Message, Outbox
 from boatwist.mqtt.session import SessionCounter
 from boatwist.mqtt.settings import MqttSettings
@@ -157,6 +158,9 @@ class MqttBridgeService(Service):
 
     def stats_metrics(self) -> Iterator[Metric]:
         """The bridge's counters as Prometheus families (L{boatwist.metrics.Metrics.add_source})."""
+        # Imported at the first scrape, as boatwist.metrics does: not at start.
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         stats = self.stats
         connected = GaugeMetricFamily("boatwist_mqtt_connected", "1 while connected to the MQTT broker")
         connected.add_metric([], 1 if stats.connected else 0)
@@ -262,10 +266,12 @@ class MqttBridgeService(Service):
         self._link.subscribe(self.topics.status, 1)
         if self.settings.commands:
             self._link.subscribe(self.topics.command_filter, 1)
-        self._publish_discovery()
+        controls = self.state.controls_snapshot()
+        self._publish_discovery(controls)
         self._publish_presence()
         self._publish_floor()
-        self._publish_controls(None)
+        for control in controls:
+            self._publish_control(control)
         if self._last_operation is not None:
             self._publish_state(self.topics.last_operation, dumps(self._last_operation))
         self._pump()
@@ -352,9 +358,12 @@ class MqttBridgeService(Service):
             elif event.kind == "floor":
                 self._publish_floor()
             elif event.kind in ("control", "value"):
-                control = event.data.get("control")
-                if isinstance(control, str):
-                    self._publish_controls(control)
+                name = event.data.get("control")
+                if isinstance(name, str) and self._link is not None and self._link.connected:
+                    # Only this control (at the next connect, the snapshot has them all).
+                    control = self.state.control_snapshot(name)
+                    if control is not None:
+                        self._publish_control(control)
                 if event.kind == "control":
                     self._last_operation = dict(event.data)
                     self._publish_state(self.topics.last_operation, dumps(self._last_operation))
@@ -396,17 +405,12 @@ class MqttBridgeService(Service):
         if self._link is not None and self._link.connected:
             self._publish_state(self.topics.floor, floor_payload(self.state.floor_snapshot(), self._wall_clock()))
 
-    def _publish_controls(self, only: str | None) -> None:
-        if self._link is None or not self._link.connected:
-            return
-        for control in self.state.controls_snapshot():
-            if only is None or control["name"] == only:
-                self._publish_state(self.topics.control(control["name"]), control_payload(control))
+    def _publish_control(self, control: ControlSnapshot) -> None:
+        self._publish_state(self.topics.control(control["name"]), control_payload(control))
 
-    def _publish_discovery(self) -> None:
+    def _publish_discovery(self, controls: Sequence[ControlSnapshot]) -> None:
         if not self.settings.discovery:
             return
-        for topic, payload in config_messages(self.settings.discovery, self.topics, self.device,
-                                              self.state.controls_snapshot(), self.settings.commands,
-                                              self.settings.qos):
+        for topic, payload in config_messages(self.settings.discovery, self.topics, self.device, controls,
+                                              self.settings.commands, self.settings.qos):
             self._publish_state(topic, payload, qos=1)

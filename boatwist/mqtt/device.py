@@ -50,6 +50,11 @@ class CoreDevice:
         return [cast(ControlSnapshot, core.controls.describe(state, self._user, core.roles))
                 for state in core.controls]
 
+    def control_snapshot(self, name: str) -> ControlSnapshot | None:
+        core = self._core
+        state = core.controls.get(name)
+        return None if state is None else cast(ControlSnapshot, core.controls.describe(state, self._user, core.roles))
+
 
 class PipelineOperator:
     """L{boatwist.mqtt.interfaces.Operator}: an MQTT command is an operation like any other."""

@@ -108,6 +108,9 @@ class DeviceState(Protocol):
 
     def controls_snapshot(self) -> Sequence[ControlSnapshot]: ...
 
+    def control_snapshot(self, name: str) -> ControlSnapshot | None:
+        """One control as L{controls_snapshot} shows it (None: no such control): one event's worth."""
+
 
 @dataclass(frozen=True)
 class OperationOutcome:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from boatwist.inivalues import boolean, whole_number
+from boatwist.inivalues import boolean, optional_path, whole_number
 
 __all__ = ["Broker", "MqttSettings", "PARSERS", "SettingError", "check", "parse_broker", "sanitize_name"]
 
@@ -184,29 +184,21 @@ def _username(text: str) -> str:
     return text
 
 
-def _optional_path(text: str) -> Path | None:
-    return Path(text) if text else None
-
-
-_integer = whole_number
-_boolean = boolean
-
-
 #: key -> parser of its text; the whitelist of the section.
 PARSERS: dict[str, Callable[[str], object]] = {
     "broker": _broker,
-    "ca": _optional_path,
+    "ca": optional_path,
     "username": _username,
-    "password_file": _optional_path,
+    "password_file": optional_path,
     "client_id": _client_id,
     "topic": _topic("a topic prefix like boatwist/press-7"),
     # MQTT's keepalive is 16 bits; below 2 s the will would fire on a busy reactor.
-    "keepalive": _integer(2, 65535),
-    "qos": _integer(0, 1),
-    "commands": _boolean,
+    "keepalive": whole_number(2, 65535),
+    "qos": whole_number(0, 1),
+    "commands": boolean,
     "user": _user,
     "discovery": _topic("a Home Assistant discovery prefix like homeassistant"),
-    "queue": _integer(0, 1000000),
+    "queue": whole_number(0, 1000000),
 }
 
 

@@ -614,12 +614,11 @@ class ConnectionTracker:
             elif conn.bytes_in:
                 talking = talking or conn
             else:
+                # The quiet never make progress, so they stay in the order they came: the
+                # first old enough that has said nothing at all goes before anyone else.
+                if conn.opened_at <= squatter_since and not conn.has_unread_bytes():
+                    return conn
                 quiet.append(conn)
-        for conn in quiet:
-            if conn.opened_at > squatter_since:
-                break  # the rest are younger still: newcomers, not squatters
-            if not conn.has_unread_bytes():
-                return conn  # has said nothing at all
         if talking is not None:
             return talking
         for conn in quiet:

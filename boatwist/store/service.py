@@ -135,10 +135,6 @@ class Retention:
     table: str
     #: The share of the store's size budget the table may fill.
     share: float
-    #: Its run-clock column (age retention).
-    time_column: str = "kept_at"
-    #: Whether [store] retention_count applies to it.
-    counted: bool = True
 
 
 #: Every table retention applies to (a fixed list, never user input); shares add up to at most 1.
@@ -365,7 +361,7 @@ class _Database:
     """
 
     def __init__(self, path: str, retention_count: int, retention_seconds: float, max_bytes: int,
-                 monotonic: Callable[[], float], rules: tuple[Retention, ...] = RETAINED) -> None:
+                 monotonic: Callable[[], float]) -> None:
         """
         @param monotonic: how the run clock advances while open, and the pace
             of attempts to reopen.
@@ -373,7 +369,7 @@ class _Database:
         self.path = path
         self.retention_count = retention_count
         self.retention_seconds = retention_seconds
-        self.rules = rules
+        self.rules = RETAINED
         self.wal_bytes = int(max_bytes * WAL_SHARE)
         self.data_bytes = max_bytes - self.wal_bytes
         self.page_size = 4096
@@ -502,9 +498,9 @@ class _Database:
         count" is a rowid range delete; age uses the index on the time column.
         """
         table = rule.table
-        if rule.counted and newest_id is not None and newest_id > self.retention_count:
+        if newest_id is not None and newest_id > self.retention_count:
             conn.execute(f"DELETE FROM {table} WHERE id <= ?", (newest_id - self.retention_count,))
-        conn.execute(f"DELETE FROM {table} WHERE {rule.time_column} < ?", (now - self.retention_seconds,))
+        conn.execute(f"DELETE FROM {table} WHERE kept_at < ?", (now - self.retention_seconds,))
 
     def _prune_all(self, conn: sqlite3.Connection) -> None:
         now = self.run_clock()

@@ -345,21 +345,10 @@ class BoatwistChannel(http.HTTPChannel):
     #: the connection tracker knows who should give way to a newcomer.
     _tracked: _InState[TrackedConnection | None] = _InState("tracked")
 
-    def __init__(
-        self,
-        settings: HttpSettings,
-        screen: Screen | None = None,
-        min_body_rate: float = DEFAULT_MIN_BODY_RATE,
-        *,
-        policy: ChannelPolicy | None = None,
-    ) -> None:
-        """
-        @param policy: the site's settings, screen and body rate in one
-            object shared by its channels (the other arguments are then
-            ignored); else made from them.
-        """
+    def __init__(self, policy: ChannelPolicy) -> None:
+        """@param policy: the site's settings, screen and body rate, one object shared by its channels."""
         super().__init__()
-        self._policy = policy or ChannelPolicy(settings, screen, min_body_rate)
+        self._policy = policy
         self._state = _State()
 
     @property

@@ -96,7 +96,7 @@ class BoatwistSite(server.Site):
         policy = self._policy
         if policy is None:
             policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate)
-        return _GenericHTTPChannelProtocol(BoatwistChannel(self.settings, policy=policy))
+        return _GenericHTTPChannelProtocol(BoatwistChannel(policy))
 
     def acceptableProtocols(self) -> list[bytes]:
         """HTTP/1.1 only: H2Connection would bypass every limit in BoatwistChannel."""
@@ -129,26 +129,28 @@ class BoatwistSite(server.Site):
             return http.FORBIDDEN, "cross-site request refused"
         return None
 
-    _cached_second = -1
-    _cached_log_time = ""
-    _date_second = -1
+    # The Date header and the access log's timestamp, formatted once per second of the
+    # site's reactor (strftime is costly per request).
+    _second = -1
     _date = b""
+    _log_time_text = ""
+
+    def _this_second(self) -> None:
+        now = int(self.reactor.seconds())
+        if now != self._second:
+            self._second = now
+            self._date = http.datetimeToString(now)
+            self._log_time_text = http.datetimeToLogString(now)
 
     def http_date(self) -> bytes:
-        """The Date header's value from the site's reactor, formatted once per second."""
-        now = int(self.reactor.seconds())
-        if now != self._date_second:
-            self._date_second = now
-            self._date = http.datetimeToString(now)
+        """The Date header's value from the site's reactor."""
+        self._this_second()
         return self._date
 
     def _log_time(self) -> str:
-        """The access-log timestamp, formatted once per second (strftime is costly per request)."""
-        now = int(self.reactor.seconds())
-        if now != self._cached_second:
-            self._cached_second = now
-            self._cached_log_time = http.datetimeToLogString(now)
-        return self._cached_log_time
+        """The access-log timestamp."""
+        self._this_second()
+        return self._log_time_text
 
     def log(self, request: http.Request) -> None:
         """

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from boatwist.controls.spec import ControlSpec, ControlType, MemorySpec, Value
+from boatwist.controls.values import on_grid
 
 __all__ = ["MemoryBackend", "allowed"]
 
@@ -36,10 +37,7 @@ def allowed(control: ControlSpec, value: Value) -> bool:
         low, high, step = control.min, control.max, control.step
         if low is None or high is None or not low <= value <= high:
             return False
-        if step:
-            k = (value - low) / step
-            return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
-        return True
+        return not step or on_grid(value, low, step)
     return False  # a sensor is never kept in memory
 
 
