@@ -57,13 +57,13 @@ in the HTTP/1.1 channel, and twisted's H2Connection would bypass them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import re
 from io import BytesIO
 from typing import Callable, Generic, Optional, Sequence, TypeVar, Union, overload
 from urllib.parse import unquote_to_bytes as unquote, urlsplit
 
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
@@ -94,6 +94,9 @@ KNOWN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNEC
 
 #: Longest request line, and longest header line, in bytes (Twisted's LineReceiver limit).
 MAX_LINE = 16384
+
+#: Local addresses a site's policy keeps to share between connections (see ChannelPolicy.shared_host).
+_MAX_HOSTS = 64
 
 #: (status code, message) the channel answers with instead of the resource.
 Rejection = tuple[int, str]
@@ -245,12 +248,12 @@ class _State:
     """
     What a channel keeps per connection besides Twisted's own attributes, in
     one object with slots (see L{BoatwistChannel._state}): the deadlines,
-    the body's progress, the tracked connection, and both ends' addresses
-    and whether it is TLS, asked of the transport once (none changes).
+    the body's progress, the tracked connection, and the local address and
+    whether it is TLS, asked of the transport once (neither changes).
     """
 
     __slots__ = ("abort_call", "body_bytes", "body_call", "closing", "expect_continue", "header_call", "host",
-                 "peer", "secure", "tracked")
+                 "secure", "tracked")
 
     def __init__(self) -> None:
         self.tracked: TrackedConnection | None = None
@@ -261,7 +264,6 @@ class _State:
         self.body_bytes = 0
         self.expect_continue = False
         self.host: IAddress | None = None
-        self.peer: IAddress | None = None
         self.secure: bool | None = None
 
 
@@ -287,15 +289,35 @@ class _InState(Generic[_T]):
         setattr(channel._state, self._slot, value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChannelPolicy:
     """What a site tells each of its channels: one object for all of them."""
-
-    __slots__ = ("min_body_rate", "screen", "settings")
 
     settings: HttpSettings
     screen: Screen | None
     min_body_rate: float
+    #: The site's reactor: every timer of its channels (a Clock in tests).
+    clock: IReactorTime
+    #: Local addresses, one object each for all the connections to it (see L{shared_host}).
+    _hosts: dict[IAddress, IAddress] = field(default_factory=dict, compare=False, repr=False)
+
+    def shared_host(self, address: IAddress) -> IAddress:
+        """
+        C{address}, or an equal one already known: every connection to a
+        listener has the same local address, and one address object per
+        connection, kept for its life, was ~190 bytes each (issue 13).
+        At most C{_MAX_HOSTS} are kept (a host has a few addresses).
+        """
+        try:
+            known = self._hosts.get(address)
+        except TypeError:  # an address type that cannot be a key: not shared
+            return address
+        if known is not None:
+            return known
+        if len(self._hosts) >= _MAX_HOSTS:
+            self._hosts.clear()
+        self._hosts[address] = address
+        return address
 
 
 class BoatwistChannel(http.HTTPChannel):
@@ -308,8 +330,8 @@ class BoatwistChannel(http.HTTPChannel):
     C{Connection: close}, and the connection is then closed: the unread body
     would otherwise have to be read and thrown away.
 
-    Timers use C{self.callLater}, which L{http.HTTPFactory.buildProtocol}
-    sets to the site's reactor: a L{Clock} drives them in tests.
+    Timers use C{self.callLater}: the site's reactor, from the policy (a
+    L{Clock} drives them in tests).
 
     Private Twisted API, because HTTPChannel offers no public hook for any of
     this (checked against Twisted 24.7 to 26.x, the range pyproject pins):
@@ -323,6 +345,9 @@ class BoatwistChannel(http.HTTPChannel):
     """
 
     _log = Logger()
+    #: The site serving this connection (set by L{boatwist.web.site.BoatwistSite.buildProtocol}, as
+    #: Twisted's Site does on every channel).
+    site: server.Site
 
     # A channel's instance dict holds Twisted's 23 attributes, and 3 more it
     # sets and deletes for every request.  Once 30 names were ever set on
@@ -351,6 +376,10 @@ class BoatwistChannel(http.HTTPChannel):
         self._policy = policy
         self._state = _State()
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """Timers on the site's reactor (Twisted's HTTPFactory sets a bound method per channel instead)."""
+        return self._policy.clock.callLater(period, func)
+
     @property
     def _settings(self) -> HttpSettings:
         return self._policy.settings
@@ -365,19 +394,15 @@ class BoatwistChannel(http.HTTPChannel):
 
     # Twisted asks the transport (a getsockname system call through the
     # wrappers) for every request; neither end of a connection ever changes.
+    # The peer's address is not kept: Twisted makes it from what the
+    # transport holds already, in a quarter of a microsecond, and kept it
+    # was ~100 bytes for every open connection.
     def getHost(self) -> IAddress:
         state = self._state
         host = state.host
         if host is None:
-            host = state.host = super().getHost()
+            host = state.host = self._policy.shared_host(super().getHost())
         return host
-
-    def getPeer(self) -> IAddress:
-        state = self._state
-        peer = state.peer
-        if peer is None:
-            peer = state.peer = super().getPeer()
-        return peer
 
     def isSecure(self) -> bool:
         """

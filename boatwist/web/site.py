@@ -11,14 +11,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, resource, server
-
-# Private, but it is what HTTPFactory.buildProtocol has always returned:
-# keeping the wrapper keeps every attribute Site/HTTPFactory set on "the
-# protocol" (site, requestFactory, timeOut, callLater) working unchanged.
-from twisted.web.http import _GenericHTTPChannelProtocol
 
 from boatwist.config import HttpSettings
 from boatwist.logs import NamespacedLogger, SourceSummary
@@ -87,16 +82,25 @@ class BoatwistSite(server.Site):
         #: still replace screen until then).
         self._policy: ChannelPolicy | None = None
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> BoatwistChannel:  # type: ignore[override]
         """
-        What L{Factory.buildProtocol} calls: our channel, in the wrapper
-        HTTPFactory always uses (C{HTTPFactory.protocol} is that same kind of
-        method, taking the factory as C{self}).
+        Our channel itself.  Twisted's C{HTTPFactory.buildProtocol} wraps each
+        channel in a C{_GenericHTTPChannelProtocol}, which is there to switch
+        to HTTP/2 after ALPN -- never offered here -- and gives each channel a
+        C{callLater} of its own: an object and a bound method more for every
+        open connection (issue 13: memory per idle connection).  The
+        attributes Site and HTTPFactory set on "the protocol" are set here on
+        the channel; its timers run on the site's reactor through the policy.
         """
         policy = self._policy
         if policy is None:
-            policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate)
-        return _GenericHTTPChannelProtocol(BoatwistChannel(policy))
+            policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate, self.reactor)
+        channel = BoatwistChannel(policy)
+        channel.factory = self
+        channel.site = self
+        channel.requestFactory = self.requestFactory
+        channel.timeOut = self.timeOut  # type: ignore[assignment]  # TimeoutMixin says int; seconds may be a float
+        return channel
 
     def acceptableProtocols(self) -> list[bytes]:
         """HTTP/1.1 only: H2Connection would bypass every limit in BoatwistChannel."""
