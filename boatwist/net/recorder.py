@@ -164,11 +164,16 @@ class SocketRecord:
         return Reason.CLOSED
 
 
-class RecordingSocket:
+#: The attributes a RecordingSocket has itself (never looked up on the socket it wraps).
+_OWN = frozenset(("wrapped", "errno", "so_error", "final_info", "finished"))
+
+
+class RecordingSocket(SocketRecord):
     """
-    A stand-in for a connection's socket that notes, into a L{SocketRecord},
-    the errno Twisted swallows and the socket's last state before it is
-    closed.
+    A stand-in for a connection's socket that notes the errno Twisted
+    swallows and the socket's last state before it is closed: it is its own
+    L{SocketRecord} (one object per connection, not two: issue 13, memory
+    per idle connection).
 
     Everything else is delegated (C{__getattr__}).  The data path costs one
     extra Python call: C{recv}/C{send} are plain forwarding methods, the
@@ -180,14 +185,19 @@ class RecordingSocket:
     without making a bound method).
     """
 
-    __slots__ = ("wrapped", "record")
+    __slots__ = ("wrapped",)
 
-    def __init__(self, wrapped: socket.socket, record: SocketRecord) -> None:
+    def __init__(self, wrapped: socket.socket) -> None:
+        super().__init__()
         self.wrapped = wrapped
-        self.record = record
+
+    @property
+    def record(self) -> SocketRecord:
+        """What was seen: this object itself."""
+        return self
 
     def __getattr__(self, name: str) -> Any:
-        if name in RecordingSocket.__slots__:
+        if name in _OWN:
             # Not yet set (copy, unpickling): do not recurse looking for it.
             raise AttributeError(name)
         return getattr(self.wrapped, name)
@@ -199,32 +209,32 @@ class RecordingSocket:
         try:
             return self.wrapped.recv(bufsize, flags)
         except OSError as e:
-            if self.record.errno is None and e.errno not in _TRANSIENT:
-                self.record.errno = e.errno
+            if self.errno is None and e.errno not in _TRANSIENT:
+                self.errno = e.errno
             raise
 
     def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         try:
             return self.wrapped.send(data, flags)
         except OSError as e:
-            if self.record.errno is None and e.errno not in _TRANSIENT:
-                self.record.errno = e.errno
+            if self.errno is None and e.errno not in _TRANSIENT:
+                self.errno = e.errno
             raise
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         try:
             return self.wrapped.recv_into(buffer, nbytes, flags)
         except OSError as e:
-            if self.record.errno is None and e.errno not in _TRANSIENT:
-                self.record.errno = e.errno
+            if self.errno is None and e.errno not in _TRANSIENT:
+                self.errno = e.errno
             raise
 
     def sendmsg(self, *args: Any) -> int:
         try:
             return self.wrapped.sendmsg(*args)
         except OSError as e:
-            if self.record.errno is None and e.errno not in _TRANSIENT:
-                self.record.errno = e.errno
+            if self.errno is None and e.errno not in _TRANSIENT:
+                self.errno = e.errno
             raise
 
     def fileno(self) -> int:
@@ -240,23 +250,22 @@ class RecordingSocket:
 
     def _snapshot(self) -> None:
         """The last look at the socket: after shutdown/close there is nothing to read."""
-        record = self.record
-        record.finished = True
-        record.final_info = read_tcp_info(self.wrapped)
+        self.finished = True
+        self.final_info = read_tcp_info(self.wrapped)
         try:
-            record.so_error = self.wrapped.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self.so_error = self.wrapped.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError:
-            record.so_error = None
+            self.so_error = None
 
     def shutdown(self, how: int) -> None:
         # shutdown(SHUT_WR) is a half-close (loseWriteConnection): the
         # connection lives on, so the final look waits for SHUT_RDWR/close.
-        if not self.record.finished and how != socket.SHUT_WR:
+        if not self.finished and how != socket.SHUT_WR:
             self._snapshot()
         self.wrapped.shutdown(how)
 
     def close(self) -> None:
-        if not self.record.finished:
+        if not self.finished:
             self._snapshot()
         self.wrapped.close()
 
@@ -278,10 +287,10 @@ def install_recorder(tcp_transport: Connection) -> SocketRecord:
     """
     current = getattr(tcp_transport, "socket", None)
     if isinstance(current, RecordingSocket):
-        return current.record
+        return current
     if current is None:
         raise ValueError(f"{tcp_transport!r} has no socket to record")
-    record = SocketRecord()
+    recording = RecordingSocket(current)
     # The proxy stands in for the socket Twisted declares there, on purpose.
-    tcp_transport.socket = RecordingSocket(current, record)  # type: ignore[assignment]
-    return record
+    tcp_transport.socket = recording  # type: ignore[assignment]
+    return recording

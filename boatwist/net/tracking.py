@@ -654,6 +654,9 @@ class ConnectionTracker:
             return
         if not isinstance(port, int):
             return
+        # The port object already counted, if any: one int of the listener's
+        # for all its connections, not one each (~30 bytes per connection).
+        port = next((known for known in self._ports if known == port), port)
         conn.family, conn.local_port = family, port
         self._families[family] = self._families.get(family, 0) + 1
         self._ports[port] = self._ports.get(port, 0) + 1

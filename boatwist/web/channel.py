@@ -72,6 +72,7 @@ from twisted.web.resource import IResource
 
 from boatwist.config import HttpSettings
 from boatwist.net.tracking import TrackedConnection, tracked
+from boatwist.web.deadlines import Deadlines
 from boatwist.web.errors import error_page
 from boatwist.web.headers import security_headers, stored_name
 
@@ -252,12 +253,10 @@ class _State:
     whether it is TLS, asked of the transport once (neither changes).
     """
 
-    __slots__ = ("abort_call", "body_bytes", "body_call", "closing", "expect_continue", "header_call", "host",
-                 "secure", "tracked")
+    __slots__ = ("abort_call", "body_bytes", "body_call", "closing", "expect_continue", "host", "secure", "tracked")
 
     def __init__(self) -> None:
         self.tracked: TrackedConnection | None = None
-        self.header_call: IDelayedCall | None = None
         self.body_call: IDelayedCall | None = None
         self.abort_call: IDelayedCall | None = None
         self.closing = False
@@ -300,6 +299,14 @@ class ChannelPolicy:
     clock: IReactorTime
     #: Local addresses, one object each for all the connections to it (see L{shared_host}).
     _hosts: dict[IAddress, IAddress] = field(default_factory=dict, compare=False, repr=False)
+    #: The channels' idle timeouts and header deadlines, each on one timer for all of them
+    #: (see L{boatwist.web.deadlines}).
+    idle: "Deadlines[BoatwistChannel]" = field(init=False, compare=False, repr=False)
+    headers: "Deadlines[BoatwistChannel]" = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "idle", Deadlines(self.clock, BoatwistChannel._idleDeadlinePassed))
+        object.__setattr__(self, "headers", Deadlines(self.clock, BoatwistChannel._headerDeadlinePassed))
 
     def shared_host(self, address: IAddress) -> IAddress:
         """
@@ -357,7 +364,6 @@ class BoatwistChannel(http.HTTPChannel):
     # kind of request unshare them too.  So ours are two, set in __init__:
     # the site's policy and a L{_State} with slots, which the names below
     # read and write.
-    _headerCall: _InState[IDelayedCall | None] = _InState("header_call")
     _bodyCall: _InState[IDelayedCall | None] = _InState("body_call")
     _abortCall: _InState[IDelayedCall | None] = _InState("abort_call")
     #: True once the channel has decided to end the connection: every
@@ -379,6 +385,25 @@ class BoatwistChannel(http.HTTPChannel):
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
         """Timers on the site's reactor (Twisted's HTTPFactory sets a bound method per channel instead)."""
         return self._policy.clock.callLater(period, func)
+
+    # The idle timeout: TimeoutMixin's methods, with the deadline kept in the
+    # site's L{Deadlines} instead of a DelayedCall of each channel's own.
+    def setTimeout(self, period: float | None) -> float | None:
+        """Change the idle timeout (None: none) and restart it; returns the previous one."""
+        previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]  # seconds may be a float
+        if period is None:
+            self._policy.idle.disarm(self)
+        else:
+            self._policy.idle.arm(self, period)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """Restart the idle timeout, if one is running (HTTPChannel calls this for every read)."""
+        if self.timeOut is not None:
+            self._policy.idle.extend(self, self.timeOut)
+
+    def _idleDeadlinePassed(self) -> None:
+        self.timeoutConnection()
 
     @property
     def _settings(self) -> HttpSettings:
@@ -420,21 +445,21 @@ class BoatwistChannel(http.HTTPChannel):
 
     def _armHeaderDeadline(self) -> None:
         """Start the header clock, unless it already runs: bytes never extend it."""
-        if self._headerCall is None and not self._closing:
-            self._headerCall = self.callLater(self._settings.header_timeout, self._headerDeadlinePassed)
+        headers = self._policy.headers
+        if not self._closing and not headers.armed(self):
+            headers.arm(self, self._settings.header_timeout)
 
     def _cancel(self, call: IDelayedCall | None) -> None:
         if call is not None and call.active():
             call.cancel()
 
     def _cancelDeadlines(self) -> None:
-        self._cancel(self._headerCall)
+        self._policy.headers.disarm(self)
         self._cancel(self._bodyCall)
-        self._headerCall = self._bodyCall = None
+        self._bodyCall = None
 
     def _headerDeadlinePassed(self) -> None:
         """The request line and headers did not all arrive in time."""
-        self._headerCall = None
         if self._closing:
             return
         peer = self.transport.getPeer() if self.transport is not None else None
@@ -599,8 +624,7 @@ class BoatwistChannel(http.HTTPChannel):
         """
         if self._closing:
             return
-        self._cancel(self._headerCall)
-        self._headerCall = None
+        self._policy.headers.disarm(self)
         if self._tracked is not None:
             self._tracked.request_started()
         request = self.requests[-1]

@@ -204,7 +204,7 @@ class PlainSocketTests(SynchronousTestCase):
 
     def test_proxy_reads_the_same(self) -> None:
         """Through a RecordingSocket, TCP_INFO and options read as on the socket itself."""
-        proxy = RecordingSocket(self.server, SocketRecord())
+        proxy = RecordingSocket(self.server)
         info = read_tcp_info(proxy)
         assert info is not None
         self.assertTrue(info.established)
@@ -216,7 +216,7 @@ class PlainSocketTests(SynchronousTestCase):
         A RST nobody read (Twisted does not read while paused) is still found:
         the snapshot before close reads it from SO_ERROR, and the state is CLOSE.
         """
-        proxy = RecordingSocket(self.server, SocketRecord())
+        proxy = RecordingSocket(self.server)
         self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.client.close()
         wait_for(lambda: (i := read_tcp_info(self.server)) and i.state_name == "CLOSE", "reset arrives")

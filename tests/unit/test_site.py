@@ -18,10 +18,12 @@ import pytest
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.web.guard import BasicCredentialFactory, HTTPAuthSessionWrapper
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource, Resource
@@ -314,6 +316,33 @@ def test_idle_keepalive_connection_closed_after_idle_timeout(world: World) -> No
     world.clock.advance(0.1)
     assert transport.disconnecting
     assert len(parse(transport.value())) == 1  # closed without another response
+
+
+def test_idle_connections_share_one_timer(world: World) -> None:
+    """
+    A hundred idle keep-alive connections have their idle timeouts on one
+    timer of the site's (not a DelayedCall each: issue 13, memory per idle
+    connection); each is still closed at its own time, and once all are
+    gone no timer is left behind.
+    """
+    connections = []
+    for _ in range(100):
+        protocol, transport = connect(world)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\n")
+        connections.append((protocol, transport))
+        world.clock.advance(0.01)
+    assert len(world.clock.getDelayedCalls()) == 1
+    # The i-th was answered at i/100 s: its idle timeout ends IDLE_TIMEOUT later.
+    world.clock.advance(IDLE_TIMEOUT - 0.005 - world.clock.seconds())
+    assert not any(transport.disconnecting for _, transport in connections)
+    world.clock.advance(0.5)  # the first half of them are past their idle timeout
+    closed = [transport.disconnecting for _, transport in connections]
+    assert closed == [True] * 50 + [False] * 50
+    world.clock.advance(0.5)
+    assert all(transport.disconnecting for _, transport in connections)
+    for protocol, _ in connections:
+        protocol.connectionLost(Failure(ConnectionDone()))
+    assert world.clock.getDelayedCalls() == []
 
 
 def test_deadline_rearms_for_next_request_on_keepalive(world: World) -> None:

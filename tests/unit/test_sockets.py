@@ -417,7 +417,7 @@ class ReadTcpInfoTests(SynchronousTestCase):
     def test_through_the_recording_proxy(self) -> None:
         """The recorder's proxy answers getsockopt like the socket it wraps."""
         fake = FakeSocket(tcp_info=packed())
-        proxy = RecordingSocket(fake, SocketRecord())  # type: ignore[arg-type]
+        proxy = RecordingSocket(fake)  # type: ignore[arg-type]
         self.assertEqual(read_tcp_info(proxy, platform="linux"), parse_tcp_info(packed()))
 
 

@@ -1,0 +1,139 @@
+"""
+The deadlines of many connections on one timer.
+
+Each HTTP connection has an idle timeout and, while a request's headers are
+arriving, a header deadline.  As a C{DelayedCall} each (Twisted's
+C{TimeoutMixin}), every idle keep-alive connection kept ~300 bytes of timer
+(the call, its two bound methods, its argument tuple and keyword dict), and
+every request cancelled one and made another: the cancelled ones stay in
+the reactor's heap until it is compacted, ~90 bytes more per connection
+(issue 13: memory per idle connection).
+
+Here a connection's deadline is one entry in a dict.  Deadlines of the same
+length are set in the order they fall due, so a dict per length, kept in
+insertion order (re-arming moves an entry to the end), is already sorted:
+the earliest deadline of all is the earliest of the dicts' first entries.
+One C{DelayedCall}, for that one, serves every connection; it fires at the
+exact deadline, as a timer of the connection's own would.
+
+The lengths are few (the site's header timeout, idle timeout and
+unauthenticated idle timeout); a dict emptied is dropped, so lengths set once
+leave nothing behind.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Hashable, TypeVar
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+__all__ = ["Deadlines"]
+
+_K = TypeVar("_K", bound=Hashable)
+
+#: Seconds of floating-point error forgiven when deciding whether a deadline has come (the
+#: timer was scheduled for it, but "now + (deadline - now)" need not equal it to the last bit).
+_EPSILON = 1e-9
+
+
+class Deadlines(Generic[_K]):
+    """
+    One deadline per owner (a connection), of any length, on one timer.
+
+    @param clock: the reactor (a L{Clock} in tests).
+    @param expired: called with each owner whose deadline has come (it is
+        disarmed first; the call may arm it again).
+    """
+
+    __slots__ = ("_clock", "_expired", "_by_length", "_call")
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[_K], object]) -> None:
+        self._clock = clock
+        self._expired = expired
+        #: Deadline length -> {owner: when}, in the order they fall due.
+        self._by_length: dict[float, dict[_K, float]] = {}
+        self._call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        return sum(len(due) for due in self._by_length.values())
+
+    def arm(self, owner: _K, after: float) -> None:
+        """(Re)start C{owner}'s deadline: C{after} seconds from now, whatever it was."""
+        when = self._clock.seconds() + after
+        due = self._by_length.get(after)
+        if due is None:
+            due = self._by_length[after] = {}
+        if due.pop(owner, None) is None:
+            self._remove(owner)
+        due[owner] = when  # at the end: the latest of its length
+        call = self._call
+        if call is None:
+            self._call = self._clock.callLater(after, self._fire)
+        elif when < call.getTime():
+            call.reset(after)
+
+    def extend(self, owner: _K, after: float) -> None:
+        """Restart C{owner}'s deadline as L{arm} does, if it has one; nothing if it has none."""
+        due = self._by_length.get(after)
+        if due is not None and due.pop(owner, None) is not None:
+            # Later than it was: the timer, set for the earliest deadline, stays.
+            due[owner] = self._clock.seconds() + after
+        elif self.armed(owner):
+            self.arm(owner, after)
+
+    def disarm(self, owner: _K) -> None:
+        """C{owner} has no deadline any more (nothing happens if it had none)."""
+        self._remove(owner)
+        if not self._by_length and self._call is not None:
+            # Nothing left to wait for: no timer left behind in the reactor either.
+            self._call.cancel()
+            self._call = None
+
+    def armed(self, owner: _K) -> bool:
+        return any(owner in due for due in self._by_length.values())
+
+    def _remove(self, owner: _K) -> None:
+        """Take C{owner} out of the (one) dict it is in; an emptied dict goes."""
+        for length, due in self._by_length.items():
+            if due.pop(owner, None) is not None:
+                if not due:
+                    del self._by_length[length]
+                return  # in one dict at most: the iteration ends here
+
+    def _earliest(self) -> float | None:
+        earliest: float | None = None
+        for due in self._by_length.values():
+            first = next(iter(due.values()), None)
+            if first is not None and (earliest is None or first < earliest):
+                earliest = first
+        return earliest
+
+    def _fire(self) -> None:
+        self._call = None
+        now = self._clock.seconds() + _EPSILON
+        expired: list[tuple[float, _K]] = []
+        for length, due in list(self._by_length.items()):
+            while due:
+                owner, when = next(iter(due.items()))
+                if when > now:
+                    break
+                del due[owner]
+                expired.append((when, owner))
+            if not due:
+                del self._by_length[length]
+        expired.sort(key=lambda item: item[0])
+        for _, owner in expired:
+            try:
+                self._expired(owner)
+            except Exception:
+                # One connection's timeout going wrong must not keep the others' from running.
+                self._log.failure("a deadline of {owner!r} failed", owner=owner)
+        earliest = self._earliest()
+        if earliest is not None:
+            delay = max(0.0, earliest - self._clock.seconds())
+            if self._call is None:
+                self._call = self._clock.callLater(delay, self._fire)
+            elif earliest < self._call.getTime():
+                self._call.reset(delay)
