@@ -60,6 +60,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import re
 from io import BytesIO
+from operator import methodcaller
 from typing import Callable, Generic, Optional, Sequence, TypeVar, Union, overload
 from urllib.parse import unquote_to_bytes as unquote, urlsplit
 
@@ -305,8 +306,9 @@ class ChannelPolicy:
     headers: "Deadlines[BoatwistChannel]" = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "idle", Deadlines(self.clock, BoatwistChannel._idleDeadlinePassed))
-        object.__setattr__(self, "headers", Deadlines(self.clock, BoatwistChannel._headerDeadlinePassed))
+        # By name, so that a subclass's override is the one called.
+        object.__setattr__(self, "idle", Deadlines(self.clock, methodcaller("_idleDeadlinePassed")))
+        object.__setattr__(self, "headers", Deadlines(self.clock, methodcaller("_headerDeadlinePassed")))
 
     def shared_host(self, address: IAddress) -> IAddress:
         """
