@@ -56,6 +56,15 @@ class WallClockView:
     def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
 
+    @property
+    def timers(self) -> IReactorTime:
+        """
+        The reactor itself: the clock its timers run on.  Whoever keeps
+        deadlines of its own (L{boatwist.web.deadlines}) must read the time
+        from this, not from L{seconds}, or a step of the wall clock moves them.
+        """
+        return self._reactor
+
     def seconds(self) -> float:
         return time.time()
 

@@ -296,7 +296,8 @@ class ChannelPolicy:
     settings: HttpSettings
     screen: Screen | None
     min_body_rate: float
-    #: The site's reactor: every timer of its channels (a Clock in tests).
+    #: The clock the site's timers run on (the reactor; a Clock in tests): every timer and
+    #: deadline of its channels.  Not a WallClockView: a deadline must not move with the wall clock.
     clock: IReactorTime
     #: Local addresses, one object each for all the connections to it (see L{shared_host}).
     _hosts: dict[IAddress, IAddress] = field(default_factory=dict, compare=False, repr=False)

@@ -41,12 +41,14 @@ class Deadlines(Generic[_K]):
     """
     One deadline per owner (a connection), of any length, on one timer.
 
-    @param clock: the reactor (a L{Clock} in tests).
+    @param clock: the clock timers run on: the reactor (a L{Clock} in
+        tests), never a L{boatwist.clock.WallClockView} -- deadlines are
+        read from its C{seconds()} and must not move when the wall clock steps.
     @param expired: called with each owner whose deadline has come (it is
         disarmed first; the call may arm it again).
     """
 
-    __slots__ = ("_clock", "_expired", "_by_length", "_call")
+    __slots__ = ("_clock", "_expired", "_by_length", "_call", "_call_at")
     _log = Logger()
 
     def __init__(self, clock: IReactorTime, expired: Callable[[_K], object]) -> None:
@@ -55,6 +57,8 @@ class Deadlines(Generic[_K]):
         #: Deadline length -> {owner: when}, in the order they fall due.
         self._by_length: dict[float, dict[_K, float]] = {}
         self._call: IDelayedCall | None = None
+        #: When C{_call} is due, by C{clock.seconds()} (compared with deadlines on that clock only).
+        self._call_at = 0.0
 
     def __len__(self) -> int:
         return sum(len(due) for due in self._by_length.values())
@@ -68,11 +72,7 @@ class Deadlines(Generic[_K]):
         if due.pop(owner, None) is None:
             self._remove(owner)
         due[owner] = when  # at the end: the latest of its length
-        call = self._call
-        if call is None:
-            self._call = self._clock.callLater(after, self._fire)
-        elif when < call.getTime():
-            call.reset(after)
+        self._wake_by(when)
 
     def extend(self, owner: _K, after: float) -> None:
         """Restart C{owner}'s deadline as L{arm} does, if it has one; nothing if it has none."""
@@ -92,7 +92,10 @@ class Deadlines(Generic[_K]):
             self._call = None
 
     def armed(self, owner: _K) -> bool:
-        return any(owner in due for due in self._by_length.values())
+        for due in self._by_length.values():  # noqa: SIM110  # a loop, not any(): asked for every request
+            if owner in due:
+                return True
+        return False
 
     def _remove(self, owner: _K) -> None:
         """Take C{owner} out of the (one) dict it is in; an emptied dict goes."""
@@ -132,8 +135,14 @@ class Deadlines(Generic[_K]):
                 self._log.failure("a deadline of {owner!r} failed", owner=owner)
         earliest = self._earliest()
         if earliest is not None:
-            delay = max(0.0, earliest - self._clock.seconds())
-            if self._call is None:
-                self._call = self._clock.callLater(delay, self._fire)
-            elif earliest < self._call.getTime():
-                self._call.reset(delay)
+            self._wake_by(earliest)
+
+    def _wake_by(self, when: float) -> None:
+        """Have the timer fire at C{when} at the latest."""
+        call = self._call
+        if call is None:
+            self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
+            self._call_at = when
+        elif when < self._call_at:
+            call.reset(max(0.0, when - self._clock.seconds()))
+            self._call_at = when

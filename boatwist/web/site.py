@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.web import http, resource, server
 
+from boatwist.clock import WallClockView
 from boatwist.config import HttpSettings
 from boatwist.logs import NamespacedLogger, SourceSummary
 from boatwist.web.accesslog import AccessLogFile, access_log_line, escape_log, redact_query
@@ -94,7 +95,10 @@ class BoatwistSite(server.Site):
         """
         policy = self._policy
         if policy is None:
-            policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate, self.reactor)
+            # The deadlines' clock is the one timers run on: with a WallClockView (the Date header's
+            # wall clock) that is the reactor behind it.
+            timers = self.reactor.timers if isinstance(self.reactor, WallClockView) else self.reactor
+            policy = self._policy = ChannelPolicy(self.settings, self.screen, self._min_body_rate, timers)
         channel = BoatwistChannel(policy)
         channel.factory = self
         channel.site = self

@@ -31,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
+from boatwist.clock import WallClockView
 from boatwist.config import HttpSettings
 from boatwist.web.channel import BoatwistChannel
 from boatwist.web.errors import ErrorResource, error_page
@@ -121,8 +122,11 @@ class World:
     slow: Slow
 
 
-def build_world(settings: HttpSettings | None = None, **kwargs: Any) -> World:
-    """A site with /, /api/echo, /slow, /broken, /api/broken, /secret (Basic auth, alice:wonderland)."""
+def build_world(settings: HttpSettings | None = None, wall_clock_view: bool = False, **kwargs: Any) -> World:
+    """
+    A site with /, /api/echo, /slow, /broken, /api/broken, /secret (Basic auth, alice:wonderland).
+    C{wall_clock_view}: the site's reactor is a L{WallClockView} of the clock, as the daemon's is.
+    """
     clock = Clock()
     echo = Echo()
     slow = Slow()
@@ -138,7 +142,7 @@ def build_world(settings: HttpSettings | None = None, **kwargs: Any) -> World:
     portal = Portal(Realm(), [InMemoryUsernamePasswordDatabaseDontUse(alice=b"wonderland")])
     root.putChild(b"secret", HTTPAuthSessionWrapper(portal, [BasicCredentialFactory("boatwist")]))
     settings = settings or HttpSettings(header_timeout=HEADER_TIMEOUT, max_body=MAX_BODY, idle_timeout=IDLE_TIMEOUT)
-    site = BoatwistSite(root, settings, reactor=clock, **kwargs)
+    site = BoatwistSite(root, settings, reactor=WallClockView(clock) if wall_clock_view else clock, **kwargs)
     return World(site, clock, echo, slow)
 
 
@@ -907,7 +911,7 @@ def test_access_log_file_errors_are_reported_once(tmp_path: Any) -> None:
 # ------------------------------------------- tracked: who is logged in, idle deadlines
 
 
-def tracked_world() -> tuple[World, Any, Any]:
+def tracked_world(wall_clock_view: bool = False) -> tuple[World, Any, Any]:
     """
     The site behind a real ConnectionTracker (as the daemon has it), with
     /admit: a resource that admits its connection to presence as alice.
@@ -920,7 +924,7 @@ def tracked_world() -> tuple[World, Any, Any]:
 
     import ipaddress
 
-    world = build_world()
+    world = build_world(wall_clock_view=wall_clock_view)
     admission = AdmissionSettings(networks=(ipaddress.ip_network("192.0.2.0/24"),))
     presence = Presence(EventHub(), admission, world.clock.seconds, lambda: 1_700_000_000.0)
     tracker = ConnectionTracker(presence, admission, KeepaliveSettings(), world.clock, world.clock.seconds)
@@ -960,6 +964,32 @@ def test_unauthenticated_keepalive_connection_is_idle_only_briefly() -> None:
     client.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
     assert parse(operator.value())[0].body == b"in"
     world.clock.advance(IDLE_TIMEOUT - 0.1)
+    assert not operator.disconnecting
+    world.clock.advance(0.1)
+    assert operator.disconnecting
+
+
+@pytest.mark.parametrize("wall_clock_view", [False, True], ids=["clock", "wall-clock-view"])
+def test_a_shorter_idle_timeout_set_after_a_longer_one_ends_first(wall_clock_view: bool) -> None:
+    """
+    An operator's connection waits idle_timeout; an anonymous one opened
+    after it is closed unauthenticated_idle (5 s) after its response, not
+    when the operator's ends: the site's one timer moves earlier for it.
+    The daemon's site reads the Date from a wall-clock view of the reactor;
+    the deadlines still run on the reactor's own clock.
+    """
+    world, tracker, factory = tracked_world(wall_clock_view)
+    client, operator = tracked_connect(factory)
+    client.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
+    world.clock.advance(1)
+    client, anonymous = tracked_connect(factory)
+    client.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\n")
+    world.clock.advance(4.9)
+    assert not anonymous.disconnecting
+    world.clock.advance(0.1)
+    assert anonymous.disconnecting
+    assert not operator.disconnecting
+    world.clock.advance(IDLE_TIMEOUT - 6 - 0.1)
     assert not operator.disconnecting
     world.clock.advance(0.1)
     assert operator.disconnecting
