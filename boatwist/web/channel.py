@@ -713,16 +713,22 @@ class BoatwistChannel(http.HTTPChannel):
 
     def requestDone(self, request: http.Request) -> None:
         """
-        After a response on a keep-alive connection: if the next request is
-        already (partly) here, pipelined, its header clock starts now.
+        After a response: the tracker hears of the progress, a keep-alive
+        connection gets its idle timeout, and if the next request is already
+        (partly) here, pipelined, its header clock starts now.
         """
-        super().requestDone(request)
-        if self._tracked is not None:
-            self._tracked.request_finished()
+        tracked = self._tracked
+        if tracked is not None:
+            tracked.request_finished()
         if self.persistent and not self._closing:
             # Until a request on it has authenticated, an idle connection is kept only briefly.
-            authenticated = self._tracked is None or self._tracked.user is not None
-            self.setTimeout(self._settings.idle_timeout if authenticated else self._settings.unauthenticated_idle)
+            # Twisted's requestDone restores the idle timeout it saved when the request
+            # arrived (private: _savedTimeOut) before it reads a pipelined request: given the
+            # one wanted here, it is set once, and not again after a pipelined request began.
+            authenticated = tracked is None or tracked.user is not None
+            self._savedTimeOut = (self._settings.idle_timeout if authenticated
+                                  else self._settings.unauthenticated_idle)
+        super().requestDone(request)
         if self.persistent and not self._closing and self.line_mode and not self._handlingRequest and self._buffer:
             self._armHeaderDeadline()
 

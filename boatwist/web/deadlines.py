@@ -72,7 +72,8 @@ class Deadlines(Generic[_K]):
         if due.pop(owner, None) is None:
             self._remove(owner)
         due[owner] = when  # at the end: the latest of its length
-        self._wake_by(when)
+        if self._call is None or when < self._call_at:
+            self._wake_by(when)
 
     def extend(self, owner: _K, after: float) -> None:
         """Restart C{owner}'s deadline as L{arm} does, if it has one; nothing if it has none."""

@@ -391,6 +391,26 @@ def test_pipelined_request_deadline_counts_from_end_of_previous_response(world: 
     assert [r.status for r in parse(transport.value())] == [200, 408]
 
 
+def test_pipelined_request_being_answered_is_not_closed_as_idle(world: World) -> None:
+    """
+    A request pipelined behind one answered at once is dispatched as that
+    answer ends; while it is being answered the connection is not idle, and
+    its idle timeout starts only when its own answer ends.
+    """
+    protocol, transport = connect(world)
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\nGET /slow HTTP/1.1\r\nHost: dev\r\n\r\n")
+    world.clock.advance(IDLE_TIMEOUT * 2)  # the slow response takes its time
+    assert not transport.disconnecting
+    (slow,) = world.slow.pending
+    slow.write(b"done")
+    slow.finish()
+    world.clock.advance(IDLE_TIMEOUT - 0.01)
+    assert not transport.disconnecting
+    world.clock.advance(0.01)
+    assert transport.disconnecting
+    assert [r.status for r in parse(transport.value())] == [200, 200]
+
+
 def test_partial_request_pipelined_behind_an_immediate_response_is_timed(world: World) -> None:
     """
     A partial request that arrived in the same packet as a request answered
