@@ -4,15 +4,18 @@ misbehaving or unusual client sends, byte for byte) and curl: a scrape of
 /metrics takes no seat; 405 with Allow instead of "501 Huh?"; the
 redirect to https keeps a POST a POST and never points at a foreign host;
 one Host header; over-long lines answered 414 / 431 and logged; an
-absolute-form request target served.
+absolute-form request target served; an anonymous idle keep-alive connection
+closed after unauthenticated_idle while an operator's waits idle_timeout.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 import subprocess
+import time
 from typing import Any, Callable
 
 import pytest
@@ -58,6 +61,9 @@ def _headers(head: bytes) -> dict[str, list[str]]:
 
 def auth(user: str = "alice", password: str = "alice-pw") -> bytes:
     return b"Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()) + b"\r\n"
+
+
+BASIC_ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
 
 
 # ------------------------------------------------------------ item 4: /metrics
@@ -208,3 +214,46 @@ def test_an_absolute_form_target_is_served(daemon: Daemon) -> None:
                            "-w", "\n%{http_code}", daemon.url], capture_output=True, text=True, timeout=20)
     body_text, _, code = done.stdout.rpartition("\n")
     assert code == "200" and json.loads(body_text)["user"] == "alice", done.stdout
+
+
+# ------------------------------------------------------------ idle keep-alive timeouts
+
+
+def test_anonymous_keepalive_closed_briefly_while_an_operator_idles(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    The daemon keeps every connection's idle timeout on one timer: an
+    operator's connection, idle after a logged-in request, waits
+    [http] idle_timeout; an anonymous one opened after it and answered 401
+    is closed unauthenticated_idle after that answer, not when the
+    operator's time is up.  (The operator: Python's http.client.)
+    """
+    d = make_daemon(config="[http]\nidle_timeout = 30\nunauthenticated_idle = 1\n").start()
+    operator = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=10)
+    try:
+        operator.request("GET", "/api/whoami", headers=BASIC_ALICE)
+        answer = operator.getresponse()
+        assert answer.status == 200, answer.status
+        answer.read()
+        with socket.create_connection(("127.0.0.1", d.http_port), timeout=10) as anonymous:
+            anonymous.sendall(b"GET /api/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += anonymous.recv(65536)
+            answered = time.monotonic()
+            assert received.startswith(b"HTTP/1.1 401"), received[:40]
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(_headers(head)["content-length"][0])
+            while len(body) < length:
+                body += anonymous.recv(65536)
+            # Now idle: the server closes it after unauthenticated_idle (1 s), far before 30 s.
+            while anonymous.recv(65536):
+                pass
+            closed_after = time.monotonic() - answered
+        assert 0.8 <= closed_after <= 3.0, f"the anonymous connection was closed after {closed_after:.2f} s"
+        # The operator's connection is still open: a second request on it is answered.
+        operator.request("GET", "/api/whoami", headers=BASIC_ALICE)
+        again = operator.getresponse()
+        assert again.status == 200
+        again.read()
+    finally:
+        operator.close()
