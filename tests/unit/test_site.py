@@ -371,44 +371,32 @@ def test_deadline_rearms_for_next_request_on_keepalive(world: World) -> None:
     assert [r.status for r in parse(transport.value())] == [200, 408]
 
 
-def test_pipelined_request_deadline_counts_from_end_of_previous_response(world: World) -> None:
+@pytest.mark.parametrize(("sent", "timeout", "statuses"), [
+    # A pipelined request whose bytes arrived while the slow answer was being made: its header clock.
+    (b"GET /slow HTTP/1.1\r\nHost: dev\r\n\r\nGET / HTTP/1.1\r\n", HEADER_TIMEOUT, [200, 408]),
+    # A pipelined request being answered, behind one answered at once: the idle timeout after it.
+    (b"GET / HTTP/1.1\r\nHost: dev\r\n\r\nGET /slow HTTP/1.1\r\nHost: dev\r\n\r\n", IDLE_TIMEOUT, [200, 200]),
+], ids=["header-deadline", "idle-timeout"])
+def test_the_clock_after_a_slow_answer_starts_when_it_ends(world: World, sent: bytes, timeout: float,
+                                                           statuses: list[int]) -> None:
     """
-    Bytes of a pipelined request that arrived while the previous one was
-    still being answered are not held against it: its header clock starts
-    when that response ends.
+    While a slow answer is being made the connection is not idle, and bytes
+    of a pipelined request that arrived meanwhile are not held against it:
+    its header clock (or the idle timeout, when the pipelined request is the
+    slow one) starts when that answer ends.
     """
     protocol, transport = connect(world)
-    protocol.dataReceived(b"GET /slow HTTP/1.1\r\nHost: dev\r\n\r\nGET / HTTP/1.1\r\n")
-    world.clock.advance(HEADER_TIMEOUT * 3)  # the slow response takes its time
+    protocol.dataReceived(sent)
+    world.clock.advance(timeout * 3)  # the slow response takes its time
     assert not transport.disconnecting
     (slow,) = world.slow.pending
     slow.write(b"done")
     slow.finish()
-    world.clock.advance(HEADER_TIMEOUT - 0.01)
+    world.clock.advance(timeout - 0.01)
     assert not transport.disconnecting
     world.clock.advance(0.01)
     assert transport.disconnecting
-    assert [r.status for r in parse(transport.value())] == [200, 408]
-
-
-def test_pipelined_request_being_answered_is_not_closed_as_idle(world: World) -> None:
-    """
-    A request pipelined behind one answered at once is dispatched as that
-    answer ends; while it is being answered the connection is not idle, and
-    its idle timeout starts only when its own answer ends.
-    """
-    protocol, transport = connect(world)
-    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\nGET /slow HTTP/1.1\r\nHost: dev\r\n\r\n")
-    world.clock.advance(IDLE_TIMEOUT * 2)  # the slow response takes its time
-    assert not transport.disconnecting
-    (slow,) = world.slow.pending
-    slow.write(b"done")
-    slow.finish()
-    world.clock.advance(IDLE_TIMEOUT - 0.01)
-    assert not transport.disconnecting
-    world.clock.advance(0.01)
-    assert transport.disconnecting
-    assert [r.status for r in parse(transport.value())] == [200, 200]
+    assert [r.status for r in parse(transport.value())] == statuses
 
 
 def test_partial_request_pipelined_behind_an_immediate_response_is_timed(world: World) -> None:
