@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from typing import Callable, Mapping
 
 from twisted.web.resource import IResource, Resource
@@ -90,11 +91,11 @@ class ControlsResource(UserResource):
         """The listing, each control's JSON as the registry keeps it encoded (they change rarely)."""
         core = self.core
         controls = core.controls.listing_json(self.user, core.roles)
-        rest = json.dumps({"floor": dict(core.floor.snapshot()), "role": core.roles.role_of(self.user).label},
-                          ensure_ascii=False).encode("utf-8")
+        floor = core.floor.snapshot()
+        rest = _floor_and_role(tuple(floor.items()), core.roles.role_of(self.user).label)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/json")
-        return b'{"controls": [' + controls + b"], " + rest[1:] + b"\n"
+        return b"".join((b'{"controls": [', controls, b"], ", rest))
 
 
 class ControlResource(UserResource):
@@ -136,6 +137,17 @@ class ControlResource(UserResource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         d.addCallback(lambda outcome: None if gone else answer(outcome))
         return NOT_DONE_YET
+
+
+@lru_cache(maxsize=32)
+def _floor_and_role(floor: tuple[tuple[str, object], ...], role: str) -> bytes:
+    """
+    The listing's last members, C{"floor": ..., "role": ...}}, encoded: the
+    same few snapshots (a free floor, above all) come back request after
+    request, and encoding them was a few microseconds of each.  A pure
+    function of its arguments, so the memo never needs clearing.
+    """
+    return json.dumps({"floor": dict(floor), "role": role}, ensure_ascii=False).encode("utf-8")[1:] + b"\n"
 
 
 def _once_built(request: Request, core: Core, answer: Callable[[Request], bytes]) -> bytes | int:
