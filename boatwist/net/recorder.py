@@ -119,11 +119,12 @@ _TIMEOUT_ERRORS = frozenset(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SocketRecord:
     """
     What L{RecordingSocket} saw of one connection: enough to tell users why
-    it ended (L{cause}).
+    it ended (L{cause}).  Compared and hashed by identity, as the socket that
+    a L{RecordingSocket} stands in for is.
     """
 
     #: The first real error of recv/send/recv_into/sendmsg (not EAGAIN &c).

@@ -10,8 +10,10 @@ the reactor's heap until it is compacted, ~90 bytes more per connection
 (issue 13: memory per idle connection).
 
 Here a connection's deadline is one entry in a dict.  Deadlines of the same
-length are set in the order they fall due, so a dict per length, kept in
-insertion order (re-arming moves an entry to the end), is already sorted:
+length are set in the order they fall due (on a clock that never goes back:
+the reactor's, made monotonic by L{boatwist.clock.use_monotonic_time}), so a
+dict per length, kept in insertion order (re-arming moves an entry to the
+end), is already sorted:
 the earliest deadline of all is the earliest of the dicts' first entries.
 One C{DelayedCall}, for that one, serves every connection; it fires at the
 exact deadline, as a timer of the connection's own would.
@@ -117,18 +119,22 @@ class Deadlines(Generic[_K]):
     def _fire(self) -> None:
         self._call = None
         now = self._clock.seconds() + _EPSILON
-        expired: list[tuple[float, _K]] = []
-        for length, due in list(self._by_length.items()):
-            while due:
-                owner, when = next(iter(due.items()))
+        # Those due now, in the order they fell due; each is run only if its deadline is still
+        # the one seen here (an earlier handler may have armed it again, or disarmed it).
+        expired: list[tuple[float, _K, float]] = []
+        for length, due in self._by_length.items():
+            for owner, when in due.items():
                 if when > now:
                     break
-                del due[owner]
-                expired.append((when, owner))
-            if not due:
-                del self._by_length[length]
+                expired.append((when, owner, length))
         expired.sort(key=lambda item: item[0])
-        for _, owner in expired:
+        for when, owner, length in expired:
+            queue = self._by_length.get(length)
+            if queue is None or queue.get(owner) is not when:
+                continue
+            del queue[owner]
+            if not queue:
+                del self._by_length[length]
             try:
                 self._expired(owner)
             except Exception:

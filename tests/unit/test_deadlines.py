@@ -179,3 +179,30 @@ def test_one_failing_expiry_does_not_stop_the_others(monkeypatch: pytest.MonkeyP
     assert len(events) == 1 and events[0]["log_failure"].check(ZeroDivisionError)
     clock.advance(4)
     assert fired == ["first", "last", "later"]
+
+
+def test_an_expiry_that_rearms_or_disarms_another_due_one_is_respected() -> None:
+    """
+    Three due in the same pass: the first one's handler arms the second
+    again and disarms the third; the second fires at its new time only, the
+    third never (as separate DelayedCalls would behave).
+    """
+    clock = Clock()
+    fired: list[tuple[float, str]] = []
+    a, b, c = Owner("a"), Owner("b"), Owner("c")
+
+    def expired(owner: Owner) -> None:
+        fired.append((clock.seconds(), owner.name))
+        if owner is a:
+            deadlines.arm(b, 10)
+            deadlines.disarm(c)
+
+    deadlines: Deadlines[Owner] = Deadlines(clock, expired)
+    for owner in (a, b, c):
+        deadlines.arm(owner, 5)
+    clock.advance(5)
+    assert fired == [(5, "a")]
+    clock.advance(10)
+    assert fired == [(5, "a"), (15, "b")]
+    assert clock.getDelayedCalls() == []
+

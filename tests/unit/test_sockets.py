@@ -794,3 +794,11 @@ class ReadTcpCalmTests(SynchronousTestCase):
         self.assertFalse(tcpinfo.read_tcp_calm(closed, platform="linux"))
         self.assertFalse(tcpinfo.read_tcp_calm(FakeSocket(tcp_info=bytes([1, 0])), platform="linux"))
         self.assertFalse(tcpinfo.read_tcp_calm(FakeSocket(tcp_info=bytes([1]) + bytes(103)), platform="darwin"))
+
+
+def test_a_recording_socket_is_compared_by_identity() -> None:
+    """Like the socket it stands in for: two are never equal, and each can be a dict key."""
+    with socket.socket() as one, socket.socket() as two:
+        first, second = RecordingSocket(one), RecordingSocket(two)
+        assert first != second and first == first
+        assert len({first: 1, second: 2}) == 2
