@@ -142,7 +142,7 @@ class ControlResource(UserResource):
 @lru_cache(maxsize=32)
 def _floor_and_role(floor: tuple[tuple[str, object], ...], role: str) -> bytes:
     """
-    The listing's last members, C{"floor": ..., "role": ...}}, encoded: the
+    The listing's last members, C{"floor": ..., "role": ...}, encoded: the
     same few snapshots (a free floor, above all) come back request after
     request, and encoding them was a few microseconds of each.  A pure
     function of its arguments, so the memo never needs clearing.

@@ -955,6 +955,13 @@ def tracked_connect(factory: Any) -> tuple[Any, StringTransport]:
     return protocol, transport
 
 
+def tracked_request(factory: Any, path: bytes) -> StringTransport:
+    """A new tracked connection that has sent one GET of C{path}: its transport."""
+    client, transport = tracked_connect(factory)
+    client.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: dev\r\n\r\n")
+    return transport
+
+
 def test_unauthenticated_keepalive_connection_is_idle_only_briefly() -> None:
     """
     After a response to a request that did not authenticate, an idle
@@ -962,14 +969,12 @@ def test_unauthenticated_keepalive_connection_is_idle_only_briefly() -> None:
     idle_timeout; once a request on it has authenticated, idle_timeout applies.
     """
     world, tracker, factory = tracked_world()
-    client, anonymous = tracked_connect(factory)
-    client.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\n")
+    anonymous = tracked_request(factory, b"/")
     world.clock.advance(4.9)
     assert not anonymous.disconnecting
     world.clock.advance(0.1)
     assert anonymous.disconnecting
-    client, operator = tracked_connect(factory)
-    client.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
+    operator = tracked_request(factory, b"/admit")
     assert parse(operator.value())[0].body == b"in"
     world.clock.advance(IDLE_TIMEOUT - 0.1)
     assert not operator.disconnecting
@@ -987,11 +992,9 @@ def test_a_shorter_idle_timeout_set_after_a_longer_one_ends_first(wall_clock_vie
     the deadlines still run on the reactor's own clock.
     """
     world, tracker, factory = tracked_world(wall_clock_view)
-    client, operator = tracked_connect(factory)
-    client.dataReceived(b"GET /admit HTTP/1.1\r\nHost: dev\r\n\r\n")
+    operator = tracked_request(factory, b"/admit")
     world.clock.advance(1)
-    client, anonymous = tracked_connect(factory)
-    client.dataReceived(b"GET / HTTP/1.1\r\nHost: dev\r\n\r\n")
+    anonymous = tracked_request(factory, b"/")
     world.clock.advance(4.9)
     assert not anonymous.disconnecting
     world.clock.advance(0.1)
